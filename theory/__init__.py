@@ -1,0 +1,19 @@
+"""deeplimits' theory: infinite-width (and, later, infinite-depth) kernels as pure functions.
+
+Quick use::
+
+    import theory
+    net = theory.MLP(depth=3, activation="relu", w_std=2**0.5, b_std=0.0)
+    k = theory.kernels(net, x)          # Kernels(nngp=(N, N), ntk=(N, N))
+
+Nothing here does I/O or keeps state; randomness, where it ever enters, is an explicit JAX key.
+"""
+
+from theory import activations
+from theory.activations import Activation
+from theory.architectures import MLP, ResNet
+from theory.kernels import Kernels, kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["MLP", "Activation", "Kernels", "ResNet", "__version__", "activations", "kernels"]

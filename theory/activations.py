@@ -1,0 +1,377 @@
+"""Activation registry: Gaussian expectations ``E[phi(u)phi(v)]`` and ``E[phi'(u)phi'(v)]``.
+
+An :class:`Activation` carries the elementwise function ``phi`` (used by finite networks)
+and a *dual* map ``(q11, q12, q22) -> (E[phi(u)phi(v)], E[phi'(u)phi'(v)])`` for
+``(u, v) ~ N(0, [[q11, q12], [q12, q22]])`` (used by the infinite-width recursions).
+Registered activations have closed-form duals; any other function falls back to
+two-dimensional Gauss-Hermite quadrature (:func:`theory.gaussian.gauss_hermite_expectations`).
+
+Closed forms (``rho`` the correlation, ``theta = arccos rho``, ``n = sqrt(q11 q22)``):
+
+* relu (Cho & Saul 2009, arc-cosine kernels):
+  ``E = n / (2 pi) (sqrt(1 - rho^2) + (pi - theta) rho)``, ``E' = (pi - theta) / (2 pi)``.
+* leaky_relu with slope ``a`` (``phi = relu(x) - a relu(-x)``), from the relu kernel at
+  ``rho`` and ``-rho``: ``E = n / (2 pi) ((1 - a)^2 sqrt(1 - rho^2) + ((1 + a^2)(pi - theta) + 2 a theta) rho)``,
+  ``E' = ((1 + a^2)(pi - theta) + 2 a theta) / (2 pi)``; ``abs`` is ``a = -1``.
+* erf (Williams 1997): ``E = 2/pi arcsin(2 q12 / sqrt((1 + 2 q11)(1 + 2 q22)))``,
+  ``E' = 4/pi / sqrt((1 + 2 q11)(1 + 2 q22) - 4 q12^2)``.
+* identity: ``E = q12``, ``E' = 1``.
+* sign: ``E = 2/pi arcsin(rho)``; its derivative vanishes almost everywhere, so ``E' = 0``
+  (finite networks get no gradient through it either).
+* gelu, exact ``x Phi(x)`` (Tsuchida et al. 2021, "Avoiding kernel fixed points"): with
+  ``a = 1 + q11``, ``b = 1 + q22``, ``delta = sqrt(a b - q12^2)``, ``psi = arctan2(q12, delta)``:
+  ``E = q12/4 + ((q12^2 + q11 q22 delta^2) / (a b delta) + q12 psi) / (2 pi)``,
+  ``E' = 1/4 + psi/(2 pi) + q12 / (2 pi delta) (1/delta^2 + (1 - q11 q22)/(a b) + 1)``.
+* sin / cos: ``E[sin u sin v] = exp(-(q11 + q22)/2) sinh(q12)``,
+  ``E[cos u cos v] = exp(-(q11 + q22)/2) cosh(q12)``; each is the other's derivative kernel.
+
+Quadrature activations (registered names: tanh, softplus, sigmoid, silu/swish; factories
+:func:`shifted_relu`, :func:`soft_threshold`, :func:`clipped`) and any user function wrapped
+in ``Activation(fn)`` use the Gauss-Hermite rule; its degree is the ``quadrature_degree``
+field (accuracy in :data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+
+import jax
+import jax.numpy as jnp
+
+from theory.gaussian import (
+    DEFAULT_QUADRATURE_DEGREE,
+    correlation,
+    gauss_hermite_expectations,
+)
+
+Array = jax.Array
+Dual = Callable[[Array, Array, Array], tuple[Array, Array]]
+
+_PI = math.pi
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An elementwise activation ``phi`` with its Gaussian dual.
+
+    ``Activation(fn)`` wraps any JAX-traceable elementwise function; its dual is computed by
+    Gauss-Hermite quadrature of degree ``quadrature_degree``. ``dual`` (a closed form taking
+    ``(q11, q12, q22)`` and returning ``(E[phi(u)phi(v)], E[phi'(u)phi'(v)])``) replaces the
+    quadrature where given. Two activations are equal when they have the same name and
+    parameters. Factories are cached, so ``leaky_relu(0.1)`` is one object and jitted
+    recursions compile once per activation.
+    """
+
+    fn: Callable[[Array], Array]
+    name: str | None = None
+    dual: Dual | None = field(default=None, repr=False)
+    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    params: tuple = ()
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise ValueError(f"Activation needs a callable elementwise function, got {self.fn!r}")
+        degree = self.quadrature_degree
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+            raise ValueError(
+                f"quadrature_degree must be a positive integer, got {degree!r}; "
+                f"the default is {DEFAULT_QUADRATURE_DEGREE}"
+            )
+        if self.name is None:
+            object.__setattr__(self, "name", getattr(self.fn, "__name__", "custom"))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{v}" for v in self.params)
+        method = "closed form" if self.dual is not None else f"quadrature deg {self.quadrature_degree}"
+        return f"Activation({self.name}{'(' + args + ')' if args else ''}, {method})"
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x)
+
+    @property
+    def has_closed_form(self) -> bool:
+        return self.dual is not None
+
+    def expectations(
+        self, q11: Array, q12: Array, q22: Array, derivative: bool = True
+    ) -> tuple[Array, Array | None]:
+        """``(E[phi(u)phi(v)], E[phi'(u)phi'(v)])`` for ``(u, v) ~ N(0, [[q11, q12], [q12, q22]])``.
+
+        Shapes broadcast; the second entry is ``None`` when ``derivative`` is False.
+        """
+        if self.dual is not None:
+            nngp, ntk = self.dual(q11, q12, q22)
+            return nngp, (ntk if derivative else None)
+        return gauss_hermite_expectations(
+            self.fn, q11, q12, q22, self.quadrature_degree, derivative
+        )
+
+    def with_quadrature(self, degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+        """The same function with its dual computed by quadrature (for testing closed forms)."""
+        return Activation(self.fn, f"{self.name}[quad]", None, degree, self.params)
+
+
+# ---------------------------------------------------------------------------------------
+# Closed-form duals
+
+
+def _leaky_relu_dual(slope: float) -> Dual:
+    def dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+        rho, norm = correlation(q11, q12, q22)
+        theta = jnp.arccos(rho)
+        sine = jnp.sqrt(jnp.maximum(1 - rho**2, 0))
+        slope_term = (1 + slope**2) * (_PI - theta) + 2 * slope * theta
+        nngp = norm / (2 * _PI) * ((1 - slope) ** 2 * sine + slope_term * rho)
+        return nngp, slope_term / (2 * _PI)
+
+    return dual
+
+
+def _erf_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    a, b = 1 + 2 * q11, 1 + 2 * q22
+    arg = jnp.clip(2 * q12 / jnp.sqrt(a * b), -1, 1)
+    nngp = 2 / _PI * jnp.arcsin(arg)
+    ntk = 4 / _PI / jnp.sqrt(a * b - 4 * q12**2)
+    return nngp, ntk
+
+
+def _identity_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    return q12, jnp.ones_like(q12)
+
+
+def _sign_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    rho, _ = correlation(q11, q12, q22)
+    return 2 / _PI * jnp.arcsin(rho), jnp.zeros_like(rho)
+
+
+def _gelu_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    # phi(x) = x Phi(x).  With a = 1 + q11, b = 1 + q22 and delta^2 = a b - q12^2:
+    #   E[phi phi]   = q12/4 + [ (q12^2 + q11 q22 delta^2) / (a b delta) + q12 psi ] / (2 pi)
+    #   E[phi' phi'] = 1/4 + psi/(2 pi) + q12 / (2 pi delta) (1/delta^2 + (1 - q11 q22)/(a b) + 1)
+    # with psi = arctan2(q12, delta) (Tsuchida, Pearce, van der Heide, Roosta, Gallagher 2021).
+    a, b = 1 + q11, 1 + q22
+    ab = a * b
+    delta2 = ab - q12**2
+    delta = jnp.sqrt(delta2)
+    psi = jnp.arctan2(q12, delta)
+    nngp = q12 / 4 + ((q12**2 + q11 * q22 * delta2) / (ab * delta) + q12 * psi) / (2 * _PI)
+    ntk = 0.25 + psi / (2 * _PI) + q12 / (2 * _PI * delta) * (1 / delta2 + (1 - q11 * q22) / ab + 1)
+    return nngp, ntk
+
+
+def _trig_products(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    # exp(-(q11+q22)/2) sinh(q12) and ... cosh(q12), without overflowing cosh for large q.
+    mean = (q11 + q22) / 2
+    up, down = jnp.exp(q12 - mean), jnp.exp(-q12 - mean)
+    return (up - down) / 2, (up + down) / 2
+
+
+def _sin_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    sinh_part, cosh_part = _trig_products(q11, q12, q22)
+    return sinh_part, cosh_part
+
+
+def _cos_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    sinh_part, cosh_part = _trig_products(q11, q12, q22)
+    return cosh_part, sinh_part
+
+
+# ---------------------------------------------------------------------------------------
+# Elementwise functions
+
+
+def _gelu_exact(x: Array) -> Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _softplus(x: Array) -> Array:
+    return jax.nn.softplus(x)
+
+
+def _sigmoid(x: Array) -> Array:
+    return jax.nn.sigmoid(x)
+
+
+def _silu(x: Array) -> Array:
+    return jax.nn.silu(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Factories (cached so that equal parameters give the same object, and jit caches hit)
+
+
+@cache
+def relu() -> Activation:
+    """``max(x, 0)``; closed-form arc-cosine dual (Cho & Saul 2009)."""
+    return Activation(jax.nn.relu, "relu", _leaky_relu_dual(0.0))
+
+
+@cache
+def leaky_relu(slope: float = 0.01) -> Activation:
+    """``max(x, 0) + slope * min(x, 0)``; closed-form dual from the arc-cosine kernel."""
+    slope = float(slope)
+    if not math.isfinite(slope):
+        raise ValueError(f"leaky_relu slope must be finite, got {slope}")
+
+    def fn(x: Array) -> Array:
+        return jnp.where(x > 0, x, slope * x)
+
+    return Activation(fn, "leaky_relu", _leaky_relu_dual(slope), params=(slope,))
+
+
+@cache
+def abs() -> Activation:  # noqa: A001 - the activation's name
+    """``|x|``; the leaky-relu dual at slope -1."""
+    return Activation(jnp.abs, "abs", _leaky_relu_dual(-1.0))
+
+
+@cache
+def erf() -> Activation:
+    """``erf(x)``; closed-form arcsin dual (Williams 1997)."""
+    return Activation(jax.scipy.special.erf, "erf", _erf_dual)
+
+
+@cache
+def identity() -> Activation:
+    """``x``: the linear network."""
+    return Activation(lambda x: x, "identity", _identity_dual)
+
+
+@cache
+def sign() -> Activation:
+    """``sign(x)``; dual ``2/pi arcsin(rho)``, derivative kernel 0."""
+    return Activation(jnp.sign, "sign", _sign_dual)
+
+
+@cache
+def gelu() -> Activation:
+    """Exact GELU ``x Phi(x)``; closed-form dual (Tsuchida et al. 2021)."""
+    return Activation(_gelu_exact, "gelu", _gelu_dual)
+
+
+@cache
+def sin() -> Activation:
+    """``sin(x)``; dual ``exp(-(q11+q22)/2) sinh(q12)``."""
+    return Activation(jnp.sin, "sin", _sin_dual)
+
+
+@cache
+def cos() -> Activation:
+    """``cos(x)``; dual ``exp(-(q11+q22)/2) cosh(q12)``."""
+    return Activation(jnp.cos, "cos", _cos_dual)
+
+
+@cache
+def tanh(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``tanh(x)``; dual by Gauss-Hermite quadrature."""
+    return Activation(jnp.tanh, "tanh", None, quadrature_degree)
+
+
+@cache
+def softplus(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``log(1 + e^x)``; dual by quadrature."""
+    return Activation(_softplus, "softplus", None, quadrature_degree)
+
+
+@cache
+def sigmoid(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``1 / (1 + e^-x)``; dual by quadrature."""
+    return Activation(_sigmoid, "sigmoid", None, quadrature_degree)
+
+
+@cache
+def silu(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``x sigmoid(x)`` (swish); dual by quadrature."""
+    return Activation(_silu, "silu", None, quadrature_degree)
+
+
+@cache
+def shifted_relu(shift: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``max(0, x - shift)`` (sparsity-inducing); dual by quadrature (kink: slower convergence)."""
+    shift = float(shift)
+
+    def fn(x: Array) -> Array:
+        return jnp.maximum(x - shift, 0)
+
+    return Activation(fn, "shifted_relu", None, quadrature_degree, (shift,))
+
+
+@cache
+def soft_threshold(threshold: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+    """``sign(x) max(|x| - threshold, 0)`` (sparsity-inducing); dual by quadrature."""
+    threshold = float(threshold)
+
+    def fn(x: Array) -> Array:
+        return jnp.sign(x) * jnp.maximum(jnp.abs(x) - threshold, 0)
+
+    return Activation(fn, "soft_threshold", None, quadrature_degree, (threshold,))
+
+
+def clipped(activation: str | Activation, bound: float) -> Activation:
+    """``clip(phi(x), -bound, bound)``: a magnitude-clipped activation; dual by quadrature."""
+    base = get(activation)
+    bound = float(bound)
+    if not bound > 0:
+        raise ValueError(f"clipped() needs a positive bound, got {bound}")
+    return _clipped(base, bound)
+
+
+@cache
+def _clipped(base: Activation, bound: float) -> Activation:
+    def fn(x: Array) -> Array:
+        return jnp.clip(base.fn(x), -bound, bound)
+
+    return Activation(fn, f"clipped_{base.name}", None, base.quadrature_degree, (base.params, bound))
+
+
+_REGISTRY: dict[str, Callable[..., Activation]] = {
+    "relu": relu,
+    "leaky_relu": leaky_relu,
+    "abs": abs,
+    "erf": erf,
+    "identity": identity,
+    "linear": identity,
+    "sign": sign,
+    "gelu": gelu,
+    "sin": sin,
+    "cos": cos,
+    "tanh": tanh,
+    "softplus": softplus,
+    "sigmoid": sigmoid,
+    "silu": silu,
+    "swish": silu,
+    "shifted_relu": shifted_relu,
+    "soft_threshold": soft_threshold,
+}
+
+
+def registered() -> tuple[str, ...]:
+    """Names accepted by :func:`get` (and by ``MLP(activation=...)``)."""
+    return tuple(sorted(_REGISTRY))
+
+
+def get(activation: str | Activation | Callable, **params: float) -> Activation:
+    """Resolve a registered name (with factory parameters), an :class:`Activation`, or a function."""
+    if isinstance(activation, Activation):
+        if params:
+            raise ValueError(f"parameters {params} given for an Activation object {activation!r}")
+        return activation
+    if isinstance(activation, str):
+        key = activation.lower()
+        if key not in _REGISTRY:
+            raise ValueError(
+                f"unknown activation {activation!r}; registered: {', '.join(registered())}; "
+                "or pass theory.Activation(fn) for any elementwise JAX function"
+            )
+        try:
+            return _REGISTRY[key](**params)
+        except TypeError as err:
+            raise ValueError(f"bad parameters {params} for activation {activation!r}: {err}") from None
+    if callable(activation):
+        return Activation(activation)
+    raise ValueError(
+        f"activation must be a name, an Activation or a function, got {activation!r}"
+    )

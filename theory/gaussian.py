@@ -1,0 +1,114 @@
+"""Bivariate Gaussian expectations: correlations and Gauss-Hermite quadrature.
+
+Every kernel layer map needs expectations over a centred bivariate Gaussian pair
+``(u, v) ~ N(0, [[q11, q12], [q12, q22]])``.  This module holds the two pieces
+shared by all activations: a robust correlation coefficient, and a tensor-product
+Gauss-Hermite rule for activations without a closed form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+DEFAULT_QUADRATURE_DEGREE = 40
+"""Nodes per dimension of the default Gauss-Hermite rule (``DEFAULT**2`` per pair).
+
+Accuracy, measured in float64 against the closed forms of erf, gelu, sin and cos over
+correlations in [-1, 1] (``tests/test_quadrature.py`` checks the first line):
+
+=====================  ==================  ==================
+variances q11, q22     E[phi(u)phi(v)]     E[phi'(u)phi'(v)]
+=====================  ==================  ==================
+in [1e-3, 1]           <= 1e-8 relative    <= 1e-6 relative
+up to 2                <= 2e-5             <= 3e-4
+up to 3                <= 3e-4             <= 1.5e-2
+=====================  ==================  ==================
+
+The error grows with the variance because ``phi(sqrt(q) z)`` sharpens in ``z``; raise the
+degree (``tanh(quadrature_degree=...)``) for large pre-activation variances. Non-smooth
+activations (kinks, jumps) converge only algebraically in the degree (relu: ~1e-2 at
+degree 40); use a closed form for them where one exists.
+"""
+
+
+def correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    """Return ``(rho, sqrt(q11 q22))`` with ``rho = q12 / sqrt(q11 q22)`` clipped to [-1, 1].
+
+    Convention for a degenerate pair: if either variance is 0 (an all-zero input with
+    ``b_std = 0``), the correlation is defined as 0, the limit of vanishing variance at
+    zero correlation; no 0/0 is formed. ``sqrt(q11 * q22)`` is used where the product
+    is representable, so that ``rho`` is exactly 1 on the diagonal, and
+    ``sqrt(q11) * sqrt(q22)`` where the product would over- or underflow.
+    """
+    prod = q11 * q22
+    representable = jnp.isfinite(prod) & (prod >= jnp.finfo(prod.dtype).tiny)
+    norm = jnp.where(
+        representable,
+        jnp.sqrt(jnp.where(representable, prod, 1)),
+        jnp.sqrt(q11) * jnp.sqrt(q22),
+    )
+    positive = norm > 0
+    rho = jnp.where(positive, q12 / jnp.where(positive, norm, 1), 0)
+    return jnp.clip(rho, -1, 1), norm
+
+
+@lru_cache(maxsize=64)
+def _hermite_rule(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    # Probabilists' Hermite rule, weights normalised to integrate against N(0, 1).
+    nodes, weights = np.polynomial.hermite_e.hermegauss(degree)
+    return nodes, weights / np.sqrt(2 * np.pi)
+
+
+def gauss_hermite_expectations(
+    fn: Callable[[Array], Array],
+    q11: Array,
+    q12: Array,
+    q22: Array,
+    degree: int = DEFAULT_QUADRATURE_DEGREE,
+    derivative: bool = True,
+) -> tuple[Array, Array | None]:
+    """``E[fn(u) fn(v)]`` and ``E[fn'(u) fn'(v)]`` by two-dimensional Gauss-Hermite quadrature.
+
+    Writes ``u = sqrt(q11) z1`` and ``v = sqrt(q22) (rho z1 + sqrt(1 - rho^2) z2)`` with
+    independent standard normals ``z1, z2`` and integrates each with a ``degree``-point
+    Gauss-Hermite rule (exact for polynomials of degree ``2 degree - 1`` in each). ``fn``
+    must be elementwise and JAX-traceable; its derivative comes from one forward-mode
+    pass (``jax.jvp``) that also yields the values, so ``fn`` is evaluated once per node.
+
+    The ``u`` factor depends only on ``q11``, so with broadcast shapes ``q11: (B, 1)``,
+    ``q22: (1, N)``, ``q12: (B, N)`` it is evaluated on ``B * degree`` points, and only the
+    ``v`` factor on ``B * N * degree**2``.
+    """
+    nodes_np, weights_np = _hermite_rule(int(degree))
+    dtype = jnp.result_type(q12)
+    nodes = jnp.asarray(nodes_np, dtype)
+    weights = jnp.asarray(weights_np, dtype)
+    rho, _ = correlation(q11, q12, q22)
+
+    def values_and_slopes(points: Array) -> tuple[Array, Array]:
+        return jax.jvp(fn, (points,), (jnp.ones_like(points),))
+
+    u = jnp.sqrt(q11)[..., None] * nodes
+    s22 = jnp.sqrt(q22)[..., None, None]
+    v = s22 * (
+        rho[..., None, None] * nodes[:, None]
+        + jnp.sqrt(jnp.maximum(1 - rho**2, 0))[..., None, None] * nodes[None, :]
+    )
+    if derivative:
+        fu, dfu = values_and_slopes(u)
+        fv, dfv = values_and_slopes(v)
+    else:
+        fu, fv = fn(u), fn(v)
+    # Conditional expectation over z2 first, then over z1.
+    nngp = jnp.sum(weights * fu * (fv @ weights), axis=-1)
+    if not derivative:
+        return nngp, None
+    ntk = jnp.sum(weights * dfu * (dfv @ weights), axis=-1)
+    return nngp, ntk

@@ -1,0 +1,362 @@
+"""Infinite-width NNGP and NTK of MLPs and depth-scaled ResNets: one recursion for both.
+
+Every layer of both architectures is an instance of one map on the pre-activation kernel
+``q`` and NTK ``Theta`` of a pair of inputs (Neal 1996; Lee et al. 2018; Jacot et al. 2018):
+
+    E      = E[phi(u) phi(v)],   E' = E[phi'(u) phi'(v)],   (u, v) ~ N(0, q restricted to the pair)
+    q'     = gamma q     + s^2 (w_std^2 E + b_std^2)
+    Theta' = gamma Theta + s^2 (c_K E + c_0 + w_std^2 E' Theta)
+
+with ``gamma = 0, s = 1`` for a plain Dense layer (MLP hidden layers and readouts) and
+``gamma = 1, s = branch_scale / L**depth_exponent`` for a residual block; the branch is
+independent of the skip path at initialisation, so their kernels add. The NTK coefficients are
+``c_K = w_std^2, c_0 = b_std^2`` in the NTK parameterization and ``c_K = fan_in`` (the layer's
+input width), ``c_0 = 1`` if the layer has a bias, in the standard one (neural-tangents'
+``Dense``). The first layer reads the input kernel ``x.x' / d`` with ``Theta = 0`` and no
+activation; a linear readout has no activation either.
+
+The diagonal ``q(x, x)`` obeys the same map at correlation 1, so a pair's recursion only needs its
+own two diagonals: the off-diagonal kernel is computed in blocks of rows, each block one jitted
+``lax.scan`` over depth, which bounds memory for large input sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.activations import Activation
+from theory.architectures import MLP, Architecture, ResNet
+
+Array = jax.Array
+
+KERNEL_NAMES = ("nngp", "ntk")
+DEFAULT_MEMORY_BUDGET = 2**30
+"""Bytes of temporaries per block of the off-diagonal recursion (see ``memory_budget``)."""
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """NNGP and NTK of a network's output, ``(batch1, batch2)`` arrays (or ``(layers, ...)``
+    stacked when ``per_layer=True``); a kernel that was not requested is ``None``.
+
+    ``dtype`` is the floating-point type the recursion ran in.
+    """
+
+    nngp: Array | None = None
+    ntk: Array | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        present = self.nngp if self.nngp is not None else self.ntk
+        return np.dtype(present.dtype)
+
+
+jax.tree_util.register_dataclass(Kernels, data_fields=["nngp", "ntk"], meta_fields=[])
+
+
+class _Dense(NamedTuple):
+    """Coefficients of one layer in the map above (see the module docstring)."""
+
+    gamma: float
+    scale2: float
+    w2: float
+    b2: float
+    c_k: float
+    c_0: float
+
+
+class _Plan(NamedTuple):
+    """Static structure: first layer, ``n_repeat`` identical layers, an optional last one."""
+
+    n_repeat: int
+    last_post: str | None  # "activation", "identity" or None (no separate last layer)
+
+
+def _dense(arch: Architecture, w_std: float, b_std: float, fan_in: int | None,
+           gamma: float = 0.0, scale: float = 1.0) -> _Dense:
+    if arch.parameterization == "ntk":
+        c_k, c_0 = w_std**2, b_std**2
+    else:
+        c_k, c_0 = float(fan_in), (1.0 if b_std > 0 else 0.0)
+    return _Dense(gamma, scale**2, w_std**2, b_std**2, c_k, c_0)
+
+
+def _layers(arch: Architecture, features: int) -> tuple[_Plan, tuple[_Dense, _Dense, _Dense]]:
+    width = arch.width
+    if isinstance(arch, MLP):
+        first = _dense(arch, arch.w_std, arch.b_std, features)
+        hidden = _dense(arch, arch.w_std, arch.b_std, width)
+        # Hidden layers 2..L and the readout are the same map: depth repeats, no extra last layer.
+        return _Plan(arch.depth, None), (first, hidden, hidden)
+    if isinstance(arch, ResNet):
+        stem = _dense(arch, arch.stem_w_std, 0.0, features)
+        block = _dense(arch, arch.w_std, arch.b_std, width, gamma=1.0, scale=arch.branch_multiplier)
+        readout = _dense(arch, arch.readout_w_std, 0.0, width)
+        last_post = "activation" if arch.readout == "activation" else "identity"
+        return _Plan(arch.depth, last_post), (stem, block, readout)
+    raise ValueError(f"kernels() takes a theory.MLP or theory.ResNet, got {type(arch).__name__}")
+
+
+class _State(NamedTuple):
+    q11: Array  # (B,)   variances of the row inputs
+    q12: Array  # (B, N) covariances rows x columns
+    q22: Array  # (N,)   variances of the column inputs
+    t11: Array | None
+    t12: Array | None
+    t22: Array | None
+
+
+def _layer(act: Activation, dense: _Dense, post: str, state: _State, with_ntk: bool) -> _State:
+    """One application of the layer map to the row diagonals, the pairs and the column diagonals."""
+    q11, q12, q22 = state.q11, state.q12, state.q22
+    if post == "activation":
+        e11, d11 = act.expectations(q11, q11, q11, with_ntk)
+        e12, d12 = act.expectations(q11[:, None], q12, q22[None, :], with_ntk)
+        e22, d22 = act.expectations(q22, q22, q22, with_ntk)
+    else:
+        (e11, e12, e22), (d11, d12, d22) = (q11, q12, q22), (1.0, 1.0, 1.0)
+
+    def nngp(q: Array, e: Array) -> Array:
+        return dense.gamma * q + dense.scale2 * (dense.w2 * e + dense.b2)
+
+    def ntk(t: Array, e: Array, d: Array) -> Array:
+        return dense.gamma * t + dense.scale2 * (dense.c_k * e + dense.c_0 + dense.w2 * d * t)
+
+    if not with_ntk:
+        return _State(nngp(q11, e11), nngp(q12, e12), nngp(q22, e22), None, None, None)
+    return _State(
+        nngp(q11, e11), nngp(q12, e12), nngp(q22, e22),
+        ntk(state.t11, e11, d11), ntk(state.t12, e12, d12), ntk(state.t22, e22, d22),
+    )
+
+
+def _first_bad(bad: Array, state: _State, index: Array) -> Array:
+    finite = jnp.isfinite(state.q11)
+    if state.t11 is not None:
+        finite &= jnp.isfinite(state.t11)
+    return jnp.where((bad < 0) & ~finite, index, bad)
+
+
+def _recursion(
+    x_rows: Array,
+    x_cols: Array,
+    coeffs: tuple[_Dense, _Dense, _Dense],
+    act: Activation,
+    plan: _Plan,
+    with_ntk: bool,
+    per_layer: bool,
+) -> tuple[_State | tuple[Array, Array | None], Array]:
+    """Run all layers for one block of rows; return the last state (or every layer's pairs)
+    and, per row, the index of the first layer whose diagonal is not finite (-1 if none)."""
+    first, middle, last = coeffs
+    features = x_rows.shape[1]
+    zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
+    sq_rows = jnp.sum(x_rows**2, axis=1) / features
+    sq_cols = jnp.sum(x_cols**2, axis=1) / features
+    cross = x_rows @ x_cols.T / features
+    state = _State(sq_rows, cross, sq_cols, zeros(sq_rows), zeros(cross), zeros(sq_cols))
+    state = _layer(act, first, "input", state, with_ntk)
+    bad = _first_bad(jnp.full(sq_rows.shape, -1, jnp.int32), state, jnp.int32(0))
+
+    def pairs(s: _State) -> tuple[Array, Array | None]:
+        return s.q12, s.t12
+
+    def step(carry: tuple[_State, Array], index: Array):
+        s, b = carry
+        s = _layer(act, middle, "activation", s, with_ntk)
+        return (s, _first_bad(b, s, index)), (pairs(s) if per_layer else None)
+
+    stacked = [jax.tree.map(lambda a: a[None], pairs(state))] if per_layer else []
+    if plan.n_repeat:
+        indices = jnp.arange(1, plan.n_repeat + 1, dtype=jnp.int32)
+        (state, bad), ys = jax.lax.scan(step, (state, bad), indices)
+        if per_layer:
+            stacked.append(ys)
+    if plan.last_post is not None:
+        state = _layer(act, last, plan.last_post, state, with_ntk)
+        bad = _first_bad(bad, state, jnp.int32(plan.n_repeat + 1))
+        if per_layer:
+            stacked.append(jax.tree.map(lambda a: a[None], pairs(state)))
+    if per_layer:
+        out = jax.tree.map(lambda *parts: jnp.concatenate(parts, axis=0), *stacked)
+        return out, bad
+    return pairs(state), bad
+
+
+def _block_rows(n_rows: int, n_cols: int, act: Activation, n_layers: int, itemsize: int,
+                with_ntk: bool, per_layer: bool, budget: int) -> int:
+    # Bytes held per (row, column) pair while one block is processed: the activation's
+    # temporaries (degree^2 node values for quadrature) and, per layer if stacked, the output.
+    per_pair = 64 if act.has_closed_form else 6 * act.quadrature_degree**2
+    per_pair += (n_layers if per_layer else 1) * (2 if with_ntk else 1) * 2
+    rows = max(1, budget // max(1, n_cols * per_pair * itemsize))
+    return min(n_rows, rows)
+
+
+@jax.jit(static_argnames=("act", "plan", "with_ntk", "per_layer", "block"))
+def _kernels_blocked(x1, x2, coeffs, *, act, plan, with_ntk, per_layer, block):
+    n1 = x1.shape[0]
+    n_blocks = -(-n1 // block)
+    if n_blocks == 1:
+        (q, t), _ = _recursion(x1, x2, coeffs, act, plan, with_ntk, per_layer)
+        return q, t
+    # Pad with copies of the first row (a valid input) so that every block has the same shape.
+    padded = jnp.concatenate([x1, jnp.broadcast_to(x1[:1], (n_blocks * block - n1, x1.shape[1]))])
+
+    def one_block(rows):
+        out, _ = _recursion(rows, x2, coeffs, act, plan, with_ntk, per_layer)
+        return out
+
+    q, t = jax.lax.map(one_block, padded.reshape(n_blocks, block, x1.shape[1]))
+
+    def unblock(a):
+        if a is None:
+            return None
+        if per_layer:  # (blocks, layers, block, N) -> (layers, blocks * block, N)
+            a = jnp.moveaxis(a, 1, 0)
+            return a.reshape(a.shape[0], n_blocks * block, -1)[:, :n1]
+        return a.reshape(n_blocks * block, -1)[:n1]
+
+    return unblock(q), unblock(t)
+
+
+@jax.jit(static_argnames=("act", "plan", "with_ntk"))
+def _first_non_finite_layer(x, coeffs, *, act, plan, with_ntk):
+    # The diagonal recursion alone: the same code with an empty set of columns.
+    _, bad = _recursion(x, x[:0], coeffs, act, plan, with_ntk, False)
+    return bad
+
+
+def _as_inputs(name: str, x: object) -> Array:
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise ValueError(f"{name} must be an array of shape (batch, features): {err}") from None
+    if x.ndim != 2:
+        raise ValueError(
+            f"{name} must have shape (batch, features), got shape {tuple(x.shape)}; "
+            "reshape a single input with x[None, :] or flatten image inputs to one axis"
+        )
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one input and one feature, got shape {tuple(x.shape)}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def _is_concrete(x: Array) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def kernels(
+    arch: Architecture,
+    x1: Array,
+    x2: Array | None = None,
+    get: str | tuple[str, ...] = KERNEL_NAMES,
+    per_layer: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Kernels:
+    """Infinite-width NNGP and NTK of ``arch`` between inputs ``x1`` and ``x2``.
+
+    Computes the recursion in the module docstring for every pair (``x1[i]``, ``x2[j]``);
+    ``x2=None`` means ``x2 = x1`` (then the kernels are exactly symmetric). Conventions: inputs
+    have shape ``(batch, features)``; the first layer's input kernel is ``x.x' / features``; Dense
+    layers follow neural-tangents' ``Dense`` in the chosen ``parameterization`` (see
+    :mod:`theory.architectures`), so the results equal ``nt.stax`` kernels of the same network.
+
+    Args:
+      arch: a :class:`theory.MLP` or :class:`theory.ResNet`.
+      x1, x2: inputs, ``(batch1, features)`` and ``(batch2, features)``.
+      get: ``"nngp"``, ``"ntk"`` or both; the NTK costs about twice the NNGP.
+      per_layer: also return every layer's kernels, stacked on axis 0 (MLP: each Dense layer's
+        pre-activations, ``depth + 1``; ResNet: stem, every block, readout, ``depth + 2``).
+      memory_budget: bytes of temporaries per block of rows; large input sets are processed in
+        blocks of rows so that ``N = 20,000`` fits in a few GiB.
+
+    Returns:
+      :class:`Kernels` with ``(batch1, batch2)`` arrays (``(layers, batch1, batch2)`` if
+      ``per_layer``), in the inputs' floating dtype. Enable float64 with
+      ``jax.config.update("jax_enable_x64", True)`` before creating arrays; without it JAX
+      computes in float32.
+
+    Raises:
+      ValueError: on malformed inputs (rank, feature mismatch, NaN/inf), an unknown ``get``, or a
+        kernel that overflows the dtype (the message names the layer). An all-zero input with
+        ``b_std = 0`` has zero variance; its correlation with anything is defined as 0.
+    """
+    if not isinstance(arch, (MLP, ResNet)):
+        raise ValueError(f"kernels() takes a theory.MLP or theory.ResNet, got {arch!r}")
+    wanted = (get,) if isinstance(get, str) else tuple(get)
+    unknown = [g for g in wanted if g not in KERNEL_NAMES]
+    if unknown or not wanted:
+        raise ValueError(f"get must name kernels among {KERNEL_NAMES}, got {get!r}")
+    x1 = _as_inputs("x1", x1)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else _as_inputs("x2", x2)
+    if x1.shape[1] != x2.shape[1]:
+        raise ValueError(
+            f"x1 and x2 must have the same number of features, got {x1.shape[1]} and {x2.shape[1]}"
+        )
+    dtype = jnp.result_type(x1, x2)
+    x1, x2 = x1.astype(dtype), x2.astype(dtype)
+    if not isinstance(memory_budget, int) or memory_budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+
+    plan, layer_coeffs = _layers(arch, x1.shape[1])
+    coeffs = tuple(_Dense(*(jnp.asarray(c, dtype) for c in layer)) for layer in layer_coeffs)
+    with_ntk = "ntk" in wanted
+    act = arch.activation
+
+    if _is_concrete(x1) and _is_concrete(x2):
+        _check_finite_inputs(x1, x2, symmetric)
+        everything = x1 if symmetric else jnp.concatenate([x1, x2])
+        bad = np.asarray(_first_non_finite_layer(everything, coeffs, act=act, plan=plan, with_ntk=with_ntk))
+        if (bad >= 0).any():
+            _raise_overflow(arch, int(bad[bad >= 0].min()), dtype)
+
+    block = _block_rows(x1.shape[0], x2.shape[0], act, arch.n_layers, np.dtype(dtype).itemsize,
+                        with_ntk, per_layer, memory_budget)
+    q, t = _kernels_blocked(x1, x2, coeffs, act=act, plan=plan, with_ntk=with_ntk,
+                            per_layer=per_layer, block=block)
+    if symmetric:
+        # Equal in exact arithmetic; the matmul and quadrature round (i, j) and (j, i) differently.
+        q = (q + jnp.swapaxes(q, -1, -2)) / 2
+        t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
+    return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
+
+
+def _check_finite_inputs(x1: Array, x2: Array, symmetric: bool) -> None:
+    for name, x in (("x1", x1),) if symmetric else (("x1", x1), ("x2", x2)):
+        finite = np.isfinite(np.asarray(x))
+        if not finite.all():
+            row = int(np.argwhere(~finite)[0][0])
+            raise ValueError(f"{name} contains NaN or inf (first in row {row}); clean the inputs")
+
+
+def _raise_overflow(arch: Architecture, layer: int, dtype: np.dtype) -> None:
+    hint = "switch to float64 (jax.config.update('jax_enable_x64', True))"
+    if np.dtype(dtype) == np.float64:
+        hint = "reduce w_std, b_std or the depth"
+    else:
+        hint += " or reduce w_std, b_std or the depth"
+    raise ValueError(
+        f"the kernel of {arch!r} overflows {np.dtype(dtype).name}: the variance or NTK is not finite "
+        f"after {arch.layer_name(layer)} (this happens in the chaotic / exploding phase, where the "
+        f"variance grows geometrically with depth); {hint}"
+    )
+
+
+def max_abs_correlation_excess(nngp: Array) -> float:
+    """``max |q12| / sqrt(q11 q22) - 1`` over a square NNGP (<= 0 when correlations are valid)."""
+    diag = jnp.sqrt(jnp.clip(jnp.diagonal(nngp, axis1=-2, axis2=-1), 0))
+    denom = diag[..., :, None] * diag[..., None, :]
+    ratio = jnp.where(denom > 0, jnp.abs(nngp) / jnp.where(denom > 0, denom, 1), 0)
+    return float(jnp.max(ratio) - 1)
+
+
+__all__ = ["KERNEL_NAMES", "Kernels", "kernels", "max_abs_correlation_excess"]
