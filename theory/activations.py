@@ -33,10 +33,11 @@ field (accuracy in :data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, wraps
 
 import jax
 import jax.numpy as jnp
@@ -203,13 +204,27 @@ def _silu(x: Array) -> Array:
 # Factories (cached so that equal parameters give the same object, and jit caches hit)
 
 
-@cache
+def _factory(make: Callable[..., Activation]) -> Callable[..., Activation]:
+    """Cache a factory on its fully bound arguments: ``f(0.1)`` and ``f(slope=0.1)`` are one object."""
+    signature = inspect.signature(make)
+    cached = cache(make)
+
+    @wraps(make)
+    def factory(*args: object, **kwargs: object) -> Activation:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cached(*bound.args)
+
+    return factory
+
+
+@_factory
 def relu() -> Activation:
     """``max(x, 0)``; closed-form arc-cosine dual (Cho & Saul 2009)."""
     return Activation(jax.nn.relu, "relu", _leaky_relu_dual(0.0))
 
 
-@cache
+@_factory
 def leaky_relu(slope: float = 0.01) -> Activation:
     """``max(x, 0) + slope * min(x, 0)``; closed-form dual from the arc-cosine kernel."""
     slope = float(slope)
@@ -222,73 +237,73 @@ def leaky_relu(slope: float = 0.01) -> Activation:
     return Activation(fn, "leaky_relu", _leaky_relu_dual(slope), params=(slope,))
 
 
-@cache
+@_factory
 def abs() -> Activation:  # noqa: A001 - the activation's name
     """``|x|``; the leaky-relu dual at slope -1."""
     return Activation(jnp.abs, "abs", _leaky_relu_dual(-1.0))
 
 
-@cache
+@_factory
 def erf() -> Activation:
     """``erf(x)``; closed-form arcsin dual (Williams 1997)."""
     return Activation(jax.scipy.special.erf, "erf", _erf_dual)
 
 
-@cache
+@_factory
 def identity() -> Activation:
     """``x``: the linear network."""
     return Activation(lambda x: x, "identity", _identity_dual)
 
 
-@cache
+@_factory
 def sign() -> Activation:
     """``sign(x)``; dual ``2/pi arcsin(rho)``, derivative kernel 0."""
     return Activation(jnp.sign, "sign", _sign_dual)
 
 
-@cache
+@_factory
 def gelu() -> Activation:
     """Exact GELU ``x Phi(x)``; closed-form dual (Tsuchida et al. 2021)."""
     return Activation(_gelu_exact, "gelu", _gelu_dual)
 
 
-@cache
+@_factory
 def sin() -> Activation:
     """``sin(x)``; dual ``exp(-(q11+q22)/2) sinh(q12)``."""
     return Activation(jnp.sin, "sin", _sin_dual)
 
 
-@cache
+@_factory
 def cos() -> Activation:
     """``cos(x)``; dual ``exp(-(q11+q22)/2) cosh(q12)``."""
     return Activation(jnp.cos, "cos", _cos_dual)
 
 
-@cache
+@_factory
 def tanh(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``tanh(x)``; dual by Gauss-Hermite quadrature."""
     return Activation(jnp.tanh, "tanh", None, quadrature_degree)
 
 
-@cache
+@_factory
 def softplus(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``log(1 + e^x)``; dual by quadrature."""
     return Activation(_softplus, "softplus", None, quadrature_degree)
 
 
-@cache
+@_factory
 def sigmoid(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``1 / (1 + e^-x)``; dual by quadrature."""
     return Activation(_sigmoid, "sigmoid", None, quadrature_degree)
 
 
-@cache
+@_factory
 def silu(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``x sigmoid(x)`` (swish); dual by quadrature."""
     return Activation(_silu, "silu", None, quadrature_degree)
 
 
-@cache
+@_factory
 def shifted_relu(shift: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``max(0, x - shift)`` (sparsity-inducing); dual by quadrature (kink: slower convergence)."""
     shift = float(shift)
@@ -299,7 +314,7 @@ def shifted_relu(shift: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE
     return Activation(fn, "shifted_relu", None, quadrature_degree, (shift,))
 
 
-@cache
+@_factory
 def soft_threshold(threshold: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
     """``sign(x) max(|x| - threshold, 0)`` (sparsity-inducing); dual by quadrature."""
     threshold = float(threshold)
