@@ -1,0 +1,22 @@
+"""The README's quick start runs as written."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_quick_start_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "README has no python block"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["k"].nngp.shape == (8, 8)
+    assert namespace["layers"].nngp.shape == (4, 8, 2)
+    assert namespace["k_mine"].ntk.shape == (8, 8)
+
+
+def test_readme_has_exactly_the_two_setup_commands():
+    setup = README.read_text().split("## Set up", 1)[1]
+    commands = re.findall(r"```\n(.*?)```", setup, flags=re.S)[0].strip().splitlines()
+    assert commands == ['pip install -e ".[test]"', "pytest"]
