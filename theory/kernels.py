@@ -198,8 +198,17 @@ def _block_rows(n_rows: int, n_cols: int, act: Activation, n_layers: int, itemsi
     return min(n_rows, rows)
 
 
-@jax.jit(static_argnames=("act", "plan", "with_ntk", "per_layer", "block"))
-def _kernels_blocked(x1, x2, coeffs, *, act, plan, with_ntk, per_layer, block):
+@jax.jit(static_argnames=("act", "plan", "with_ntk", "per_layer", "block", "symmetric"))
+def _kernels_blocked(x1, x2, coeffs, *, act, plan, with_ntk, per_layer, block, symmetric):
+    q, t = _kernels_rows(x1, x2, coeffs, act, plan, with_ntk, per_layer, block)
+    if symmetric:
+        # Equal in exact arithmetic; the matmul and quadrature round (i, j) and (j, i) differently.
+        q = (q + jnp.swapaxes(q, -1, -2)) / 2
+        t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
+    return q, t
+
+
+def _kernels_rows(x1, x2, coeffs, act, plan, with_ntk, per_layer, block):
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
     if n_blocks == 1:
@@ -322,11 +331,7 @@ def kernels(
     block = _block_rows(x1.shape[0], x2.shape[0], act, arch.n_layers, np.dtype(dtype).itemsize,
                         with_ntk, per_layer, memory_budget)
     q, t = _kernels_blocked(x1, x2, coeffs, act=act, plan=plan, with_ntk=with_ntk,
-                            per_layer=per_layer, block=block)
-    if symmetric:
-        # Equal in exact arithmetic; the matmul and quadrature round (i, j) and (j, i) differently.
-        q = (q + jnp.swapaxes(q, -1, -2)) / 2
-        t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
+                            per_layer=per_layer, block=block, symmetric=symmetric)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
 
 
