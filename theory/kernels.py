@@ -31,6 +31,7 @@ import numpy as np
 
 from theory.activations import Activation
 from theory.architectures import MLP, Architecture, ResNet
+from theory.inputs import validate_inputs
 
 Array = jax.Array
 
@@ -60,14 +61,18 @@ jax.tree_util.register_dataclass(Kernels, data_fields=["nngp", "ntk"], meta_fiel
 
 
 class _Dense(NamedTuple):
-    """Coefficients of one layer in the map above (see the module docstring)."""
+    """Coefficients of one layer in the map above, with the multiplier folded in on the host in
+    Python floats (``s^2 w^2`` rather than ``s^2 (w^2 E)``) so that no intermediate overflows:
+
+    ``q' = gamma q + nngp_e E + nngp_0``, ``Theta' = gamma Theta + ntk_e E + ntk_0 + ntk_d E' Theta``.
+    """
 
     gamma: float
-    scale2: float
-    w2: float
-    b2: float
-    c_k: float
-    c_0: float
+    nngp_e: float
+    nngp_0: float
+    ntk_e: float
+    ntk_0: float
+    ntk_d: float
 
 
 class _Plan(NamedTuple):
@@ -83,7 +88,8 @@ def _dense(arch: Architecture, w_std: float, b_std: float, fan_in: int | None,
         c_k, c_0 = w_std**2, b_std**2
     else:
         c_k, c_0 = float(fan_in), (1.0 if b_std > 0 else 0.0)
-    return _Dense(gamma, scale**2, w_std**2, b_std**2, c_k, c_0)
+    s2 = scale**2
+    return _Dense(gamma, s2 * w_std**2, s2 * b_std**2, s2 * c_k, s2 * c_0, s2 * w_std**2)
 
 
 def _layers(arch: Architecture, features: int) -> tuple[_Plan, tuple[_Dense, _Dense, _Dense]]:
@@ -122,10 +128,10 @@ def _layer(act: Activation, dense: _Dense, post: str, state: _State, with_ntk: b
         (e11, e12, e22), (d11, d12, d22) = (q11, q12, q22), (1.0, 1.0, 1.0)
 
     def nngp(q: Array, e: Array) -> Array:
-        return dense.gamma * q + dense.scale2 * (dense.w2 * e + dense.b2)
+        return dense.gamma * q + dense.nngp_e * e + dense.nngp_0
 
     def ntk(t: Array, e: Array, d: Array) -> Array:
-        return dense.gamma * t + dense.scale2 * (dense.c_k * e + dense.c_0 + dense.w2 * d * t)
+        return dense.gamma * t + dense.ntk_e * e + dense.ntk_0 + dense.ntk_d * (d * t)
 
     if not with_ntk:
         return _State(nngp(q11, e11), nngp(q12, e12), nngp(q22, e22), None, None, None)
@@ -241,27 +247,6 @@ def _first_non_finite_layer(x, coeffs, *, act, plan, with_ntk):
     return bad
 
 
-def _as_inputs(name: str, x: object) -> Array:
-    try:
-        x = jnp.asarray(x)
-    except TypeError as err:
-        raise ValueError(f"{name} must be an array of shape (batch, features): {err}") from None
-    if x.ndim != 2:
-        raise ValueError(
-            f"{name} must have shape (batch, features), got shape {tuple(x.shape)}; "
-            "reshape a single input with x[None, :] or flatten image inputs to one axis"
-        )
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must have at least one input and one feature, got shape {tuple(x.shape)}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    return x
-
-
-def _is_concrete(x: Array) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def kernels(
     arch: Architecture,
     x1: Array,
@@ -304,15 +289,10 @@ def kernels(
     unknown = [g for g in wanted if g not in KERNEL_NAMES]
     if unknown or not wanted:
         raise ValueError(f"get must name kernels among {KERNEL_NAMES}, got {get!r}")
-    x1 = _as_inputs("x1", x1)
     symmetric = x2 is None
-    x2 = x1 if symmetric else _as_inputs("x2", x2)
-    if x1.shape[1] != x2.shape[1]:
-        raise ValueError(
-            f"x1 and x2 must have the same number of features, got {x1.shape[1]} and {x2.shape[1]}"
-        )
-    dtype = jnp.result_type(x1, x2)
-    x1, x2 = x1.astype(dtype), x2.astype(dtype)
+    x1, x2 = validate_inputs(x1, x2)
+    x2 = x1 if symmetric else x2
+    dtype = x1.dtype
     if not isinstance(memory_budget, int) or memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
 
@@ -321,8 +301,7 @@ def kernels(
     with_ntk = "ntk" in wanted
     act = arch.activation
 
-    if _is_concrete(x1) and _is_concrete(x2):
-        _check_finite_inputs(x1, x2, symmetric)
+    if not isinstance(x1, jax.core.Tracer) and not isinstance(x2, jax.core.Tracer):
         everything = x1 if symmetric else jnp.concatenate([x1, x2])
         bad = np.asarray(_first_non_finite_layer(everything, coeffs, act=act, plan=plan, with_ntk=with_ntk))
         if (bad >= 0).any():
@@ -333,14 +312,6 @@ def kernels(
     q, t = _kernels_blocked(x1, x2, coeffs, act=act, plan=plan, with_ntk=with_ntk,
                             per_layer=per_layer, block=block, symmetric=symmetric)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
-
-
-def _check_finite_inputs(x1: Array, x2: Array, symmetric: bool) -> None:
-    for name, x in (("x1", x1),) if symmetric else (("x1", x1), ("x2", x2)):
-        finite = np.isfinite(np.asarray(x))
-        if not finite.all():
-            row = int(np.argwhere(~finite)[0][0])
-            raise ValueError(f"{name} contains NaN or inf (first in row {row}); clean the inputs")
 
 
 def _raise_overflow(arch: Architecture, layer: int, dtype: np.dtype) -> None:

@@ -1,0 +1,253 @@
+"""Monte-Carlo estimators over independently sampled finite networks, with standard errors.
+
+Each estimator draws ``n_samples`` networks of width ``width`` from the architecture description
+(``experiments.networks.init``), computes a per-network statistic, and reports its mean over
+networks and the standard error of that mean, ``sd / sqrt(n_samples)``, from the spread across
+*independent networks* (units inside one network are correlated and are only averaged, never
+counted as samples). Networks are evaluated with ``jax.vmap`` in chunks sized to a memory budget;
+network ``i`` always uses ``jax.random.split(key, n_samples)[i]``, so results do not depend on the
+chunking. Accumulation is in float64 on the host whatever the network dtype.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import networks
+from theory.architectures import MLP, Architecture, ResNet
+from theory.inputs import validate_inputs
+
+Array = jax.Array
+Progress = Callable[[int, int], None]
+
+DEFAULT_MEMORY_BUDGET = 2**30
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean over sampled networks and the standard error of that mean (same shapes)."""
+
+    mean: np.ndarray
+    stderr: np.ndarray
+
+
+@dataclass(frozen=True)
+class KernelEstimate:
+    """Empirical NNGP / NTK of width-``width`` networks (``None`` where not requested)."""
+
+    nngp: Estimate | None
+    ntk: Estimate | None
+    width: int
+    n_samples: int
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class PreactivationMoments:
+    """Per layer and input (``(layers, batch)``): second moment and excess kurtosis of the
+    pre-activations, pooled over the neurons of the layer (moments about zero, the ensemble mean
+    being zero by the symmetry of the weights)."""
+
+    variance: Estimate
+    excess_kurtosis: Estimate
+    width: int
+    n_samples: int
+    dtype: np.dtype
+
+
+class _Running:
+    """Streaming mean and covariance of vector samples (Chan et al.'s pairwise update)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, chunk: np.ndarray) -> None:
+        chunk = np.asarray(chunk, np.float64)
+        n = chunk.shape[0]
+        mean = chunk.mean(axis=0)
+        m2 = ((chunk - mean) ** 2).sum(axis=0)
+        if self.count == 0:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    def estimate(self) -> Estimate:
+        variance = self.m2 / (self.count - 1)
+        return Estimate(self.mean, np.sqrt(variance / self.count))
+
+
+def _check_samples(n_samples: object) -> int:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, numbers.Integral) or n_samples < 2:
+        raise ValueError(
+            f"n_samples must be an integer >= 2 (a standard error needs two networks), got {n_samples!r}"
+        )
+    return int(n_samples)
+
+
+def _check_arch(arch: object) -> Architecture:
+    if not isinstance(arch, (MLP, ResNet)):
+        raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
+    return arch
+
+
+def _chunk_size(n_samples: int, bytes_per_network: int, budget: int) -> int:
+    return max(1, min(n_samples, budget // max(1, bytes_per_network)))
+
+
+def _chunks(keys: Array, size: int):
+    for start in range(0, keys.shape[0], size):
+        yield start, keys[start:start + size]
+
+
+@partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out", "get"))
+def _kernel_samples(keys, x1, x2, *, arch, width, weights, n_out, get):
+    def one(key):
+        params = networks.init(arch, width, key, weights, features=x1.shape[1], n_out=n_out, dtype=x1.dtype)
+        out = []
+        if "nngp" in get:
+            f1 = networks.apply(arch, params, x1)
+            f2 = f1 if x2 is None else networks.apply(arch, params, x2)
+            out.append(f1 @ f2.T / n_out)  # average over the exchangeable output units
+        if "ntk" in get:
+            out.append(jnp.mean(networks.empirical_ntk(arch, params, x1, x2), axis=0))
+        return out
+
+    return jax.vmap(one)(keys)
+
+
+def estimate_kernels(
+    arch: Architecture,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    width: int,
+    n_samples: int,
+    key: Array,
+    get: str | tuple[str, ...] = ("nngp", "ntk"),
+    weights: str = "gaussian",
+    n_out: int = 1,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> KernelEstimate:
+    """Empirical NNGP and NTK of ``arch`` at width ``width``, with standard errors.
+
+    Per network: NNGP sample ``f(x1) f(x2)^T / n_out`` (outputs ``f`` of the readout, averaged over
+    its exchangeable units), NTK sample the network's exact NTK (:func:`networks.empirical_ntk`)
+    averaged over output units. Their means estimate the finite-width ``E[f(x) f(x')]`` and
+    ``E[Theta(x, x')]``, which tend to ``theory.kernels(arch, x1, x2)`` as ``width -> inf`` with a
+    bias of order ``1 / width``. ``progress(done, total)`` is called after every chunk.
+    """
+    arch = _check_arch(arch)
+    width = networks.check_width(width)
+    n_samples = _check_samples(n_samples)
+    key = networks.check_key(key)
+    wanted = (get,) if isinstance(get, str) else tuple(get)
+    if not wanted or any(g not in ("nngp", "ntk") for g in wanted):
+        raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
+    if weights not in networks.WEIGHT_ENSEMBLES:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(networks.WEIGHT_ENSEMBLES)}")
+    x1, x2 = validate_inputs(x1, x2)
+    n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
+    itemsize = np.dtype(x1.dtype).itemsize
+    n_layers = arch.n_layers
+    per_network = itemsize * (
+        n_layers * width * (width + 2)  # parameters
+        + 4 * (n1 + n2) * width * n_layers * n_out  # activations, gradients (NTK)
+        + 3 * n1 * n2 * n_out  # per-network kernels and temporaries
+    )
+    size = _chunk_size(n_samples, per_network, memory_budget)
+    keys = jax.random.split(key, n_samples)
+    sums = {g: _Running() for g in wanted}
+    order = tuple(g for g in ("nngp", "ntk") if g in wanted)
+    for start, chunk in _chunks(keys, size):
+        samples = _kernel_samples(chunk, x1, x2, arch=arch, width=width, weights=weights, n_out=n_out, get=order)
+        for name, values in zip(order, samples, strict=True):
+            sums[name].add(values)
+        if progress is not None:
+            progress(start + chunk.shape[0], n_samples)
+    result = {g: sums[g].estimate() for g in order}
+    return KernelEstimate(result.get("nngp"), result.get("ntk"), width, n_samples, np.dtype(x1.dtype))
+
+
+@partial(jax.jit, static_argnames=("arch", "width", "weights"))
+def _moment_samples(keys, x, *, arch, width, weights):
+    def one(key):
+        params = networks.init(arch, width, key, weights, features=x.shape[1], dtype=x.dtype)
+        _, layers = networks.apply(arch, params, x, per_layer=True)
+        second = jnp.stack([jnp.mean(h**2, axis=-1) for h in layers])
+        fourth = jnp.stack([jnp.mean(h**4, axis=-1) for h in layers])
+        return jnp.stack([second, fourth, second * fourth], axis=-1)  # (layers, batch, 3)
+
+    return jax.vmap(one)(keys)
+
+
+def preactivation_moments(
+    arch: Architecture,
+    x: Array,
+    *,
+    width: int,
+    n_samples: int,
+    key: Array,
+    weights: str = "gaussian",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> PreactivationMoments:
+    """Second moment and excess kurtosis of every layer's pre-activations, per input.
+
+    Per network and layer, ``m2 = mean_i h_i^2`` and ``m4 = mean_i h_i^4`` over the layer's neurons
+    (the layers of ``per_layer`` kernels; the readout has one neuron). Estimates:
+    ``variance = E[m2]`` and ``excess_kurtosis = E[m4] / E[m2]^2 - 3``, the kurtosis of one
+    pre-activation under the ensemble (a ratio estimator, bias O(1/n_samples)); its standard error
+    comes from the delta method with the covariance of ``(m2, m4)`` across networks.
+    """
+    arch = _check_arch(arch)
+    width = networks.check_width(width)
+    n_samples = _check_samples(n_samples)
+    key = networks.check_key(key)
+    if weights not in networks.WEIGHT_ENSEMBLES:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(networks.WEIGHT_ENSEMBLES)}")
+    x, _ = validate_inputs(x)
+    itemsize = np.dtype(x.dtype).itemsize
+    per_network = itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
+    size = _chunk_size(n_samples, per_network, memory_budget)
+    keys = jax.random.split(key, n_samples)
+    # Samples are (m2, m4, m2 m4): streamed means and variances give the (m2, m4) covariance too.
+    first = _Running()
+    for start, chunk in _chunks(keys, size):
+        first.add(_moment_samples(chunk, x, arch=arch, width=width, weights=weights))
+        if progress is not None:
+            progress(start + chunk.shape[0], n_samples)
+    n = first.count
+    mean2, mean4 = first.mean[..., 0], first.mean[..., 1]
+    var2, var4 = first.m2[..., 0] / (n - 1), first.m2[..., 1] / (n - 1)
+    cov24 = (first.mean[..., 2] - mean2 * mean4) * n / (n - 1)
+    kurtosis = mean4 / mean2**2 - 3
+    # Delta method for g(m2, m4) = m4 / m2^2: grad = (-2 m4 / m2^3, 1 / m2^2).
+    d2, d4 = -2 * mean4 / mean2**3, 1 / mean2**2
+    var_k = (d2**2 * var2 + d4**2 * var4 + 2 * d2 * d4 * cov24) / n
+    variance = Estimate(mean2, np.sqrt(var2 / n))
+    return PreactivationMoments(
+        variance, Estimate(kurtosis, np.sqrt(np.maximum(var_k, 0))), width, n_samples, np.dtype(x.dtype)
+    )
+
+
+__all__ = [
+    "Estimate",
+    "KernelEstimate",
+    "PreactivationMoments",
+    "estimate_kernels",
+    "preactivation_moments",
+]
