@@ -12,8 +12,17 @@ Nothing here does I/O or keeps state; randomness, where it ever enters, is an ex
 from theory import activations
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
-from theory.kernels import Kernels, kernels
+from theory.kernels import Kernels, QuadratureAccuracyWarning, kernels
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "Activation", "Kernels", "ResNet", "__version__", "activations", "kernels"]
+__all__ = [
+    "MLP",
+    "Activation",
+    "Kernels",
+    "QuadratureAccuracyWarning",
+    "ResNet",
+    "__version__",
+    "activations",
+    "kernels",
+]

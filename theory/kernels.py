@@ -22,6 +22,7 @@ own two diagonals: the off-diagonal kernel is computed in blocks of rows, each b
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from theory.activations import Activation
 from theory.architectures import MLP, Architecture, ResNet
+from theory.gaussian import accurate_variance
 from theory.inputs import validate_inputs
 
 Array = jax.Array
@@ -141,33 +143,60 @@ def _layer(act: Activation, dense: _Dense, post: str, state: _State, with_ntk: b
     )
 
 
-def _first_bad(bad: Array, state: _State, index: Array) -> Array:
+class _Watch(NamedTuple):
+    """Per row: the first layer whose diagonal is not finite (-1 if none), and the largest
+    diagonal variance met (which bounds the quadrature's accuracy)."""
+
+    first_bad: Array
+    max_variance: Array
+
+
+def _watch(w: _Watch, state: _State, index: Array) -> _Watch:
     finite = jnp.isfinite(state.q11)
     if state.t11 is not None:
         finite &= jnp.isfinite(state.t11)
-    return jnp.where((bad < 0) & ~finite, index, bad)
+    first_bad = jnp.where((w.first_bad < 0) & ~finite, index, w.first_bad)
+    return _Watch(first_bad, jnp.maximum(w.max_variance, jnp.where(finite, state.q11, 0)))
+
+
+def _input_kernel(x1: Array, x2: Array) -> tuple[Array, Array, Array]:
+    """``(|x1|^2 / d, x1.x2' / d, |x2|^2 / d)``, with identical inputs given exactly their own variance.
+
+    The matmul and the row sums of squares round differently, so an input paired with itself
+    would get a correlation a few ulps below 1; relu-type duals have infinite slope there (and sign
+    networks are chaotic), which would cost half the digits of the diagonal. Identical rows are
+    found by comparing their squared norms and two fixed projections (the same reduction for both
+    sets, so equal rows give bitwise equal values) and get ``q12 = q11`` exactly. Computed once for
+    all rows, so that blocking over rows cannot change a single bit of the result.
+    """
+    features = x1.shape[1]
+    sq1, sq2 = jnp.sum(x1**2, axis=1) / features, jnp.sum(x2**2, axis=1) / features
+    cross = x1 @ x2.T / features
+    probes = jnp.stack([jnp.sin(jnp.arange(1.0, features + 1)), jnp.cos(jnp.arange(features) * 0.7)])
+    probes = probes.astype(x1.dtype)
+    proj1 = jnp.sum(x1[:, None, :] * probes, axis=-1)
+    proj2 = jnp.sum(x2[:, None, :] * probes, axis=-1)
+    same = (sq1[:, None] == sq2[None, :]) & jnp.all(proj1[:, None, :] == proj2[None, :, :], axis=-1)
+    return sq1, jnp.where(same, sq1[:, None], cross), sq2
 
 
 def _recursion(
-    x_rows: Array,
-    x_cols: Array,
+    sq_rows: Array,
+    cross: Array,
+    sq_cols: Array,
     coeffs: tuple[_Dense, _Dense, _Dense],
     act: Activation,
     plan: _Plan,
     with_ntk: bool,
     per_layer: bool,
 ) -> tuple[_State | tuple[Array, Array | None], Array]:
-    """Run all layers for one block of rows; return the last state (or every layer's pairs)
-    and, per row, the index of the first layer whose diagonal is not finite (-1 if none)."""
+    """Run all layers for one block of rows; return the last layer's pairs (or every layer's) and,
+    per row, a :class:`_Watch` of the diagonal."""
     first, middle, last = coeffs
-    features = x_rows.shape[1]
     zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
-    sq_rows = jnp.sum(x_rows**2, axis=1) / features
-    sq_cols = jnp.sum(x_cols**2, axis=1) / features
-    cross = x_rows @ x_cols.T / features
     state = _State(sq_rows, cross, sq_cols, zeros(sq_rows), zeros(cross), zeros(sq_cols))
     state = _layer(act, first, "input", state, with_ntk)
-    bad = _first_bad(jnp.full(sq_rows.shape, -1, jnp.int32), state, jnp.int32(0))
+    bad = _watch(_Watch(jnp.full(sq_rows.shape, -1, jnp.int32), sq_rows), state, jnp.int32(0))
 
     def pairs(s: _State) -> tuple[Array, Array | None]:
         return s.q12, s.t12
@@ -175,7 +204,7 @@ def _recursion(
     def step(carry: tuple[_State, Array], index: Array):
         s, b = carry
         s = _layer(act, middle, "activation", s, with_ntk)
-        return (s, _first_bad(b, s, index)), (pairs(s) if per_layer else None)
+        return (s, _watch(b, s, index)), (pairs(s) if per_layer else None)
 
     stacked = [jax.tree.map(lambda a: a[None], pairs(state))] if per_layer else []
     if plan.n_repeat:
@@ -185,7 +214,7 @@ def _recursion(
             stacked.append(ys)
     if plan.last_post is not None:
         state = _layer(act, last, plan.last_post, state, with_ntk)
-        bad = _first_bad(bad, state, jnp.int32(plan.n_repeat + 1))
+        bad = _watch(bad, state, jnp.int32(plan.n_repeat + 1))
         if per_layer:
             stacked.append(jax.tree.map(lambda a: a[None], pairs(state)))
     if per_layer:
@@ -215,19 +244,22 @@ def _kernels_blocked(x1, x2, coeffs, *, act, plan, with_ntk, per_layer, block, s
 
 
 def _kernels_rows(x1, x2, coeffs, act, plan, with_ntk, per_layer, block):
+    sq1, cross, sq2 = _input_kernel(x1, x2)
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
     if n_blocks == 1:
-        (q, t), _ = _recursion(x1, x2, coeffs, act, plan, with_ntk, per_layer)
+        (q, t), _ = _recursion(sq1, cross, sq2, coeffs, act, plan, with_ntk, per_layer)
         return q, t
     # Pad with copies of the first row (a valid input) so that every block has the same shape.
-    padded = jnp.concatenate([x1, jnp.broadcast_to(x1[:1], (n_blocks * block - n1, x1.shape[1]))])
+    pad = n_blocks * block - n1
+    sq1 = jnp.concatenate([sq1, jnp.broadcast_to(sq1[:1], (pad,))]).reshape(n_blocks, block)
+    cross = jnp.concatenate([cross, jnp.broadcast_to(cross[:1], (pad, cross.shape[1]))])
 
     def one_block(rows):
-        out, _ = _recursion(rows, x2, coeffs, act, plan, with_ntk, per_layer)
+        out, _ = _recursion(rows[0], rows[1], sq2, coeffs, act, plan, with_ntk, per_layer)
         return out
 
-    q, t = jax.lax.map(one_block, padded.reshape(n_blocks, block, x1.shape[1]))
+    q, t = jax.lax.map(one_block, (sq1, cross.reshape(n_blocks, block, -1)))
 
     def unblock(a):
         if a is None:
@@ -241,9 +273,10 @@ def _kernels_rows(x1, x2, coeffs, act, plan, with_ntk, per_layer, block):
 
 
 @jax.jit(static_argnames=("act", "plan", "with_ntk"))
-def _first_non_finite_layer(x, coeffs, *, act, plan, with_ntk):
+def _watch_diagonal(x, coeffs, *, act, plan, with_ntk):
     # The diagonal recursion alone: the same code with an empty set of columns.
-    _, bad = _recursion(x, x[:0], coeffs, act, plan, with_ntk, False)
+    sq = jnp.sum(x**2, axis=1) / x.shape[1]
+    _, bad = _recursion(sq, jnp.zeros((x.shape[0], 0), x.dtype), sq[:0], coeffs, act, plan, with_ntk, False)
     return bad
 
 
@@ -303,15 +336,35 @@ def kernels(
 
     if not isinstance(x1, jax.core.Tracer) and not isinstance(x2, jax.core.Tracer):
         everything = x1 if symmetric else jnp.concatenate([x1, x2])
-        bad = np.asarray(_first_non_finite_layer(everything, coeffs, act=act, plan=plan, with_ntk=with_ntk))
+        watch = _watch_diagonal(everything, coeffs, act=act, plan=plan, with_ntk=with_ntk)
+        bad = np.asarray(watch.first_bad)
         if (bad >= 0).any():
             _raise_overflow(arch, int(bad[bad >= 0].min()), dtype)
+        if not act.has_closed_form:
+            _warn_quadrature_accuracy(act, float(np.max(watch.max_variance)))
 
     block = _block_rows(x1.shape[0], x2.shape[0], act, arch.n_layers, np.dtype(dtype).itemsize,
                         with_ntk, per_layer, memory_budget)
     q, t = _kernels_blocked(x1, x2, coeffs, act=act, plan=plan, with_ntk=with_ntk,
                             per_layer=per_layer, block=block, symmetric=symmetric)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
+
+
+class QuadratureAccuracyWarning(UserWarning):
+    """The pre-activation variances exceed the range where the quadrature degree is accurate."""
+
+
+def _warn_quadrature_accuracy(act: Activation, max_variance: float) -> None:
+    limit = accurate_variance(act.quadrature_degree)
+    if max_variance > limit:
+        warnings.warn(
+            f"pre-activation variances reach {max_variance:.3g}, beyond {limit:.3g} where the "
+            f"{act.quadrature_degree}-point Gauss-Hermite rule of {act!r} is accurate to ~1e-4; "
+            "the kernels may be off by more (see theory.gaussian). Raise quadrature_degree "
+            "(cost grows as its square) or reduce w_std / the input scale.",
+            QuadratureAccuracyWarning,
+            stacklevel=3,
+        )
 
 
 def _raise_overflow(arch: Architecture, layer: int, dtype: np.dtype) -> None:
@@ -327,12 +380,4 @@ def _raise_overflow(arch: Architecture, layer: int, dtype: np.dtype) -> None:
     )
 
 
-def max_abs_correlation_excess(nngp: Array) -> float:
-    """``max |q12| / sqrt(q11 q22) - 1`` over a square NNGP (<= 0 when correlations are valid)."""
-    diag = jnp.sqrt(jnp.clip(jnp.diagonal(nngp, axis1=-2, axis2=-1), 0))
-    denom = diag[..., :, None] * diag[..., None, :]
-    ratio = jnp.where(denom > 0, jnp.abs(nngp) / jnp.where(denom > 0, denom, 1), 0)
-    return float(jnp.max(ratio) - 1)
-
-
-__all__ = ["KERNEL_NAMES", "Kernels", "kernels", "max_abs_correlation_excess"]
+__all__ = ["KERNEL_NAMES", "Kernels", "QuadratureAccuracyWarning", "kernels"]
