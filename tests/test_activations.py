@@ -87,3 +87,18 @@ def test_user_function_and_factories_are_cached():
     assert activations.get("leaky_relu", slope=0.1) == activations.leaky_relu(0.1)
     act = activations.Activation(jnp.tanh)
     assert not act.has_closed_form and act.name == "tanh"
+
+
+def test_float32_arccos_and_arcsin_are_accurate_to_float32_resolution():
+    x = np.linspace(-1, 1, 200_001).astype(np.float32)
+    exact = x.astype(np.float64)
+    np.testing.assert_allclose(activations.arccos(jnp.asarray(x)), np.arccos(exact), atol=5e-7, rtol=0)
+    np.testing.assert_allclose(activations.arcsin(jnp.asarray(x)), np.arcsin(exact), atol=5e-7, rtol=0)
+    assert float(activations.arccos(jnp.asarray(np.float32(1.0)))) == 0.0
+
+
+def test_float32_arcsin_keeps_relative_accuracy_for_small_arguments():
+    x = np.geomspace(1e-30, 0.5, 2001).astype(np.float32)
+    got = np.asarray(activations.arcsin(jnp.asarray(x)), np.float64)
+    np.testing.assert_allclose(got, np.arcsin(x.astype(np.float64)), rtol=3e-7)
+    np.testing.assert_array_equal(np.asarray(activations.arcsin(jnp.asarray(-x))), -got.astype(np.float32))

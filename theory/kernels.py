@@ -230,7 +230,9 @@ def _block_rows(n_rows: int, n_cols: int, act: Activation, n_layers: int, itemsi
     per_pair = 64 if act.has_closed_form else 6 * act.quadrature_degree**2
     per_pair += (n_layers if per_layer else 1) * (2 if with_ntk else 1) * 2
     rows = max(1, budget // max(1, n_cols * per_pair * itemsize))
-    return min(n_rows, rows)
+    # Equal blocks: the last one is padded, so spread the rows evenly over the blocks needed.
+    n_blocks = -(-n_rows // rows)
+    return -(-n_rows // n_blocks)
 
 
 @jax.jit(static_argnames=("act", "plan", "with_ntk", "per_layer", "block", "symmetric"))
