@@ -157,8 +157,7 @@ def estimate_kernels(
     wanted = (get,) if isinstance(get, str) else tuple(get)
     if not wanted or any(g not in ("nngp", "ntk") for g in wanted):
         raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
-    if weights not in networks.WEIGHT_ENSEMBLES:
-        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(networks.WEIGHT_ENSEMBLES)}")
+    networks.check_weights(weights)
     x1, x2 = validate_inputs(x1, x2)
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
     itemsize = np.dtype(x1.dtype).itemsize
@@ -217,8 +216,7 @@ def preactivation_moments(
     width = networks.check_width(width)
     n_samples = _check_samples(n_samples)
     key = networks.check_key(key)
-    if weights not in networks.WEIGHT_ENSEMBLES:
-        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(networks.WEIGHT_ENSEMBLES)}")
+    networks.check_weights(weights)
     x, _ = validate_inputs(x)
     itemsize = np.dtype(x.dtype).itemsize
     per_network = itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)

@@ -74,10 +74,20 @@ WEIGHT_ENSEMBLES: dict[str, Callable[[Array, tuple[int, int], jnp.dtype], Array]
 }
 
 
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def check_width(width: object) -> int:
-    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
-    return int(width)
+    return _positive_int("width", width)
+
+
+def check_weights(weights: object) -> str:
+    if weights not in WEIGHT_ENSEMBLES:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(WEIGHT_ENSEMBLES)}")
+    return weights
 
 
 def check_key(key: object) -> Array:
@@ -127,12 +137,9 @@ def init(
     """
     width = check_width(width)
     key = check_key(key)
-    if weights not in WEIGHT_ENSEMBLES:
-        raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(WEIGHT_ENSEMBLES)}")
-    if isinstance(n_out, bool) or not isinstance(n_out, numbers.Integral) or n_out < 1:
-        raise ValueError(f"n_out must be a positive integer, got {n_out!r}")
-    if isinstance(features, bool) or not isinstance(features, numbers.Integral) or features < 1:
-        raise ValueError(f"features must be a positive integer, got {features!r}")
+    check_weights(weights)
+    n_out = _positive_int("n_out", n_out)
+    features = _positive_int("features", features)
     if arch.parameterization == "standard" and arch.width not in (None, width):
         raise ValueError(
             f"the architecture says width={arch.width} (its standard-parameterization NTK uses it) "
