@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from theory import MLP, ResNet
 from theory.architectures import Architecture
@@ -62,10 +63,29 @@ def orthogonal_weights(key: Array, shape: tuple[int, int], dtype: jnp.dtype) -> 
     fan_in, fan_out = shape
     big, small = max(shape), min(shape)
     z = jax.random.normal(key, (big, small), dtype)
-    q, r = jnp.linalg.qr(z)
-    q = q * jnp.sign(jnp.diagonal(r))  # makes the QR factor Haar-distributed (Mezzadri 2007)
+    q = _haar_qr(z)
     q = q if fan_in >= fan_out else q.T
     return q * math.sqrt(big)
+
+
+def _signed_q(a: np.ndarray) -> np.ndarray:
+    q, r = np.linalg.qr(a)
+    # Fixing the signs of diag(R) makes Q Haar-distributed (Mezzadri 2007).
+    return (q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[..., None, :]).astype(a.dtype)
+
+
+def _haar_qr(z: Array) -> Array:
+    """The Q factor of ``z`` with ``diag(R) > 0``.
+
+    On CPU the factorisation runs in NumPy through a host callback: with jaxlib 0.10 an XLA CPU
+    program holding several LAPACK QR calls (one per layer, batched over networks) intermittently
+    never returns (every pool thread idle), which a host callback avoids.
+    """
+    if jax.default_backend() != "cpu":
+        q, r = jnp.linalg.qr(z)
+        return q * jnp.sign(jnp.diagonal(r, axis1=-2, axis2=-1))[..., None, :]
+    shape = jax.ShapeDtypeStruct(z.shape, z.dtype)
+    return jax.pure_callback(_signed_q, shape, z, vmap_method="broadcast_all")
 
 
 WEIGHT_ENSEMBLES: dict[str, Callable[[Array, tuple[int, int], jnp.dtype], Array]] = {
