@@ -1,0 +1,364 @@
+"""An embedded results store: one JSON file per grid point, keyed by a hash of everything that fixes it.
+
+Layout::
+
+    <root>/<experiment>/<digest>.json
+
+``root`` is, in order of precedence, the ``root`` argument, the environment variable
+``DEEPLIMITS_RESULTS``, or ``results/`` under the current working directory.
+
+A record's **key** (:class:`RecordKey`) is the experiment name, the grid point's full config (every
+parameter, the seed included), the **code version** and the **dtype**; its ``digest`` is the sha256
+of the canonical JSON of these four (sorted keys, no whitespace, tuples as lists). The code version
+(:func:`code_version`) is the package ``__version__`` plus a short hash of the source of the module
+that declares the experiment (and of any modules it names in ``Experiment.depends``): editing an
+experiment's module invalidates its cached records, while editing library code it calls does not
+unless the package version is bumped or the module is listed in ``depends``.
+
+A record is a JSON object::
+
+    {"experiment": str, "digest": str, "config": {...}, "code_version": str, "dtype": str,
+     "values": {...}, "timestamp": ISO-8601 UTC str, "elapsed_s": float}
+
+Writes are atomic: the record goes to a temporary file in the same folder, is flushed and fsynced,
+then ``os.replace``-d onto its final name (and the folder is fsynced), so a process killed at any
+moment leaves either the whole record or none of it. Temporary files are named
+``.<digest>.<pid>.<random>.tmp``; readers never look at them, and :meth:`Store.clean_temp_files`
+removes those whose writing process is gone. A record that cannot be read back (corrupted by hand,
+a full disk in an older tool, ...) is reported with a :class:`CorruptRecordWarning`, moved aside
+to ``<digest>.json.corrupt`` and treated as missing, so a sweep recomputes it instead of crashing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import functools
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from theory import __version__
+
+ENV_RESULTS = "DEEPLIMITS_RESULTS"
+DEFAULT_RESULTS_DIRNAME = "results"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TMP_RE = re.compile(r"^\.(?P<digest>[0-9a-f]{64})\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
+
+
+class CorruptRecordWarning(UserWarning):
+    """A record file in the store could not be read back; it was moved aside and is treated as missing."""
+
+
+def default_root() -> Path:
+    """The results folder used when none is given: ``$DEEPLIMITS_RESULTS``, else ``./results``."""
+    env = os.environ.get(ENV_RESULTS)
+    return Path(env) if env else Path.cwd() / DEFAULT_RESULTS_DIRNAME
+
+
+def to_jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: tuples and arrays become lists, numpy scalars Python numbers.
+
+    Raises ``ValueError`` naming the offending value for anything else (objects, sets, ...).
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"record keys must be strings, got {k!r} ({type(k).__name__})")
+            out[k] = to_jsonable(v)
+        return out
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    # numpy / jax scalars and arrays, without importing numpy here
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):
+        kind = getattr(value.dtype, "kind", None)
+        if kind in ("b", "i", "u", "f"):
+            return to_jsonable(value.tolist())
+        raise ValueError(f"cannot store an array of dtype {value.dtype} (only bool, int and float arrays)")
+    raise ValueError(f"cannot store {value!r} ({type(value).__name__}): use numbers, strings, lists or dicts")
+
+
+def canonical_json(value: Any) -> str:
+    """The canonical JSON text of ``value`` (sorted keys, no whitespace, ASCII, no NaN): what gets hashed."""
+    try:
+        return json.dumps(to_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                          allow_nan=False)
+    except ValueError as err:
+        raise ValueError(f"config is not hashable as canonical JSON ({err}): {value!r}") from None
+
+
+def _source_hash(modules: Iterable[ModuleType | str]) -> str:
+    h = hashlib.sha256()
+    for module in modules:
+        if isinstance(module, str):
+            module = sys.modules.get(module) or __import__(module, fromlist=["_"])
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):  # no source on disk (frozen, interactive): hash the name only
+            source = f"<no source: {module.__name__}>"
+        h.update(module.__name__.encode())
+        h.update(b"\0")
+        h.update(source.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:12]
+
+
+def code_version(*modules: ModuleType | str) -> str:
+    """``"<package version>+<12 hex digits>"``: the version of deeplimits and a sha256 of the modules' source.
+
+    ``modules`` are modules or dotted names (the experiment's own module first, then anything it
+    declares in ``Experiment.depends``). Editing any of them gives a new code version, so records
+    computed by the old code are no longer found (they stay on disk, under their old digest).
+    """
+    if not modules:
+        raise ValueError("code_version needs at least one module (the experiment's own module)")
+    return f"{__version__}+{_source_hash(modules)}"
+
+
+def _check_name(experiment: str) -> str:
+    if not isinstance(experiment, str) or not _NAME_RE.match(experiment):
+        raise ValueError(
+            f"experiment name must be letters, digits, '-', '_' or '.' (not starting with one of the last three), "
+            f"got {experiment!r}"
+        )
+    return experiment
+
+
+@dataclass(frozen=True)
+class RecordKey:
+    """What identifies one stored grid point: experiment, full point config, code version, dtype."""
+
+    experiment: str
+    config: Mapping[str, Any]
+    code_version: str
+    dtype: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.experiment)
+        if not isinstance(self.config, Mapping):
+            raise ValueError(f"config must be a mapping of parameter -> value, got {self.config!r}")
+        canonical_json(self.config)  # raises early, naming the value, if it cannot be hashed
+        for name in ("code_version", "dtype"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON of ``[experiment, config, code_version, dtype]``."""
+        payload = {"experiment": self.experiment, "config": self.config, "code_version": self.code_version,
+                   "dtype": self.dtype}
+        return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform/filesystem can open or fsync a folder
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Store:
+    """Records on disk under ``root`` (see the module docstring for layout, keys and atomicity)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def _dir(self, experiment: str) -> Path:
+        return self.root / _check_name(experiment)
+
+    def path(self, key: RecordKey) -> Path:
+        """Where the record of ``key`` lives (whether or not it exists)."""
+        return self._dir(key.experiment) / f"{key.digest}.json"
+
+    def ensure_writable(self, experiment: str | None = None) -> Path:
+        """Create the store's folder (and the experiment's) and check that a file can be written there.
+
+        Raises ``OSError`` (``NotADirectoryError``, ``PermissionError``, ...) saying which folder and why.
+        """
+        folder = self._dir(experiment) if experiment is not None else self.root
+        try:
+            if self.root.exists() and not self.root.is_dir():
+                raise NotADirectoryError(f"results folder {self.root} exists and is not a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise type(err)(f"results folder {folder} is not writable: {err}") from err
+        return folder
+
+    # -- single records ------------------------------------------------------------------------
+    def has(self, key: RecordKey) -> bool:
+        """Whether a readable record of ``key`` exists (a corrupt one is moved aside and counts as absent)."""
+        return self.get(key) is not None
+
+    def get(self, key: RecordKey) -> dict[str, Any] | None:
+        """The record of ``key``, or ``None`` if there is none (or it was corrupt: warned, moved aside)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        return self._read(path, expected_digest=key.digest)
+
+    def put(self, key: RecordKey, values: Mapping[str, Any], *, elapsed_s: float = math.nan) -> dict[str, Any]:
+        """Write the record of ``key`` with the computed ``values`` atomically; return the record.
+
+        ``values`` are numbers, strings, lists or nested dicts of them (numpy arrays are converted).
+        An existing record of the same key is replaced (same key, same content up to timestamps).
+        """
+        if not isinstance(values, Mapping):
+            raise ValueError(f"values must be a mapping of name -> value, got {values!r}")
+        record = {
+            "experiment": key.experiment,
+            "digest": key.digest,
+            "config": to_jsonable(key.config),
+            "code_version": key.code_version,
+            "dtype": key.dtype,
+            "values": to_jsonable(values),
+            "timestamp": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "elapsed_s": float(elapsed_s),
+        }
+        text = json.dumps(record, sort_keys=True, indent=1, allow_nan=True)
+        folder = self._dir(key.experiment)
+        if not folder.is_dir():
+            self.ensure_writable(key.experiment)
+        final = folder / f"{key.digest}.json"
+        tmp = folder / f".{key.digest}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        _fsync_dir(folder)
+        return record
+
+    def _read(self, path: Path, expected_digest: str | None = None) -> dict[str, Any] | None:
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or not {"config", "values", "digest"} <= record.keys():
+                raise ValueError("not a record (missing config/values/digest)")
+            digest = path.name.removesuffix(".json")
+            if record["digest"] != digest or (expected_digest is not None and digest != expected_digest):
+                raise ValueError(f"digest {record['digest']!r} does not match the file name")
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            aside = path.with_name(path.name + ".corrupt")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            warnings.warn(f"corrupt record {path} ({err}); moved to {aside.name}, it will be recomputed",
+                          CorruptRecordWarning, stacklevel=3)
+            return None
+        return record
+
+    # -- many records --------------------------------------------------------------------------
+    def experiments(self) -> list[str]:
+        """Names of the experiments that have a folder in the store, sorted."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+    def records(self, experiment: str, *, code_version: str | None = None,
+                as_frame: bool = False) -> list[dict[str, Any]] | Any:
+        """Every readable record of ``experiment`` (optionally only one code version), sorted by file name.
+
+        With ``as_frame=True`` a pandas DataFrame with one row per record: the config's fields, the
+        values, then ``dtype``, ``code_version``, ``timestamp``, ``elapsed_s``, ``digest``.
+        Temporary files are never read; corrupt records are warned about and skipped.
+        """
+        folder = self._dir(experiment)
+        out = []
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.json")):
+                record = self._read(path)
+                if record is not None and (code_version is None or record.get("code_version") == code_version):
+                    out.append(record)
+        if as_frame:
+            return records_to_frame(out)
+        return out
+
+    def clean_temp_files(self, experiment: str | None = None) -> list[Path]:
+        """Remove temporary files left by writers that were killed (their pid is gone); return them.
+
+        Files of a process that is still running are left alone: it may be about to rename them.
+        """
+        folders = [self._dir(experiment)] if experiment is not None else [self._dir(e) for e in self.experiments()]
+        removed = []
+        for folder in folders:
+            if not folder.is_dir():
+                continue
+            for path in folder.glob(".*.tmp"):
+                m = _TMP_RE.match(path.name)
+                if m is not None and _pid_alive(int(m.group("pid"))):
+                    continue
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+        return removed
+
+
+META_COLUMNS = ("dtype", "code_version", "timestamp", "elapsed_s", "digest")
+
+
+def records_to_frame(records: Iterable[Mapping[str, Any]]) -> Any:
+    """One DataFrame row per record: config fields, values, then :data:`META_COLUMNS`.
+
+    List values stay Python lists in their cells. Raises ``ValueError`` if a value has the same name as
+    a config field or a meta column.
+    """
+    import pandas as pd
+
+    rows = []
+    for rec in records:
+        row = dict(rec["config"])
+        for name, value in rec["values"].items():
+            if name in row or name in META_COLUMNS:
+                raise ValueError(f"value {name!r} of experiment {rec.get('experiment')!r} clashes with a config "
+                                 f"field or one of {META_COLUMNS}; rename it")
+            row[name] = value
+        for name in META_COLUMNS:
+            row[name] = rec.get(name)
+        rows.append(row)
+    return pd.DataFrame(rows)
