@@ -112,12 +112,17 @@ def _chunks(keys: Array, size: int):
         yield start, keys[start:start + size]
 
 
-@partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out", "get"))
-def _kernel_samples(keys, x1, x2, *, arch, width, weights, n_out, get):
+NNGP_ESTIMATORS = ("outputs", "readout_kernel")
+
+
+@partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out", "get", "nngp_from"))
+def _kernel_samples(keys, x1, x2, *, arch, width, weights, n_out, get, nngp_from):
     def one(key):
         params = networks.init(arch, width, key, weights, features=x1.shape[1], n_out=n_out, dtype=x1.dtype)
         out = []
-        if "nngp" in get:
+        if "nngp" in get and nngp_from == "readout_kernel":
+            out.append(networks.readout_kernel(arch, params, x1, x2))
+        elif "nngp" in get:
             f1 = networks.apply(arch, params, x1)
             f2 = f1 if x2 is None else networks.apply(arch, params, x2)
             out.append(f1 @ f2.T / n_out)  # average over the exchangeable output units
@@ -139,6 +144,7 @@ def estimate_kernels(
     get: str | tuple[str, ...] = ("nngp", "ntk"),
     weights: str = "gaussian",
     n_out: int = 1,
+    nngp_from: str = "outputs",
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Progress | None = None,
 ) -> KernelEstimate:
@@ -149,6 +155,10 @@ def estimate_kernels(
     averaged over output units. Their means estimate the finite-width ``E[f(x) f(x')]`` and
     ``E[Theta(x, x')]``, which tend to ``theory.kernels(arch, x1, x2)`` as ``width -> inf`` with a
     bias of order ``1 / width``. ``progress(done, total)`` is called after every chunk.
+
+    ``nngp_from="readout_kernel"`` replaces the NNGP sample by the output covariance given the
+    readout's input (:func:`networks.readout_kernel`): the same expectation (so the same bias), but
+    without the readout's O(1) sampling noise; the per-network spread is then O(1 / sqrt(width)).
     """
     arch = _check_arch(arch)
     width = networks.check_width(width)
@@ -158,6 +168,8 @@ def estimate_kernels(
     if not wanted or any(g not in ("nngp", "ntk") for g in wanted):
         raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
     networks.check_weights(weights)
+    if nngp_from not in NNGP_ESTIMATORS:
+        raise ValueError(f"nngp_from must be one of {NNGP_ESTIMATORS}, got {nngp_from!r}")
     x1, x2 = validate_inputs(x1, x2)
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
     itemsize = np.dtype(x1.dtype).itemsize
@@ -172,7 +184,8 @@ def estimate_kernels(
     sums = {g: _Running() for g in wanted}
     order = tuple(g for g in ("nngp", "ntk") if g in wanted)
     for start, chunk in _chunks(keys, size):
-        samples = _kernel_samples(chunk, x1, x2, arch=arch, width=width, weights=weights, n_out=n_out, get=order)
+        samples = _kernel_samples(chunk, x1, x2, arch=arch, width=width, weights=weights, n_out=n_out, get=order,
+                                  nngp_from=nngp_from)
         for name, values in zip(order, samples, strict=True):
             sums[name].add(values)
         if progress is not None:

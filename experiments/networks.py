@@ -219,6 +219,30 @@ def apply(
     return (h, layers) if per_layer else h
 
 
+def readout_kernel(arch: Architecture, params: tuple[Dense, ...], x1: Array, x2: Array | None = None) -> Array:
+    """The covariance of the outputs given everything below the readout, ``(batch1, batch2)``.
+
+    With readout ``f = c h @ W + c_b b`` (``W, b`` iid over output units, ``h`` the readout's input),
+    ``E[f_k(x) f_k(x') | h] = c^2 <h(x), h(x')> + c_b^2``: the finite network's last-layer kernel
+    (``c = w_std / sqrt(fan_in)``, ``c_b = b_std``; 0 without bias). Its mean over networks equals
+    the output covariance ``E[f(x) f(x')]`` exactly, with the readout's own sampling noise removed.
+    """
+    specs = layer_specs(arch, x1.shape[-1], params[0].W.shape[1], params[-1].W.shape[1])
+    phi = arch.activation.fn
+
+    def readout_input(x: Array) -> Array:
+        if len(specs) == 1:
+            return x
+        _, hs = apply(arch, params, x, per_layer=True)
+        return phi(hs[-2]) if specs[-1].post == "activation" else hs[-2]
+
+    spec = specs[-1]
+    h1 = readout_input(x1)
+    h2 = h1 if x2 is None else readout_input(x2)
+    bias = spec.b_std**2 if params[-1].b is not None else 0.0
+    return (spec.w_std**2 / spec.fan_in) * (h1 @ h2.T) + bias
+
+
 def empirical_ntk(arch: Architecture, params: tuple[Dense, ...], x1: Array, x2: Array | None = None) -> Array:
     """Exact NTK of one finite network, ``(n_out, batch1, batch2)`` (one kernel per output unit).
 

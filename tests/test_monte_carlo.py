@@ -43,6 +43,20 @@ def test_relu_excess_kurtosis_follows_the_exact_finite_width_law():
     assert np.all(np.abs(mom.variance.mean[:, 0] - q) <= 4 * mom.variance.stderr[:, 0])
 
 
+@pytest.mark.parametrize(
+    "arch", [theory.MLP(2, "erf", 1.5, 0.3), theory.ResNet(3, "relu", readout="linear")], ids=["mlp", "resnet"]
+)
+def test_readout_kernel_estimator_has_the_output_covariance_as_mean(arch):
+    """E[f f^T] two ways: from sampled outputs (readout noise included) and from the readout's
+    conditional covariance; independent keys, so the difference is within 4 combined SEs, and the
+    conditional estimator's SE is the smaller one."""
+    args = {"width": 16, "n_samples": 3000, "get": "nngp", "n_out": 4}
+    outputs = mc.estimate_kernels(arch, X, key=jax.random.key(11), **args).nngp
+    conditional = mc.estimate_kernels(arch, X, key=jax.random.key(12), nngp_from="readout_kernel", **args).nngp
+    assert np.all(np.abs(outputs.mean - conditional.mean) <= 4 * np.hypot(outputs.stderr, conditional.stderr))
+    assert np.all(conditional.stderr < outputs.stderr)
+
+
 def test_results_do_not_depend_on_chunking():
     arch = theory.MLP(2, "tanh", 1.2, 0.1)
     a = mc.estimate_kernels(arch, X, width=32, n_samples=10, key=jax.random.key(2))
@@ -59,6 +73,7 @@ def test_results_do_not_depend_on_chunking():
         ({"key": 3}, "key must be a JAX PRNG key"),
         ({"get": "cov"}, "get must name kernels"),
         ({"weights": "lowrank"}, "unknown weights 'lowrank'"),
+        ({"nngp_from": "gradients"}, "nngp_from must be one of"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -72,3 +87,66 @@ def test_bad_inputs_and_architecture():
         mc.estimate_kernels(theory.MLP(1), X * np.nan, width=4, n_samples=2, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"expected a theory\.MLP or theory\.ResNet"):
         mc.preactivation_moments("mlp", X, width=4, n_samples=2, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [theory.MLP(6, "erf", 2.0, 0.1), theory.ResNet(8, "tanh", 1.0, 0.1, branch_scale=1.5)],
+    ids=["erf-mlp", "tanh-resnet"],
+)
+def test_mean_kernel_bias_shrinks_as_one_over_width(arch):
+    """E[K_width] - K_limit = c / width + O(1/width^2): measured at widths 8 and 64 the bias must be
+    clearly nonzero at 8 and 8x smaller at 64 (up to SEs and a 50% allowance for the 1/n^2 term); a
+    bias that did not shrink would sit ~6 SE(64) away from the prediction."""
+    x = np.random.default_rng(0).normal(size=(2, 4))
+    limit = theory.kernels(arch, x)
+    small, large = 8, 64
+    est = {
+        w: mc.estimate_kernels(arch, x, width=w, n_samples=n, key=jax.random.key(w), n_out=8,
+                               nngp_from="readout_kernel")
+        for w, n in ((small, 6000), (large, 1000))
+    }
+    for name in ("nngp", "ntk"):
+        k = np.asarray(getattr(limit, name))
+        dev = {w: (getattr(e, name).mean - k) / k for w, e in est.items()}
+        se = {w: getattr(e, name).stderr / np.abs(k) for w, e in est.items()}
+        resolved = np.abs(dev[small]) > 6 * se[small]
+        assert resolved.any(), (name, dev[small], se[small])
+        predicted = dev[small] * small / large
+        tolerance = 4 * np.hypot(se[large], se[small] * small / large) + 0.5 * np.abs(predicted)
+        assert np.all(np.abs(dev[large] - predicted)[resolved] <= tolerance[resolved]), (name, dev, se)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_orthogonal_weights_have_the_same_kernel_limit(activation):
+    """Haar-orthogonal weights scaled to unit entry variance share the Gaussian NNGP/NTK limit
+    (Huang et al. 2021, "On the Neural Tangent Kernel of Deep Networks with Orthogonal Initialization";
+    "Beyond IID weights")."""
+    arch = theory.MLP(2, activation, 1.5, 0.1)
+    width = 512
+    est = mc.estimate_kernels(arch, X, width=width, n_samples=48, key=jax.random.key(7), n_out=8, weights="orthogonal")
+    limit = theory.kernels(arch, X)
+    for name in ("nngp", "ntk"):
+        e, k = getattr(est, name), np.asarray(getattr(limit, name))
+        allowance = 2 * arch.n_layers / width * np.abs(k).max()
+        assert np.all(np.abs(e.mean - k) <= 4 * e.stderr + allowance), (name, e.mean, k, e.stderr)
+
+
+def test_orthogonal_weights_stop_tanh_fluctuations_growing_with_depth():
+    """tanh at criticality (C_W = 1, C_b = 0), width 32, depth 24. Gaussian weights: the excess kurtosis
+    of pre-activations grows linearly in depth/width (about 2 l/n). Orthogonal weights (Day et al.
+    2021): it stays at its first-layer value, which is exact there: a square Haar-orthogonal layer maps
+    x to a uniform point on a sphere, whose coordinates have excess kurtosis -6/(n+2)."""
+    width, depth = 32, 24
+    x = np.random.default_rng(0).normal(size=(1, width))
+    arch = theory.MLP(depth, "tanh", 1.0, 0.0)
+    kurt = {
+        w: mc.preactivation_moments(arch, x, width=width, n_samples=1000, key=jax.random.key(3), weights=w)
+        .excess_kurtosis for w in ("gaussian", "orthogonal")
+    }
+    growth = {w: k.mean[depth - 1, 0] - k.mean[0, 0] for w, k in kurt.items()}
+    growth_se = {w: np.hypot(k.stderr[depth - 1, 0], k.stderr[0, 0]) for w, k in kurt.items()}
+    assert growth["gaussian"] > 1.0 and growth["gaussian"] > 8 * growth_se["gaussian"], (growth, growth_se)
+    assert abs(growth["orthogonal"]) <= 4 * growth_se["orthogonal"] + 0.1 * growth["gaussian"], (growth, growth_se)
+    first = kurt["orthogonal"]
+    assert abs(first.mean[0, 0] + 6 / (width + 2)) <= 4 * first.stderr[0, 0], first.mean[0, 0]
