@@ -1,4 +1,14 @@
-"""The ``deeplimits`` command line (the experiment runner arrives with the runner issue)."""
+"""The ``deeplimits`` command line (also ``python -m experiments``).
+
+::
+
+    deeplimits list                                    # the experiments: name, paper, what it shows
+    deeplimits run NAME [--quick] [--set KEY=VALUE ...] [--results DIR] [--figures DIR] [--no-plot]
+    deeplimits report [--results DIR] [--figures DIR]  # markdown summary of stored results and figures
+
+Exit codes: 0 success, 2 bad usage (unknown experiment, malformed ``--set``), 1 a folder that cannot be
+written; a failing computation raises with its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +17,94 @@ import sys
 
 from theory import __version__
 
+EPILOG = """examples:
+  deeplimits list
+  deeplimits run width-convergence --quick
+  deeplimits run width-convergence --set widths=64,128,256 --set seeds=8
+  deeplimits report > results.md
+
+Results go to ./results (or $DEEPLIMITS_RESULTS), figures to ./figures (or $DEEPLIMITS_FIGURES).
+Experiments declared outside experiments/figures/ are found through
+$DEEPLIMITS_EXPERIMENT_MODULES (comma-separated module names).
+Python API: `import theory; theory.kernels(...)`, `import experiments; experiments.run(...)`."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deeplimits",
         description=(
             "deeplimits: infinite-width and infinite-depth theory of neural networks, "
-            "checked against finite networks. Python API: `import theory; theory.kernels(...)`."
+            "checked against finite networks."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"deeplimits {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("list", help="list the experiments (name, paper, what it shows)")
+
+    run = sub.add_parser("run", help="run an experiment's sweep (only missing points), write figure and data")
+    run.add_argument("name", help="experiment name (see `deeplimits list`)")
+    run.add_argument("--quick", action="store_true", help="the reduced sweep (laptop/CI, under a minute)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="change a config field, e.g. --set widths=64,128,256 --set seeds=8 (repeatable)")
+    run.add_argument("--results", metavar="DIR", help="results folder (default: $DEEPLIMITS_RESULTS or ./results)")
+    run.add_argument("--figures", metavar="DIR", help="figures folder (default: $DEEPLIMITS_FIGURES or ./figures)")
+    run.add_argument("--no-plot", action="store_true", help="compute and store only")
+    bar = run.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show the progress bar (default: only on a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show the progress bar")
+
+    rep = sub.add_parser("report", help="markdown summary of stored results and figures")
+    rep.add_argument("--results", metavar="DIR", help="results folder (default: $DEEPLIMITS_RESULTS or ./results)")
+    rep.add_argument("--figures", metavar="DIR", help="figures folder (default: $DEEPLIMITS_FIGURES or ./figures)")
     return parser
 
 
+def _error(message: str, code: int) -> int:
+    print(f"deeplimits: error: {message}", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(f"deeplimits {__version__}: no subcommands yet; see `deeplimits --help`.")
-    return 0
+    """Entry point of ``deeplimits``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+
+    from experiments.registry import UsageError, list_experiments, parse_set
+
+    try:
+        if args.command == "list":
+            infos = list_experiments()
+            if not infos:
+                print("no experiments registered (they live in experiments/figures/)")
+            width = max((len(i.name) for i in infos), default=0)
+            for info in infos:
+                print(f"{info.name:<{width}}  {info.paper} — {info.summary}")
+            return 0
+
+        if args.command == "report":
+            from experiments.report import report
+
+            sys.stdout.write(report(args.results, args.figures))
+            return 0
+
+        from experiments.runner import run
+
+        overrides = parse_set(args.overrides)
+        df = run(args.name, quick=args.quick, overrides=overrides, results_dir=args.results,
+                 figures_dir=args.figures, progress=args.progress, plot=not args.no_plot, quiet=True)
+        print(df.attrs["summary"])
+        return 0
+    except UsageError as err:
+        return _error(str(err), 2)
+    except OSError as err:
+        return _error(str(err), 1)
 
 
 if __name__ == "__main__":
