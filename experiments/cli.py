@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except UsageError as err:
         return _error(str(err), 2)
+    except KeyboardInterrupt:
+        return _error("interrupted; every finished point is stored, run the same command again to resume", 130)
     except OSError as err:
         return _error(str(err), 1)
 

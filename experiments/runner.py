@@ -214,14 +214,15 @@ def run(
         outdir = Path(figures_dir) if figures_dir is not None else default_figures_dir()
         try:
             outdir.mkdir(parents=True, exist_ok=True)
+            csv = write_csv(df, outdir / f"{experiment.stem}.csv")  # the data first: kept even if plotting fails
         except OSError as err:
-            raise type(err)(f"figures folder {outdir} cannot be created: {err}") from err
+            raise type(err)(f"figures folder {outdir} cannot be written: {err}") from err
         with style.context():
             figures = [Path(p) for p in experiment.plot(df.copy(), config, outdir)]
         missing_files = [p for p in figures if not p.exists()]
         if missing_files:
             raise ValueError(f"plot of {experiment.name!r} returned paths it did not write: {missing_files}")
-        figures.append(write_csv(df, outdir / f"{experiment.stem}.csv"))
+        figures.append(csv)
 
     computed = len(missing)
     shown = next((p for p in figures if p.suffix == ".png"), figures[0] if figures else None)
@@ -235,12 +236,4 @@ def run(
     return df
 
 
-def point_digests(name: str | Experiment, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> list[str]:
-    """The store digests of the grid points ``run`` would use (to inspect or prune a store)."""
-    experiment = get_experiment(name)
-    config = apply_overrides(experiment.quick_config if quick else experiment.config, overrides,
-                             experiment=experiment.name)
-    return [k.digest for k in _keys(experiment, experiment.points(config), experiment.code_version())]
-
-
-__all__ = ["compute_point", "default_figures_dir", "point_digests", "run", "write_csv"]
+__all__ = ["compute_point", "default_figures_dir", "run", "write_csv"]

@@ -283,7 +283,7 @@ def test_killed_sweep_resumes_without_recomputing_anything(tmp_path):
     log, results, figures = tmp_path / "log.jsonl", tmp_path / "results", tmp_path / "figures"
     cmd = [sys.executable, "-m", "experiments", "run", "toy", "--results", str(results), "--figures", str(figures),
            "--set", "widths=4,8,16,32", "--set", "seeds=3"]
-    env = toy_env(log, delay=0.3)
+    env = toy_env(log, delay=0.25)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -319,3 +319,25 @@ def test_killed_sweep_resumes_without_recomputing_anything(tmp_path):
     csv = pd.read_csv(figures / "toy.csv")
     assert list(csv.digest) == list(uninterrupted.digest) and list(csv.y) == list(uninterrupted.y)
     assert not list((results / "toy").glob(".*.tmp"))  # the killed writer's temporary file, if any, is gone
+
+
+# -- the shared figure style ------------------------------------------------------------------------
+def test_style_helpers(tmp_path):
+    import matplotlib as mpl
+    import numpy as np
+
+    from experiments.figures import style
+
+    with style.context():
+        assert mpl.rcParams["font.family"] == ["serif"] and mpl.rcParams["axes.grid"]
+        fig, (left, right) = style.subplots(1, 2)
+        n = np.array([16.0, 64.0, 256.0, 1024.0])
+        fit = style.errorbar_loglog(left, n, 1 / n, 2 / n, label="error bars wider than the value", fit=True)
+        assert abs(fit.exponent + 1) < 1e-12 and left.get_xscale() == "log" == left.get_yscale()
+        assert style.errorbar_loglog(right, n, n**-0.5, index=1) is None
+        style.guide_line(right, n, -0.5, through=(16, 0.25), label=r"$\propto n^{-1/2}$")
+        right.legend()
+        paths = style.save(fig, tmp_path / "out", "two_panels")
+    assert [p.name for p in paths] == ["two_panels.png", "two_panels.pdf"] and all(p.stat().st_size for p in paths)
+    assert mpl.rcParams["font.family"] != ["serif"] or mpl.rcParamsDefault["font.family"] == ["serif"]  # restored
+    assert style.color(0) == style.color(len(style.COLORS)) and style.marker(1) != style.marker(0)

@@ -1,4 +1,4 @@
-"""One module per reproduced experiment; each declares ``EXPERIMENT = Experiment(...)``.
+r"""One module per reproduced experiment; each declares ``EXPERIMENT = Experiment(...)``.
 
 The registry (``experiments.registry``) imports every module here (except ``style`` and names starting
 with ``_``) and registers its ``EXPERIMENT``. Modules hold no math: ``compute`` calls ``theory`` and
@@ -23,12 +23,12 @@ with ``_``) and registers its ``EXPERIMENT``. Modules hold no math: ``compute`` 
     def compute(point):                                  # pure function of the point
         return {"err": ..., "err_se": ...}               # calls theory / experiments.monte_carlo
 
-    def plot(df, config, outdir):
-        with style.figure(outdir, "width_convergence") as (fig, ax, paths):
-            style.errorbar_loglog(ax, df.width, df.err, df.err_se, fit=True, label="NNGP")
-            ax.set(xlabel="width $n$", ylabel="error")
-            ax.legend()
-        return paths
+    def plot(df, config, outdir):                        # called inside style.context() by the runner
+        fig, ax = style.subplots()
+        style.errorbar_loglog(ax, df.width, df.err, df.err_se, fit=True, label="NNGP")   # slope ± SE in legend
+        ax.set(xlabel="width $n$", ylabel=r"$\|\hat K_n - K_\infty\|$")
+        ax.legend()
+        return style.save(fig, outdir, "width_convergence")             # PNG + PDF; the runner adds the CSV
 
     EXPERIMENT = Experiment(name="width-convergence", paper="Jacot et al. 2018", summary="...",
                             config=Config(), quick_config=Config(widths=(16, 64, 256), seeds=2),
