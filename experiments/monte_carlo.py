@@ -194,10 +194,10 @@ def estimate_kernels(
     return KernelEstimate(result.get("nngp"), result.get("ntk"), width, n_samples, np.dtype(x1.dtype))
 
 
-@partial(jax.jit, static_argnames=("arch", "width", "weights"))
-def _moment_samples(keys, x, *, arch, width, weights):
+@partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out"))
+def _moment_samples(keys, x, *, arch, width, weights, n_out):
     def one(key):
-        params = networks.init(arch, width, key, weights, features=x.shape[1], dtype=x.dtype)
+        params = networks.init(arch, width, key, weights, features=x.shape[1], n_out=n_out, dtype=x.dtype)
         _, layers = networks.apply(arch, params, x, per_layer=True)
         second = jnp.stack([jnp.mean(h**2, axis=-1) for h in layers])
         fourth = jnp.stack([jnp.mean(h**4, axis=-1) for h in layers])
@@ -214,13 +214,15 @@ def preactivation_moments(
     n_samples: int,
     key: Array,
     weights: str = "gaussian",
+    n_out: int = 1,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     progress: Progress | None = None,
 ) -> PreactivationMoments:
     """Second moment and excess kurtosis of every layer's pre-activations, per input.
 
     Per network and layer, ``m2 = mean_i h_i^2`` and ``m4 = mean_i h_i^4`` over the layer's neurons
-    (the layers of ``per_layer`` kernels; the readout has one neuron). Estimates:
+    (the layers of ``per_layer`` kernels; the readout has ``n_out`` neurons: pooling over more of
+    them makes the output's moments far less noisy, the output units being exchangeable). Estimates:
     ``variance = E[m2]`` and ``excess_kurtosis = E[m4] / E[m2]^2 - 3``, the kurtosis of one
     pre-activation under the ensemble (a ratio estimator, bias O(1/n_samples)); its standard error
     comes from the delta method with the covariance of ``(m2, m4)`` across networks.
@@ -230,6 +232,7 @@ def preactivation_moments(
     n_samples = _check_samples(n_samples)
     key = networks.check_key(key)
     networks.check_weights(weights)
+    n_out = networks.check_positive_int("n_out", n_out)
     x, _ = validate_inputs(x)
     itemsize = np.dtype(x.dtype).itemsize
     per_network = itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
@@ -238,7 +241,7 @@ def preactivation_moments(
     # Samples are (m2, m4, m2 m4): streamed means and variances give the (m2, m4) covariance too.
     first = _Running()
     for start, chunk in _chunks(keys, size):
-        first.add(_moment_samples(chunk, x, arch=arch, width=width, weights=weights))
+        first.add(_moment_samples(chunk, x, arch=arch, width=width, weights=weights, n_out=n_out))
         if progress is not None:
             progress(start + chunk.shape[0], n_samples)
     n = first.count

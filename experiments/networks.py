@@ -94,14 +94,14 @@ WEIGHT_ENSEMBLES: dict[str, Callable[[Array, tuple[int, int], jnp.dtype], Array]
 }
 
 
-def _positive_int(name: str, value: object) -> int:
+def check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 
 
 def check_width(width: object) -> int:
-    return _positive_int("width", width)
+    return check_positive_int("width", width)
 
 
 def check_weights(weights: object) -> str:
@@ -158,8 +158,8 @@ def init(
     width = check_width(width)
     key = check_key(key)
     check_weights(weights)
-    n_out = _positive_int("n_out", n_out)
-    features = _positive_int("features", features)
+    n_out = check_positive_int("n_out", n_out)
+    features = check_positive_int("features", features)
     if arch.parameterization == "standard" and arch.width not in (None, width):
         raise ValueError(
             f"the architecture says width={arch.width} (its standard-parameterization NTK uses it) "
