@@ -20,3 +20,11 @@ def test_readme_has_exactly_the_two_setup_commands():
     setup = README.read_text().split("## Set up", 1)[1]
     commands = re.findall(r"```\n(.*?)```", setup, flags=re.S)[0].strip().splitlines()
     assert commands == ['pip install -e ".[test]"', "pytest"]
+
+
+def test_monte_carlo_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[1], "README.md", "exec"), namespace)
+    assert namespace["theta"].shape == (1, 4, 4)
+    assert namespace["est"].nngp.mean.shape == (4, 4)
