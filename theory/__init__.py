@@ -1,10 +1,12 @@
-"""deeplimits' theory: infinite-width (and, later, infinite-depth) kernels as pure functions.
+"""deeplimits' theory: infinite-width and infinite-depth kernels as pure functions.
 
 Quick use::
 
     import theory
     net = theory.MLP(depth=3, activation="relu", w_std=2**0.5, b_std=0.0)
     k = theory.kernels(net, x)          # Kernels(nngp=(N, N), ntk=(N, N))
+    res = theory.ResNet(depth=64, activation="relu", depth_exponent=0.5)
+    k_inf = theory.resnet_limit(res, x)   # width -> inf, then depth -> inf (an ODE in t = l / L)
 
 Nothing here does I/O or keeps state; randomness, where it ever enters, is an explicit JAX key.
 """
@@ -12,6 +14,7 @@ Nothing here does I/O or keeps state; randomness, where it ever enters, is an ex
 from theory import activations
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
+from theory.depth_limits import residual_stream_limit, resnet_limit
 from theory.kernels import Kernels, QuadratureAccuracyWarning, kernels
 
 __version__ = "0.1.0"
@@ -25,4 +28,6 @@ __all__ = [
     "__version__",
     "activations",
     "kernels",
+    "residual_stream_limit",
+    "resnet_limit",
 ]

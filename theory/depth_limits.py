@@ -1,0 +1,235 @@
+"""Infinite-width-then-infinite-depth limits of depth-scaled ResNets.
+
+A block of :class:`theory.ResNet` adds ``s^2 (w_std^2 E + b_std^2)`` to the residual stream's kernel
+``q``, with ``s = branch_scale / L**depth_exponent`` and ``E = E[phi(u) phi(v)]``,
+``(u, v) ~ N(0, q)`` (see :mod:`theory.kernels`). With ``depth_exponent = 1/2``, ``s^2 = branch_scale^2 / L``
+and the ``L`` blocks are ``L`` Euler steps of size ``1/L`` of an ODE in ``t = l / L``
+(Hayou & Yang 2023, "Width and Depth Limits Commute in Residual Networks"; Hayou 2023,
+"Commutative Width and Depth Scaling"):
+
+    dq/dt     = a^2 (w_std^2 E[phi(u) phi(v)] + b_std^2)
+    dTheta/dt = a^2 (c_K E[phi(u) phi(v)] + c_0 + w_std^2 E[phi'(u) phi'(v)] Theta)
+
+with ``a = branch_scale``, ``c_K = w_std^2, c_0 = b_std^2`` in the NTK parameterization
+(``c_K = width, c_0 = 1`` with a bias in the standard one), starting from the stem's kernels at
+``t = 0``; the readout is applied at ``t = 1``. The finite-``L`` recursion approaches the ODE at the
+Euler rate ``O(1/L)``.
+
+Other exponents: for ``depth_exponent > 1/2`` the blocks' summed contribution is
+``O(L^(1 - 2 depth_exponent)) -> 0`` and the limit is the identity (the stem's kernel passes
+through to the readout); for ``depth_exponent < 1/2`` it grows like ``L^(1 - 2 depth_exponent)``
+and there is no finite limit (``resnet_limit`` raises, naming the regime).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.activations import Activation
+from theory.architectures import ResNet
+from theory.inputs import validate_inputs
+from theory.kernels import (
+    DEFAULT_MEMORY_BUDGET,
+    KERNEL_NAMES,
+    Kernels,
+    _block_rows,
+    _Dense,
+    _dense,
+    _input_kernel,
+    _layer,
+    _layers,
+    _State,
+    _warn_quadrature_accuracy,
+)
+from theory.ode import dopri5
+
+Array = jax.Array
+
+CRITICAL_EXPONENT = 0.5
+
+
+def limit_regime(res: ResNet) -> str:
+    """``"ode"`` (``depth_exponent = 1/2``), ``"identity"`` (``> 1/2``, or branches that add
+    nothing) or ``"divergent"`` (``< 1/2``): what the ResNet's kernel does as ``depth -> inf``."""
+    if not isinstance(res, ResNet):
+        raise ValueError(
+            f"depth limits are defined for a theory.ResNet (branches scaled with depth), got {res!r}; "
+            "an MLP's kernel has no infinite-depth ODE limit: use theory.kernels at finite depth"
+        )
+    if res.branch_scale == 0 or (res.w_std == 0 and res.b_std == 0):
+        return "identity"
+    if res.depth_exponent > CRITICAL_EXPONENT:
+        return "identity"
+    if res.depth_exponent < CRITICAL_EXPONENT:
+        return "divergent"
+    return "ode"
+
+
+def _rate(res: ResNet) -> _Dense:
+    # d/dt of the block map: the block's coefficients with branch_scale^2 in place of s^2 and no skip.
+    return _dense(res, res.w_std, res.b_std, res.width, gamma=0.0, scale=res.branch_scale)
+
+
+def _default_tolerances(dtype: np.dtype) -> tuple[float, float]:
+    return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (1e-5, 1e-7)
+
+
+def _solve_block(sq_rows, cross, sq_cols, coeffs, act, last_post, with_ntk, times, rtol, atol, max_steps):
+    stem, rate, readout = coeffs
+    zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
+    state = _State(sq_rows, cross, sq_cols, zeros(sq_rows), zeros(cross), zeros(sq_cols))
+    state = _layer(act, stem, "input", state, with_ntk)
+
+    def rhs(s: _State) -> _State:
+        return _layer(act, rate, "activation", s, with_ntk)
+
+    outputs, steps, reached, t_prev = [], jnp.int32(0), jnp.bool_(True), 0.0
+    for t in times:
+        if t > t_prev:
+            sol = dopri5(rhs, state, t - t_prev, rtol=rtol, atol=atol, max_steps=max_steps)
+            state, steps, reached = sol.y, steps + sol.steps, reached & sol.reached
+        t_prev = t
+        outputs.append(state)
+    if last_post is not None:
+        outputs = [_layer(act, readout, last_post, s, with_ntk) for s in outputs]
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+    return (stacked.q12, stacked.t12, jnp.max(stacked.q11)), steps, reached
+
+
+@jax.jit(static_argnames=("act", "last_post", "with_ntk", "times", "max_steps", "block"))
+def _solve(x1, x2, coeffs, rtol, atol, *, act, last_post, with_ntk, times, max_steps, block):
+    sq1, cross, sq2 = _input_kernel(x1, x2)
+    n1 = x1.shape[0]
+    n_blocks = -(-n1 // block)
+    pad = n_blocks * block - n1
+    sq1 = jnp.concatenate([sq1, jnp.broadcast_to(sq1[:1], (pad,))]).reshape(n_blocks, block)
+    cross = jnp.concatenate([cross, jnp.broadcast_to(cross[:1], (pad, cross.shape[1]))])
+    cross = cross.reshape(n_blocks, block, -1)
+
+    def one(rows):
+        return _solve_block(rows[0], rows[1], sq2, coeffs, act, last_post, with_ntk, times, rtol, atol, max_steps)
+
+    (q, t, max_var), steps, reached = jax.lax.map(one, (sq1, cross))
+
+    def unblock(a):  # (blocks, times, block, N) -> (times, N1, N)
+        if a is None:
+            return None
+        a = jnp.moveaxis(a, 1, 0)
+        return a.reshape(a.shape[0], n_blocks * block, -1)[:, :n1]
+
+    return unblock(q), unblock(t), jnp.max(max_var), jnp.max(steps), jnp.all(reached)
+
+
+def _check_times(times: object) -> tuple[float, ...]:
+    values = np.atleast_1d(np.asarray(times, dtype=float))
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"times must be a non-empty 1-d sequence of finite numbers in [0, 1], got {times!r}")
+    if np.any(values < 0) or np.any(values > 1) or np.any(np.diff(values) < 0):
+        raise ValueError(f"times must be non-decreasing values in [0, 1] (t = l / depth), got {times!r}")
+    return tuple(float(v) for v in values)
+
+
+def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budget):
+    regime = limit_regime(res)
+    if regime == "divergent":
+        raise ValueError(
+            f"{res!r} has depth_exponent={res.depth_exponent} < 1/2: the L branches add variance "
+            f"~ L^(1 - 2 * {res.depth_exponent}) = L^{1 - 2 * res.depth_exponent:.3g}, so the kernel diverges as "
+            "depth -> inf and has no finite limit (the exploding regime); use depth_exponent = 0.5 for the ODE "
+            "limit, or > 0.5 for the identity limit"
+        )
+    wanted = (get,) if isinstance(get, str) else tuple(get)
+    if not wanted or any(g not in KERNEL_NAMES for g in wanted):
+        raise ValueError(f"get must name kernels among {KERNEL_NAMES}, got {get!r}")
+    symmetric = x2 is None
+    x1, x2 = validate_inputs(x1, x2)
+    x2 = x1 if symmetric else x2
+    dtype = np.dtype(x1.dtype)
+    d_rtol, d_atol = _default_tolerances(dtype)
+    rtol, atol = (d_rtol if rtol is None else rtol), (d_atol if atol is None else atol)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if regime == "identity":
+        times = tuple(0.0 for _ in times)  # nothing moves: every time is the stem's kernel
+    _, (stem, _, readout_coeffs) = _layers(res, x1.shape[1])
+    coeffs = tuple(_Dense(*(jnp.asarray(c, dtype) for c in layer)) for layer in (stem, _rate(res), readout_coeffs))
+    act: Activation = res.activation
+    last_post = ("activation" if res.readout == "activation" else "identity") if readout else None
+    with_ntk = "ntk" in wanted
+    block = _block_rows(x1.shape[0], x2.shape[0], act, len(times) + 2, dtype.itemsize, with_ntk, True,
+                        memory_budget)
+    q, t, max_var, steps, reached = _solve(
+        x1, x2, coeffs, jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype), act=act, last_post=last_post,
+        with_ntk=with_ntk, times=times, max_steps=max_steps, block=block,
+    )
+    if not bool(reached):
+        raise ValueError(
+            f"the ODE solver did not reach t = {times[-1]} within max_steps={max_steps} steps at rtol={rtol}, "
+            f"atol={atol} ({int(steps)} steps taken): the tolerance cannot be met; loosen rtol/atol or raise "
+            "max_steps"
+        )
+    if not (np.isfinite(np.asarray(q)).all() and (t is None or np.isfinite(np.asarray(t)).all())):
+        raise ValueError(f"the depth limit of {res!r} overflows {dtype.name}: reduce branch_scale, w_std or b_std")
+    if not act.has_closed_form:
+        _warn_quadrature_accuracy(act, float(max_var))
+    if symmetric:
+        q = (q + jnp.swapaxes(q, -1, -2)) / 2
+        t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
+    return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
+
+
+def resnet_limit(
+    res: ResNet,
+    x1: Array,
+    x2: Array | None = None,
+    get: str | tuple[str, ...] = KERNEL_NAMES,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 10_000,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Kernels:
+    """NNGP and NTK of ``res`` at the output in the limit width -> inf, then depth -> inf.
+
+    Solves the ODE of the module docstring on ``t in [0, 1]`` with the adaptive Dormand-Prince 5(4)
+    scheme (:func:`theory.ode.dopri5`), every kernel entry held to ``|local error| <= atol + rtol |q|``
+    (defaults: ``rtol = 1e-10, atol = 1e-12`` in float64; ``1e-5, 1e-7`` in float32), then applies the
+    readout. Same shapes, conventions and readout as ``theory.kernels(res, x1, x2)``; ``res.depth`` is
+    ignored (the cost does not grow with it). Regimes: ``depth_exponent = 1/2`` the ODE;
+    ``> 1/2`` the identity (the stem's kernel through the readout); ``< 1/2`` raises ``ValueError``.
+
+    Raises:
+      ValueError: for an MLP, a divergent exponent, malformed inputs, non-positive tolerances, or a
+        tolerance the solver cannot meet within ``max_steps`` (the message says so).
+    """
+    k = _limit(res, x1, x2, get, (1.0,), True, rtol, atol, max_steps, memory_budget)
+    return Kernels(nngp=None if k.nngp is None else k.nngp[0], ntk=None if k.ntk is None else k.ntk[0])
+
+
+def residual_stream_limit(
+    res: ResNet,
+    x1: Array,
+    x2: Array | None = None,
+    times: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    get: str | tuple[str, ...] = KERNEL_NAMES,
+    *,
+    rtol: float | None = None,
+    atol: float | None = None,
+    max_steps: int = 10_000,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Kernels:
+    """Kernels ``q(t)``, ``Theta(t)`` of the residual stream (before the readout) at the given
+    times ``t = l / depth`` (non-decreasing, in ``[0, 1]``), stacked on axis 0: the limit of
+    ``theory.kernels(res, ..., per_layer=True)`` at block ``l = t * depth``. Same solver and
+    regimes as :func:`resnet_limit`."""
+    return _limit(res, x1, x2, get, _check_times(times), False, rtol, atol, max_steps, memory_budget)
+
+
+__all__ = ["CRITICAL_EXPONENT", "limit_regime", "residual_stream_limit", "resnet_limit"]
