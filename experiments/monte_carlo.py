@@ -194,6 +194,30 @@ def estimate_kernels(
     return KernelEstimate(result.get("nngp"), result.get("ntk"), width, n_samples, np.dtype(x1.dtype))
 
 
+def rms_deviation(estimate: Estimate, target: Array, n_samples: int) -> tuple[float, float]:
+    """Relative root-mean-square distance of ONE network's kernel from ``target``, and its SE.
+
+    ``D = sqrt(sum_ij E[(K_ij - T_ij)^2]) / ||T||_F`` over networks ``K`` (finite-width kernels), from
+    the estimate's mean and spread: ``E[(K - T)^2] = (E K - T)^2 + Var K``, with
+    ``Var K = n_samples * stderr^2`` and ``(mean - T)^2 - stderr^2`` unbiased for the squared bias.
+    It mixes the bias of the mean kernel (``O(1/width)``) and one network's fluctuation
+    (``O(1/sqrt(width))``, growing like ``depth/width`` in an MLP): the distance whose limit
+    distinguishes commuting from non-commuting width/depth limits (Hayou & Yang 2023). The SE is a
+    delta-method estimate (normal means, chi-square variances) that treats entries as independent;
+    pass the unique entries (e.g. an upper triangle) of a symmetric kernel.
+    """
+    n = _check_samples(n_samples)
+    mean, se = np.asarray(estimate.mean, np.float64), np.asarray(estimate.stderr, np.float64)
+    target = np.asarray(target, np.float64)
+    bias = mean - target
+    var = n * se**2
+    square = np.sum(bias**2 - se**2 + var)
+    square_se = np.sqrt(np.sum((2 * bias * se) ** 2 + (var * np.sqrt(2 / (n - 1))) ** 2))
+    norm = np.linalg.norm(target)
+    d = np.sqrt(max(square, 0.0))
+    return float(d / norm), float(square_se / (2 * max(d, np.sqrt(square_se)) * norm))
+
+
 @partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out"))
 def _moment_samples(keys, x, *, arch, width, weights, n_out):
     def one(key):
@@ -264,4 +288,5 @@ __all__ = [
     "PreactivationMoments",
     "estimate_kernels",
     "preactivation_moments",
+    "rms_deviation",
 ]
