@@ -160,6 +160,19 @@ def estimate_kernels(
     readout's input (:func:`networks.readout_kernel`): the same expectation (so the same bias), but
     without the readout's O(1) sampling noise; the per-network spread is then O(1 / sqrt(width)).
     """
+    order, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get, weights=weights,
+                                   n_out=n_out, nngp_from=nngp_from, memory_budget=memory_budget, progress=progress)
+    sums = {g: _Running() for g in order}
+    for samples in chunks:
+        for name, values in zip(order, samples, strict=True):
+            sums[name].add(values)
+    result = {g: sums[g].estimate() for g in order}
+    dtype = np.dtype(validate_inputs(x1, x2)[0].dtype)
+    return KernelEstimate(result.get("nngp"), result.get("ntk"), int(width), int(n_samples), dtype)
+
+
+def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, nngp_from, memory_budget, progress):
+    """Validate the arguments; return the kernel names in order and a generator of per-chunk samples."""
     arch = _check_arch(arch)
     width = networks.check_width(width)
     n_samples = _check_samples(n_samples)
@@ -168,6 +181,7 @@ def estimate_kernels(
     if not wanted or any(g not in ("nngp", "ntk") for g in wanted):
         raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
     networks.check_weights(weights)
+    n_out = networks.check_positive_int("n_out", n_out)
     if nngp_from not in NNGP_ESTIMATORS:
         raise ValueError(f"nngp_from must be one of {NNGP_ESTIMATORS}, got {nngp_from!r}")
     x1, x2 = validate_inputs(x1, x2)
@@ -181,17 +195,53 @@ def estimate_kernels(
     )
     size = _chunk_size(n_samples, per_network, memory_budget)
     keys = jax.random.split(key, n_samples)
-    sums = {g: _Running() for g in wanted}
     order = tuple(g for g in ("nngp", "ntk") if g in wanted)
-    for start, chunk in _chunks(keys, size):
-        samples = _kernel_samples(chunk, x1, x2, arch=arch, width=width, weights=weights, n_out=n_out, get=order,
+
+    def chunks():
+        for start, chunk in _chunks(keys, size):
+            yield _kernel_samples(chunk, x1, x2, arch=arch, width=width, weights=weights, n_out=n_out, get=order,
                                   nngp_from=nngp_from)
-        for name, values in zip(order, samples, strict=True):
-            sums[name].add(values)
-        if progress is not None:
-            progress(start + chunk.shape[0], n_samples)
-    result = {g: sums[g].estimate() for g in order}
-    return KernelEstimate(result.get("nngp"), result.get("ntk"), width, n_samples, np.dtype(x1.dtype))
+            if progress is not None:
+                progress(start + chunk.shape[0], n_samples)
+
+    return order, chunks()
+
+
+def network_kernels(
+    arch: Architecture,
+    x1: Array,
+    x2: Array | None = None,
+    *,
+    width: int,
+    n_samples: int,
+    key: Array,
+    get: str = "nngp",
+    weights: str = "gaussian",
+    n_out: int = 1,
+    nngp_from: str = "outputs",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Every sampled network's own kernel, ``(n_samples, batch1, batch2)``: the samples whose mean
+    and SE :func:`estimate_kernels` reports (same keys, so the same networks), for statistics the mean
+    does not capture (medians, quantiles, heavy tails). ``get`` names one kernel."""
+    if get not in ("nngp", "ntk"):
+        raise ValueError(f"get must name one kernel, 'nngp' or 'ntk', got {get!r}")
+    _, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get, weights=weights,
+                               n_out=n_out, nngp_from=nngp_from, memory_budget=memory_budget, progress=progress)
+    return np.concatenate([np.asarray(samples[0]) for samples in chunks])
+
+
+def median(values: np.ndarray, *, n_boot: int = 400, seed: int = 0) -> Estimate:
+    """Median of independent samples (along axis 0) with a bootstrap standard error (``n_boot``
+    resamples, seeded: the same values give the same SE)."""
+    values = np.asarray(values, np.float64)
+    if values.shape[0] < 2:
+        raise ValueError(f"a median with a standard error needs at least 2 samples, got {values.shape[0]}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
+    boot = np.median(values[idx], axis=1)
+    return Estimate(np.median(values, axis=0), np.std(boot, axis=0, ddof=1))
 
 
 def rms_deviation(estimate: Estimate, target: Array, n_samples: int) -> tuple[float, float]:
@@ -287,6 +337,8 @@ __all__ = [
     "KernelEstimate",
     "PreactivationMoments",
     "estimate_kernels",
+    "median",
+    "network_kernels",
     "preactivation_moments",
     "rms_deviation",
 ]

@@ -167,3 +167,25 @@ def test_rms_deviation_is_calibrated_on_known_distributions():
         d, se = mc.rms_deviation(est, target, n)
         hits += abs(d - truth) < 2 * se
     assert 0.9 <= hits / 300 <= 0.99, hits
+
+
+def test_network_kernels_are_the_samples_behind_the_estimate():
+    arch = theory.ResNet(2, "erf", 1.2, 0.1)
+    args = {"width": 16, "n_samples": 12, "key": jax.random.key(4), "nngp_from": "readout_kernel"}
+    samples = mc.network_kernels(arch, X, **args, memory_budget=1)
+    est = mc.estimate_kernels(arch, X, get="nngp", **args).nngp
+    assert samples.shape == (12, 3, 3)
+    np.testing.assert_allclose(samples.mean(0), est.mean, rtol=1e-12)
+    np.testing.assert_allclose(samples.std(0, ddof=1) / np.sqrt(12), est.stderr, rtol=1e-9)
+    with pytest.raises(ValueError, match="get must name one kernel"):
+        mc.network_kernels(arch, X, get=("nngp", "ntk"), **args)
+
+
+def test_median_standard_error_matches_the_asymptotic_formula():
+    """Median of n standard normals: SE -> sqrt(pi / 2) / sqrt(n) ~ 1.2533 / sqrt(n)."""
+    values = np.random.default_rng(1).normal(size=4000)
+    est = mc.median(values, n_boot=1000)
+    assert abs(est.mean) < 4 * est.stderr
+    assert abs(est.stderr * np.sqrt(4000) / np.sqrt(np.pi / 2) - 1) < 0.15
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        mc.median(np.ones(1))
