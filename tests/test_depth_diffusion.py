@@ -77,7 +77,8 @@ def test_finite_depth_law_is_exact_and_differs_from_the_limit():
 
 
 # -- the SDE against the closed forms ------------------------------------------------------------------------
-@pytest.mark.parametrize("activation,width,a,w", [("abs", 2, 1.0, 1.0), ("identity", 3, 0.8, 1.5), ("abs", 8, 1.2, 1.0)])
+@pytest.mark.parametrize("activation,width,a,w",
+                         [("abs", 2, 1.0, 1.0), ("identity", 3, 0.8, 1.5), ("abs", 8, 1.2, 1.0)])
 def test_sde_log_norm_is_the_closed_form_normal_law(activation, width, a, w):
     """Norm-preserving phi: ln||X_1|| - ln||X_0|| ~ N((1/2 - 1/n) T, T/n), T = a^2 w^2. Euler-Maruyama with 256
     steps is exactly the depth-256 network, whose moments (exact) differ from the limit by < 0.002."""
@@ -123,7 +124,7 @@ def test_closed_forms_agree_with_the_infinite_width_ode_and_converge_in_depth():
         limit = th.log_norm_law(n, hz)
         gaps = []
         for depth in (100, 1000, 10000):
-            mean, var = th.finite_depth_log_norm_moments(theory.ResNet(depth, "abs", w_std=1.2, branch_scale=0.9), n)
+            _, var = th.finite_depth_log_norm_moments(theory.ResNet(depth, "abs", w_std=1.2, branch_scale=0.9), n)
             gaps.append(abs(var - limit.variance) * depth)
         assert gaps[2] == pytest.approx(gaps[1], rel=0.02)  # L * gap -> const: O(1/L)
         k_inf = th.output_excess_kurtosis(res, n)
@@ -139,7 +140,7 @@ def test_relu_network_approaches_the_sde_law_as_depth_grows():
     from the SDE's at L = 4, closer at L = 16, and within 4 SE at L = 128; only shallow networks die
     (phi(h_L) = 0, impossible for the SDE)."""
     res = theory.ResNet(1, "relu")
-    ref = dd.log_ratio_summary(dd.simulate_sde(res, 2, KEY(30), 40000, 512))
+    ref = dd.log_ratio_summary(dd.simulate_sde(res, 2, KEY(30), 30000, 256))
     gaps, dead = [], []
     for depth in (4, 16, 128):
         summ = dd.log_ratio_summary(dd.simulate_network(theory.ResNet(depth, "relu"), 2, KEY(31 + depth), 20000))
@@ -148,7 +149,7 @@ def test_relu_network_approaches_the_sde_law_as_depth_grows():
         dead.append(summ["dead_end_fraction"])
     (g4, s4), (g16, s16), (g128, s128) = gaps
     assert g4 > 10 * s4
-    assert g16 < g4 / 2
+    assert g16 < g4 / 2 - 2 * math.hypot(s4, s16)
     assert g128 <= 4 * s128
     assert dead[0] > 1e-3 and dead[2] == 0
 
@@ -193,7 +194,7 @@ def test_bad_architecture_and_exponent():
     mlp = theory.MLP(3, "relu")
     for call in (lambda: th.horizon(mlp), lambda: dd.simulate_sde(mlp, 3, KEY(0), 10, 8),
                  lambda: dd.simulate_network(mlp, 3, KEY(0), 10), lambda: th.resnet_log_norm_law(mlp, 3)):
-        with pytest.raises(ValueError, match="theory.ResNet"):
+        with pytest.raises(ValueError, match=r"theory\.ResNet"):
             call()
     with pytest.raises(ValueError, match=r"depth_exponent=1.0.*identity map"):
         dd.simulate_sde(theory.ResNet(8, "relu", depth_exponent=1.0), 3, KEY(0), 10, 8)
@@ -204,7 +205,7 @@ def test_bad_architecture_and_exponent():
 
 
 def test_bad_closed_form_requests_and_arguments():
-    with pytest.raises(ValueError, match="no closed-form law for .*relu.* at width 2"):
+    with pytest.raises(ValueError, match=r"no closed-form law for .*relu.* at width 2"):
         th.resnet_log_norm_law(theory.ResNet(8, "relu"), 2)
     with pytest.raises(ValueError, match="b_std = 0"):
         th.resnet_log_norm_law(theory.ResNet(8, "abs", b_std=0.1), 2)
