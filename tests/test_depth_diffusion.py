@@ -174,8 +174,8 @@ def test_relu_post_activation_norm_changes_regime_between_widths_3_and_4():
         lo, hi = th.relu_log_growth_bounds(n, 2.0)
         assert lo < summ["mean"] < hi
         signs[n] = (summ["mean"] / summ["mean_se"], drift / drift_se, float(np.mean(summ["active_t"])) - 2)
-    assert signs[3][0] < -4 and signs[3][1] < -10 and signs[3][2] < 0
-    assert signs[4][0] > 4 and signs[4][1] > 10 and signs[4][2] > 0
+    assert signs[3][0] < -4 and signs[3][1] < -10 and signs[3][2] < 0  # measured: -23 SE and -106 SE
+    assert signs[4][0] > 3 and signs[4][1] > 10 and signs[4][2] > 0  # measured: +4.8 SE and +22 SE
 
 
 # -- bad input --------------------------------------------------------------------------------------------------
