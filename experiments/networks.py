@@ -168,16 +168,38 @@ def init(
     dtype = dtype or jnp.result_type(float)
     sample = WEIGHT_ENSEMBLES[weights]
     specs = layer_specs(arch, features, width, n_out)
-    params = []
-    for spec, layer_key in zip(specs, jax.random.split(key, len(specs)), strict=True):
-        w_key, b_key = jax.random.split(layer_key)
-        w = sample(w_key, (spec.fan_in, spec.fan_out), dtype)
-        b = jax.random.normal(b_key, (spec.fan_out,), dtype) if spec.b_std > 0 else None
-        if arch.parameterization == "standard":
-            w = w * (spec.w_std / math.sqrt(spec.fan_in))
-            b = None if b is None else b * spec.b_std
-        params.append(Dense(w, b))
+    keys = jax.random.split(key, len(specs))
+    params: list[Dense] = []
+    for start, stop in _runs(specs):
+        spec = specs[start]
+
+        def one(layer_key: Array, spec: LayerSpec = spec) -> Dense:
+            w_key, b_key = jax.random.split(layer_key)
+            w = sample(w_key, (spec.fan_in, spec.fan_out), dtype)
+            b = jax.random.normal(b_key, (spec.fan_out,), dtype) if spec.b_std > 0 else None
+            if arch.parameterization == "standard":
+                w = w * (spec.w_std / math.sqrt(spec.fan_in))
+                b = None if b is None else b * spec.b_std
+            return Dense(w, b)
+
+        if stop - start == 1:
+            params.append(one(keys[start]))
+            continue
+        # Identical layers are sampled in one batched call (the same numbers as one call per key):
+        # a program with one RNG op per layer takes minutes to compile at depth ~1000.
+        stacked = jax.vmap(one)(keys[start:stop])
+        params.extend(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(stop - start))
     return tuple(params)
+
+
+def _runs(specs: tuple[LayerSpec, ...]) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive identical layers (the hidden layers, the blocks)."""
+    runs, start = [], 0
+    for i in range(1, len(specs) + 1):
+        if i == len(specs) or specs[i] != specs[start]:
+            runs.append((start, i))
+            start = i
+    return runs
 
 
 def _dense(arch: Architecture, spec: LayerSpec, layer: Dense, h: Array) -> Array:
@@ -207,15 +229,36 @@ def apply(
     if len(specs) != len(params):
         raise ValueError(f"params have {len(params)} layers but {arch!r} has {len(specs)}")
     phi = arch.activation.fn
-    h = x
-    layers = []
-    for i, (spec, layer) in enumerate(zip(specs, params, strict=True)):
+
+    def layer_map(spec: LayerSpec, layer: Dense, probe: Array | None, h: Array) -> Array:
         inputs = phi(h) if spec.post == "activation" else h
         z = _dense(arch, spec, layer, inputs)
-        if probes is not None:
-            z = z + probes[i]
-        h = h + spec.multiplier * z if spec.residual else z
-        layers.append(h)
+        if probe is not None:
+            z = z + probe
+        return h + spec.multiplier * z if spec.residual else z
+
+    h = x
+    layers: list[Array] = []
+    for start, stop in _runs(specs):
+        spec = specs[start]
+        if stop - start <= 2:
+            for i in range(start, stop):
+                h = layer_map(spec, params[i], None if probes is None else probes[i], h)
+                layers.append(h)
+            continue
+        # A run of identical layers is one lax.scan: compile time and memory stay flat in depth
+        # (unrolled, depth ~256 already exhausts LLVM's code memory).
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *params[start:stop])
+        stacked_probes = None if probes is None else jnp.stack(probes[start:stop])
+
+        def body(h: Array, xs: tuple, spec: LayerSpec = spec) -> tuple[Array, Array | None]:
+            layer, probe = xs
+            h = layer_map(spec, layer, probe, h)
+            return h, (h if per_layer else None)
+
+        h, hs = jax.lax.scan(body, h, (stacked, stacked_probes))
+        if per_layer:
+            layers.extend(hs[i] for i in range(stop - start))
     return (h, layers) if per_layer else h
 
 
