@@ -123,7 +123,7 @@ def _plot(kind: str, stem: str, title: str):
     return plot
 
 
-_QUICK = Config(widths=(4, 16, 64), depths=(4, 16, 64), networks=32)
+_QUICK = Config(widths=(4, 64), depths=(4, 16, 64), networks=32)
 
 EXPERIMENTS = (
     Experiment(
