@@ -11,7 +11,7 @@ Quick use::
 Nothing here does I/O or keeps state; randomness, where it ever enters, is an explicit JAX key.
 """
 
-from theory import activations, depth_diffusion, finite_width
+from theory import activations, depth_diffusion, finite_width, signal_propagation
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
 from theory.depth_limits import residual_stream_limit, resnet_limit
@@ -32,4 +32,5 @@ __all__ = [
     "kernels",
     "residual_stream_limit",
     "resnet_limit",
+    "signal_propagation",
 ]
