@@ -199,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     if timed:
         best = min(timed, key=lambda r: r["median_s"])
         verdict = "met" if best["ratio"] >= SPEED_TARGET else "MISSED"
+        verdict = "n/a: the target is for the full workload" if args.quick else verdict
         _say(f"| speed-up vs NT's fastest ({best['implementation']}) | {best['ratio']:.1f}x | "
              f"≥{SPEED_TARGET:g}x: {verdict} |")
     verdict = "met" if fwd["fraction"] >= FLOPS_TARGET else "MISSED"
+    verdict = "n/a: the target is for the full workload" if args.quick else verdict
     _say(f"| forward FLOP/s / float32 matmul rate | {fwd['gflops']:.0f} / {peak:.0f} GFLOP/s = "
          f"{fwd['fraction']:.2f} | ≥{FLOPS_TARGET:g}: {verdict} |")
     _say(f"| batched matmul of the forward's shapes / float32 matmul rate | "
