@@ -160,19 +160,19 @@ def estimate_kernels(
     readout's input (:func:`networks.readout_kernel`): the same expectation (so the same bias), but
     without the readout's O(1) sampling noise; the per-network spread is then O(1 / sqrt(width)).
     """
-    order, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get, weights=weights,
-                                   n_out=n_out, nngp_from=nngp_from, memory_budget=memory_budget, progress=progress)
+    order, dtype, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get,
+                                          weights=weights, n_out=n_out, nngp_from=nngp_from,
+                                          memory_budget=memory_budget, progress=progress)
     sums = {g: _Running() for g in order}
     for samples in chunks:
         for name, values in zip(order, samples, strict=True):
             sums[name].add(values)
     result = {g: sums[g].estimate() for g in order}
-    dtype = np.dtype(validate_inputs(x1, x2)[0].dtype)
     return KernelEstimate(result.get("nngp"), result.get("ntk"), int(width), int(n_samples), dtype)
 
 
 def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, nngp_from, memory_budget, progress):
-    """Validate the arguments; return the kernel names in order and a generator of per-chunk samples."""
+    """Validate the arguments; return the kernel names in order, the dtype, and a generator of per-chunk samples."""
     arch = _check_arch(arch)
     width = networks.check_width(width)
     n_samples = _check_samples(n_samples)
@@ -204,7 +204,7 @@ def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, 
             if progress is not None:
                 progress(start + chunk.shape[0], n_samples)
 
-    return order, chunks()
+    return order, np.dtype(x1.dtype), chunks()
 
 
 def network_kernels(
@@ -227,7 +227,7 @@ def network_kernels(
     does not capture (medians, quantiles, heavy tails). ``get`` names one kernel."""
     if get not in ("nngp", "ntk"):
         raise ValueError(f"get must name one kernel, 'nngp' or 'ntk', got {get!r}")
-    _, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get, weights=weights,
+    _, _, chunks = _kernel_chunks(arch, x1, x2, width=width, n_samples=n_samples, key=key, get=get, weights=weights,
                                n_out=n_out, nngp_from=nngp_from, memory_budget=memory_budget, progress=progress)
     return np.concatenate([np.asarray(samples[0]) for samples in chunks])
 
@@ -242,30 +242,6 @@ def median(values: np.ndarray, *, n_boot: int = 400, seed: int = 0) -> Estimate:
     idx = rng.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
     boot = np.median(values[idx], axis=1)
     return Estimate(np.median(values, axis=0), np.std(boot, axis=0, ddof=1))
-
-
-def rms_deviation(estimate: Estimate, target: Array, n_samples: int) -> tuple[float, float]:
-    """Relative root-mean-square distance of ONE network's kernel from ``target``, and its SE.
-
-    ``D = sqrt(sum_ij E[(K_ij - T_ij)^2]) / ||T||_F`` over networks ``K`` (finite-width kernels), from
-    the estimate's mean and spread: ``E[(K - T)^2] = (E K - T)^2 + Var K``, with
-    ``Var K = n_samples * stderr^2`` and ``(mean - T)^2 - stderr^2`` unbiased for the squared bias.
-    It mixes the bias of the mean kernel (``O(1/width)``) and one network's fluctuation
-    (``O(1/sqrt(width))``, growing like ``depth/width`` in an MLP): the distance whose limit
-    distinguishes commuting from non-commuting width/depth limits (Hayou & Yang 2023). The SE is a
-    delta-method estimate (normal means, chi-square variances) that treats entries as independent;
-    pass the unique entries (e.g. an upper triangle) of a symmetric kernel.
-    """
-    n = _check_samples(n_samples)
-    mean, se = np.asarray(estimate.mean, np.float64), np.asarray(estimate.stderr, np.float64)
-    target = np.asarray(target, np.float64)
-    bias = mean - target
-    var = n * se**2
-    square = np.sum(bias**2 - se**2 + var)
-    square_se = np.sqrt(np.sum((2 * bias * se) ** 2 + (var * np.sqrt(2 / (n - 1))) ** 2))
-    norm = np.linalg.norm(target)
-    d = np.sqrt(max(square, 0.0))
-    return float(d / norm), float(square_se / (2 * max(d, np.sqrt(square_se)) * norm))
 
 
 @partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out"))
@@ -340,5 +316,4 @@ __all__ = [
     "median",
     "network_kernels",
     "preactivation_moments",
-    "rms_deviation",
 ]
