@@ -40,17 +40,89 @@ away as ``L/n`` grows.
 ``kappa_4 -> 3 (e^(5 r) - 1)`` (Hanin & Nica 2019: ``log G_L`` becomes Gaussian with variance ``~ 5 L/n``,
 a log-normal output variance); ``L/n``, not ``L`` or ``n`` alone, is the effective depth. The finite-``n``
 law lies below this curve, ``log(1 + 5/n) < 5/n``.
+
+**Any activation, to leading order in 1/n** (Roberts, Yaida & Hanin 2022, "The Principles of Deep Learning
+Theory", arXiv:2106.10165, ch. 4-5). An ``MLP(depth=L)`` with hidden width ``n``, ``C_W = w_std^2``,
+``C_b = b_std^2``; ``z^(l)`` is the pre-activation of Dense layer ``l = 1, ..., L + 1`` (the last is the
+readout), one unit, at the inputs ``x_alpha``. Given layer ``l``, the units of ``z^(l+1)`` are i.i.d.
+Gaussian with the *empirical* kernel
+
+    G^_ab^(l+1) = C_b + (C_W / n) sum_j phi(z_j;a^(l)) phi(z_j;b^(l)),       G^^(1) = C_b + C_W x_a.x_b / d,
+
+so ``E[z_a z_b] = E[G^_ab]`` and the connected four-point function of two different units is the covariance
+of ``G^``. PDLT's expansion: ``E[G^^(l)] = K^(l) + K1^(l) / n + O(1/n^2)`` and
+``Cov(G^_ab^(l), G^_cd^(l)) = V_(ab)(cd)^(l) / n + O(1/n^2)`` (the four-point vertex; the connected
+four-point function is ``(1/n) [d_12 d_34 V_(a1a2)(a3a4) + d_13 d_24 V_(a1a3)(a2a4) + d_14 d_23 V_(a1a4)(a2a3)]``).
+With ``f(K)_ab = C_b + C_W <phi_a phi_b>_K`` the NNGP layer map and ``<.>_K`` the Gaussian expectation, the
+law of total covariance (given layer ``l`` the ``n`` summands are i.i.d.) and a second-order expansion of
+``E[f(G^)]`` about ``K`` give the recursions (PDLT ch. 4, the four-point vertex and the NLO metric,
+written with the Jacobian ``J = df/dK`` instead of PDLT's ``<phi phi (z z - K)>`` with raised indices, the
+same thing by Gaussian integration by parts):
+
+    K^(l+1)  = f(K^(l)),
+    V^(l+1)  = C_W^2 Cov_K(phi_a phi_b, phi_c phi_d) + J V^(l) J^T,                       V^(1) = 0,
+    K1^(l+1) = J K1^(l) + (1/2) sum_{p,r} (d^2 f / dK_p dK_r) V_pr^(l),                    K1^(1) = 0,
+
+where ``p, r`` run over the independent kernel entries a layer map reads (``K_aa`` for a diagonal entry;
+``K_aa, K_ab, K_bb`` for an off-diagonal one). For one input, with ``g(K) = <phi^2>_K``,
+``chi_par = C_W g'(K)``: ``V^(l+1) = C_W^2 (<phi^4> - <phi^2>^2) + chi_par^2 V^(l)`` and
+``K1^(l+1) = chi_par K1^(l) + (C_W/2) g''(K) V^(l)``. The excess kurtosis of a pre-activation is exactly
+``3 Var(G^) / E[G^]^2``, so to leading order
+
+    kappa_4^(l) = 3 V^(l) / (n K^(l)2) + O(1/n^2).
+
+Derivatives of Gaussian expectations never differentiate ``phi`` (kinks and jumps are fine): for one variable
+``d/dK <F> = <F He_2(z)> / (2K)``, ``d^2/dK^2 <F> = <F He_4(z)> / (4 K^2)`` (``z = u / sqrt K``); for a pair
+the derivatives of the bivariate density are taken by forward-mode autodiff at fixed quadrature nodes.
+
+*Coefficients at criticality.* Scale-invariant class (``phi = a_+ relu(x) - a_- relu(-x)``,
+``<phi^2> = A_2 K``, ``<phi^4> = 3 A_4 K^2``, ``C_W = 1/A_2``, ``C_b = 0``): ``chi_par = 1`` and
+``V^(l) / K^2 = (3 A_4 / A_2^2 - 1)(l - 1)``, so ``kappa_4^(l) = 3 (3 A_4 / A_2^2 - 1)(l - 1) / n``; relu
+``A_2 = 1/2``, ``A_4 = 1/2``: ``15 (l - 1)/n``, the leading term of the exact law above; linear: ``6 (l-1)/n``;
+the exact law of the whole class is ``3 (1 + (3 A_4/A_2^2 - 1)/n)^(l-1) - 3`` by the same argument.
+``K* = 0`` class (``phi = phi_1 x + phi_3 x^3 / 6 + ...`` odd near 0, ``C_W = 1/phi_1^2``, ``C_b = 0``;
+tanh: ``C_W = 1``, ``g(K) = K - 2 K^2 + ...``): ``K^(l) ~ 1/(-a l)`` with ``a = phi_3 / phi_1``,
+``chi_par = 1 + 2 a K``, ``C_W^2 (<phi^4> - <phi^2>^2) = 2 K^2 + O(K^3)``, and ``V = c / l`` solves
+``V^(l+1) = 2 K^2 + (1 + 4 a K) V`` with ``c = 2 / (3 a^2)``: ``V^(l) / (n K^(l)2) -> (2/3) l / n`` (PDLT
+ch. 5; the 2/3 is universal in the class) and ``kappa_4^(l) -> 2 l / n`` at large ``l``, with ``O(log l / l)``
+relative corrections (tanh from its first layers approaches the slope 2 from below).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache, partial
+
+import jax
+import jax.numpy as jnp
 import numpy as np
+import scipy.special
 from numpy.typing import ArrayLike
 
+from theory.activations import Activation
+from theory.architectures import MLP
+from theory.inputs import validate_inputs
+
+Array = jax.Array
+
+ONE_INPUT_DEGREE = 200
+"""Nodes of the one-dimensional Gauss-Hermite rule of :func:`one_input`. Exact for relu-type activations
+(``phi^2`` and ``phi^4`` are homogeneous pieces of even polynomials and the rule's nodes are symmetric);
+for smooth ones it converges exponentially."""
+PAIR_DEGREE = 96
+"""Nodes per dimension of the two-dimensional rule of :func:`pairs` (``PAIR_DEGREE**2`` per pair)."""
+
 __all__ = [
+    "ONE_INPUT_DEGREE",
+    "PAIR_DEGREE",
+    "OneInput",
+    "Pairs",
+    "one_input",
+    "pairs",
     "relu_output_excess_kurtosis",
     "relu_output_excess_kurtosis_leading_order",
     "relu_output_excess_kurtosis_limit",
+    "scale_invariant_excess_kurtosis",
 ]
 
 
@@ -105,3 +177,330 @@ def relu_output_excess_kurtosis_limit(depth_over_width: ArrayLike) -> np.ndarray
     """
     r = _nonnegative("depth_over_width", depth_over_width)
     return 3.0 * np.expm1(5.0 * r)
+
+
+def scale_invariant_excess_kurtosis(layer: ArrayLike, width: ArrayLike, slope: float = 0.0) -> np.ndarray:
+    r"""Exact excess kurtosis of Dense layer ``l`` (1-based) of a critical MLP with ``phi = relu(x) - slope relu(-x)``.
+
+    ``kappa_4^(l) = 3 (1 + c/n)^(l - 1) - 3`` with ``c = 3 A_4 / A_2^2 - 1``, ``A_2 = (1 + slope^2)/2``,
+    ``A_4 = (1 + slope^4)/2`` (``<phi^2>_K = A_2 K``, ``<phi^4>_K = 3 A_4 K^2``), ``C_W = 1/A_2``, ``C_b = 0``:
+    the module docstring's argument for relu (``slope = 0``, ``c = 5``) with ``E[G^_(l+1)^2 | G^_l] =
+    (1 + c/n) G^_l^2``. ``slope = 1`` is the linear network (``c = 2``), ``slope = -1`` is abs (``c = 5``).
+    Its leading order ``3 c (l - 1)/n`` is what :func:`one_input` gives at these activations.
+
+    Raises:
+        ValueError: a layer below 1, a non-positive width or a non-finite slope.
+    """
+    layer_ = _nonnegative("layer", layer)
+    if np.any(layer_ < 1):
+        raise ValueError(f"layer must be >= 1 (Dense layers are counted from 1), got {layer!r}")
+    n = _positive("width", width)
+    slope = float(slope)
+    if not np.isfinite(slope):
+        raise ValueError(f"slope must be finite, got {slope!r}")
+    a2, a4 = (1 + slope**2) / 2, (1 + slope**4) / 2
+    c = 3 * a4 / a2**2 - 1
+    return 3.0 * np.expm1((layer_ - 1) * np.log1p(c / n))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The leading-1/n theory for any activation
+
+
+@dataclass(frozen=True)
+class OneInput:
+    """Leading-1/n statistics of every Dense layer's pre-activation at single inputs, ``(layers, batch)``.
+
+    Axis 0 runs over the ``depth + 1`` Dense layers (the last is the readout), as in
+    ``theory.kernels(per_layer=True)``. With hidden width ``n``: ``E[z^2] = kernel + kernel_correction / n
+    + O(1/n^2)`` and ``Var(G^) = vertex / n + O(1/n^2)`` (``G^`` the empirical variance feeding the layer,
+    ``E[z^4]_connected = 3 vertex / n``); see the module docstring. ``kernel`` is the NNGP diagonal
+    ``K^(l)``, ``kernel_correction`` PDLT's ``K1^(l)`` (their ``G^{1}``), ``vertex`` ``V^(l)``.
+    """
+
+    kernel: Array
+    kernel_correction: Array
+    vertex: Array
+
+    def mean_kernel(self, width: ArrayLike) -> Array:
+        """``E[z^2] = K + K1 / n`` to first order in ``1/n`` (``width`` = ``n``; broadcasts if scalar)."""
+        return self.kernel + self.kernel_correction / _positive("width", width)
+
+    def kurtosis_coefficient(self) -> Array:
+        """``n kappa_4 = 3 V / K^2``: the width-free coefficient of the excess kurtosis at leading order."""
+        return 3 * self.vertex / self.kernel**2
+
+    def excess_kurtosis(self, width: ArrayLike) -> Array:
+        """``kappa_4 = 3 V / (n K^2)``, the excess kurtosis of one pre-activation to leading order in ``1/n``."""
+        return self.kurtosis_coefficient() / _positive("width", width)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Leading-1/n statistics of every pair of inputs, per Dense layer.
+
+    ``kernel`` and ``kernel_correction`` are ``(layers, batch, batch)``: ``E[z_a z_b] = K_ab + K1_ab / n +
+    O(1/n^2)``. ``vertex`` is ``(layers, batch, batch, 3, 3)``: for the pair ``(a, b)`` the covariance matrix
+    times ``n`` of the three empirical-kernel entries ``(G^_aa, G^_ab, G^_bb)``, i.e. PDLT's
+    ``V_(p)(r)`` for ``p, r`` in ``(aa, ab, bb)``: every component of the four-point vertex with at most
+    two distinct inputs (``V_(aa)(bb) = vertex[..., a, b, 0, 2]``, ``V_(ab)(ab) = vertex[..., a, b, 1, 1]``).
+    Components with three or four distinct inputs are not computed (they need four-variate Gaussian
+    expectations); the ones here close under the recursion and fix ``K1`` for every pair. On the diagonal
+    ``a = b`` every entry is the one-input ``V``.
+    """
+
+    kernel: Array
+    kernel_correction: Array
+    vertex: Array
+
+    def mean_kernel(self, width: ArrayLike) -> Array:
+        """``E[z_a z_b] = K + K1 / n`` to first order in ``1/n``."""
+        return self.kernel + self.kernel_correction / _positive("width", width)
+
+    def kernel_covariance(self, width: ArrayLike) -> Array:
+        """``Cov(G^_p, G^_r) = V_pr / n``, ``(layers, batch, batch, 3, 3)``, the pair's covariance of
+        ``(G^_aa, G^_ab, G^_bb)`` across networks, to leading order."""
+        return self.vertex / _positive("width", width)
+
+
+@lru_cache(maxsize=16)
+def _hermite(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    # probabilists' Hermite rule with weights summing to 1 (integrates against N(0, 1))
+    nodes, weights = scipy.special.roots_hermitenorm(degree)
+    return nodes, weights / np.sqrt(2 * np.pi)
+
+
+def _one_dim(act: Activation, q: Array, nodes: Array, weights: Array) -> tuple[Array, ...]:
+    """``<phi^2>, <phi^4>, d<phi^2>/dq, d^2<phi^2>/dq^2`` at variance ``q`` (any shape), by the Hermite-weighted
+    rule: derivatives of the Gaussian density in ``q``, so ``phi`` itself is never differentiated."""
+    z = nodes
+    s2 = act.fn(jnp.sqrt(q)[..., None] * z) ** 2
+    m2 = s2 @ weights
+    m4 = (s2**2) @ weights
+    d1 = (s2 * (z**2 - 1)) @ weights / (2 * q)
+    d2 = (s2 * (z**4 - 6 * z**2 + 3)) @ weights / (4 * q**2)
+    return m2, m4, d1, d2
+
+
+def _one_input_step(act: Activation, cw: float, cb: float, nodes: Array, weights: Array,
+                    state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+    k, k1, v = state
+    m2, m4, d1, d2 = _one_dim(act, k, nodes, weights)
+    chi = cw * d1  # PDLT's parallel susceptibility
+    return cb + cw * m2, chi * k1 + 0.5 * cw * d2 * v, cw**2 * (m4 - m2**2) + chi**2 * v
+
+
+def _stack_layers(first: tuple[Array, ...], rest: tuple[Array, ...]) -> tuple[Array, ...]:
+    return tuple(jnp.concatenate([a[None], b]) for a, b in zip(first, rest, strict=True))
+
+
+@partial(jax.jit, static_argnames=("act", "depth", "degree"))
+def _one_input_scan(q1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree: int):
+    nodes_np, weights_np = _hermite(degree)
+    nodes, weights = jnp.asarray(nodes_np, q1.dtype), jnp.asarray(weights_np, q1.dtype)
+    first = (q1, jnp.zeros_like(q1), jnp.zeros_like(q1))
+
+    def step(state, _):
+        new = _one_input_step(act, cw, cb, nodes, weights, state)
+        return new, new
+
+    _, rest = jax.lax.scan(step, first, None, length=depth)
+    return _stack_layers(first, rest)
+
+
+def _check_mlp(arch: object) -> MLP:
+    if not isinstance(arch, MLP):
+        raise ValueError(f"the 1/n theory is for a theory.MLP (Dense layers of one width n), got {arch!r}")
+    return arch
+
+
+def _check_degree(name: str, degree: object) -> int:
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 4:
+        raise ValueError(f"{name} must be an integer >= 4, got {degree!r}")
+    return degree
+
+
+def _input_kernel(arch: MLP, x: Array) -> Array:
+    """The first layer's (deterministic) kernel ``C_b + C_W x_a.x_b / d``; every variance must be positive
+    (a zero input without bias has a degenerate, exactly zero pre-activation)."""
+    q = arch.b_std**2 + arch.w_std**2 * (x @ x.T) / x.shape[1]
+    diag = np.asarray(jnp.diagonal(q))
+    if np.any(diag <= 0):
+        row = int(np.argmax(diag <= 0))
+        raise ValueError(f"input {row} has zero first-layer variance ({arch!r} with x[{row}] = 0): its "
+                         "pre-activations are identically 0 and have no kurtosis; give it a non-zero input or "
+                         "b_std > 0")
+    return q
+
+
+def one_input(arch: MLP, x: ArrayLike, *, quadrature_degree: int = ONE_INPUT_DEGREE) -> OneInput:
+    r"""The leading-1/n theory of every layer at each input separately: ``K^(l)``, ``K1^(l)``, ``V^(l)``.
+
+    Recursions (module docstring; PDLT ch. 4-5), one input, ``g(K) = <phi(u)^2>``, ``u ~ N(0, K)``:
+
+        K^(l+1) = C_b + C_W g(K),  K1^(l+1) = chi K1^(l) + (C_W/2) g''(K) V^(l),
+        V^(l+1) = C_W^2 (<phi^4> - g^2) + chi^2 V^(l),   chi = C_W g'(K),   K1^(1) = V^(1) = 0,
+
+    with ``K^(1) = C_b + C_W |x|^2 / d``, ``C_W = w_std^2``, ``C_b = b_std^2`` (conventions of
+    ``theory.architectures``; the NNGP and these statistics are the same in both parameterizations).
+    One jitted ``lax.scan`` over depth, vectorised over inputs; expectations by a ``quadrature_degree``-point
+    Gauss-Hermite rule (exact for relu, leaky relu, abs and identity). Float64 if ``x`` is float64.
+
+    Returns:
+        :class:`OneInput` with ``(depth + 1, batch)`` arrays; ``excess_kurtosis(n)`` is ``3 V / (n K^2)``.
+
+    Raises:
+        ValueError: not an MLP, malformed ``x``, an input with zero first-layer variance, a bad degree.
+    """
+    arch = _check_mlp(arch)
+    degree = _check_degree("quadrature_degree", quadrature_degree)
+    x, _ = validate_inputs(x)
+    q1 = jnp.diagonal(_input_kernel(arch, x))
+    k, k1, v = _one_input_scan(q1, jnp.asarray(arch.w_std**2, x.dtype), jnp.asarray(arch.b_std**2, x.dtype),
+                               act=arch.activation, depth=arch.depth, degree=degree)
+    return OneInput(k, k1, v)
+
+
+def _pair_expectations(act: Activation, theta: Array, nodes: Array, weights: Array) -> tuple[Array, ...]:
+    """For ``(u, v) ~ N(0, [[t0, t1], [t1, t2]])``, ``theta = (t0, t1, t2)``: ``<phi_u phi_v>`` with its
+    gradient and Hessian in ``theta``, and ``<phi_u^2 phi_v^2>, <phi_u^3 phi_v>, <phi_u phi_v^3>``.
+
+    The nodes are fixed by the Cholesky factor of ``theta`` (held constant) and the Gaussian density ratio
+    ``N(x; theta') / N(x; theta)`` carries the dependence on ``theta'``: its derivatives at ``theta' = theta``
+    are the Hermite weights, so ``phi`` is only evaluated, never differentiated. An activation with a closed-form
+    dual has ``<phi_u phi_v>`` and its derivatives from the dual instead (the fourth moments stay quadrature)."""
+    t0, t1, t2 = theta[0], theta[1], theta[2]
+    l11 = jnp.sqrt(t0)
+    l21 = t1 / l11
+    l22 = jnp.sqrt(jnp.maximum(t2 - l21**2, 0))
+    u = jnp.broadcast_to(l11 * nodes[:, None], (nodes.size, nodes.size))
+    v = l21 * nodes[:, None] + l22 * nodes[None, :]
+    w = weights[:, None] * weights[None, :]
+    su, sv = act.fn(u), act.fn(v)
+
+    def log_density(t: Array) -> Array:
+        det = t[0] * t[2] - t[1] ** 2
+        return -0.5 * jnp.log(det) - 0.5 * (t[2] * u**2 - 2 * t[1] * u * v + t[0] * v**2) / det
+
+    base = log_density(theta)
+    if act.has_closed_form:
+        # exact duals (relu, erf, gelu, ...) are smooth in theta for |rho| < 1: differentiate them directly,
+        # which for kinked activations beats the algebraic convergence of the tensor rule by orders of magnitude
+        def mean_product(t: Array) -> Array:
+            return act.expectations(t[0], t[1], t[2], derivative=False)[0]
+    else:
+        def mean_product(t: Array) -> Array:
+            return jnp.sum(w * jnp.exp(log_density(t) - base) * su * sv)
+
+    grad = jax.jacfwd(mean_product)(theta)
+    hess = jax.jacfwd(jax.jacfwd(mean_product))(theta)
+    e11 = mean_product(theta)
+    e22 = jnp.sum(w * su**2 * sv**2)
+    e31 = jnp.sum(w * su**3 * sv)
+    e13 = jnp.sum(w * su * sv**3)
+    return e11, grad, hess, e22, e31, e13
+
+
+def _pair_step(act: Activation, cw: Array, cb: Array, rules: tuple[Array, ...],
+               state: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+    """One layer for one pair: kernel ``k = (K_aa, K_ab, K_bb)``, its correction ``k1`` and the 3x3 vertex."""
+    nodes1, weights1, nodes2, weights2 = rules
+    k, k1, v = state
+    m2a, m4a, d1a, d2a = _one_dim(act, k[0], nodes1, weights1)
+    m2b, m4b, d1b, d2b = _one_dim(act, k[2], nodes1, weights1)
+    e, grad, hess, e22, e31, e13 = _pair_expectations(act, k, nodes2, weights2)
+    zero = jnp.zeros_like(e)
+    jac = cw * jnp.stack([jnp.stack([d1a, zero, zero]), grad, jnp.stack([zero, zero, d1b])])
+    cov = jnp.stack([
+        jnp.stack([m4a - m2a**2, e31 - m2a * e, e22 - m2a * m2b]),
+        jnp.stack([e31 - m2a * e, e22 - e**2, e13 - e * m2b]),
+        jnp.stack([e22 - m2a * m2b, e13 - e * m2b, m4b - m2b**2]),
+    ])
+    curvature = jnp.stack([d2a * v[0, 0], jnp.sum(hess * v), d2b * v[2, 2]])
+    k_next = cb + cw * jnp.stack([m2a, e, m2b])
+    return k_next, jac @ k1 + 0.5 * cw * curvature, cw**2 * cov + jac @ v @ jac.T
+
+
+@partial(jax.jit, static_argnames=("act", "depth", "degree1", "degree2"))
+def _pair_scan(theta1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree1: int, degree2: int):
+    dtype = theta1.dtype
+    rules = tuple(jnp.asarray(a, dtype) for d in (degree1, degree2) for a in _hermite(d))
+
+    def one_pair(theta):
+        first = (theta, jnp.zeros_like(theta), jnp.zeros((3, 3), dtype))
+
+        def step(state, _):
+            new = _pair_step(act, cw, cb, rules, state)
+            return new, new
+
+        _, rest = jax.lax.scan(step, first, None, length=depth)
+        return _stack_layers(first, rest)
+
+    return jax.vmap(one_pair)(theta1)
+
+
+MAX_INPUT_CORRELATION = 1 - 1e-6
+"""Pairs of inputs more correlated than this (at the first layer) are rejected by :func:`pairs`: the
+bivariate density is nearly singular and its Hermite weights lose all accuracy."""
+
+
+def pairs(arch: MLP, x: ArrayLike, *, quadrature_degree: int = PAIR_DEGREE,
+          diagonal_degree: int = ONE_INPUT_DEGREE) -> Pairs:
+    r"""The leading-1/n theory for every pair of inputs: ``K_ab``, ``K1_ab`` and the pair's 3x3 vertex.
+
+    For each pair ``a != b`` the state ``(K_aa, K_ab, K_bb)``, ``K1`` and ``V_(p)(r)`` (``p, r`` in
+    ``aa, ab, bb``) follows the module docstring's recursions, which close on these entries:
+
+        V^(l+1) = C_W^2 Cov_K(phi_p, phi_r) + J V^(l) J^T,     K1^(l+1) = J K1^(l) + (1/2) sum H_p : V^(l),
+
+    with ``phi_aa = phi(u)^2``, ``phi_ab = phi(u) phi(v)``, ``J`` the Jacobian of the NNGP layer map on
+    ``(K_aa, K_ab, K_bb)`` (``dK_aa'/dK_aa = chi_par``, the off-diagonal row ``C_W d<phi_u phi_v>/dK``) and
+    ``H_p`` its Hessians (PDLT ch. 4). Diagonal entries use the one-dimensional rule of :func:`one_input`
+    (``diagonal_degree``); off-diagonal ``<phi_u phi_v>`` and its derivatives come from the activation's
+    closed-form dual where it has one, otherwise (and for the fourth moments ``<phi_u^2 phi_v^2>``, ...) from a
+    ``quadrature_degree``-squared tensor Gauss-Hermite rule, exponentially accurate for smooth activations
+    but only algebraically for kinked ones (relu's fourth moments: ~1e-3 relative at the default degree).
+    One jitted ``lax.scan`` over depth, ``vmap`` over the ``batch (batch - 1) / 2`` pairs.
+
+    Returns:
+        :class:`Pairs` with ``(depth + 1, batch, batch)`` kernels and ``(depth + 1, batch, batch, 3, 3)``
+        vertex; the diagonal ``a = a`` holds the one-input results.
+
+    Raises:
+        ValueError: not an MLP, malformed ``x``, zero first-layer variance, two inputs whose first-layer
+            correlation exceeds :data:`MAX_INPUT_CORRELATION` (parallel inputs: use one of them), bad degrees.
+    """
+    arch = _check_mlp(arch)
+    degree2 = _check_degree("quadrature_degree", quadrature_degree)
+    degree1 = _check_degree("diagonal_degree", diagonal_degree)
+    x, _ = validate_inputs(x)
+    q = _input_kernel(arch, x)
+    batch, dtype = x.shape[0], x.dtype
+    cw, cb = jnp.asarray(arch.w_std**2, dtype), jnp.asarray(arch.b_std**2, dtype)
+    rows, cols = np.triu_indices(batch, 1)
+    diag = jnp.diagonal(q)
+    rho = np.asarray(q[rows, cols] / jnp.sqrt(diag[rows] * diag[cols]))
+    if rho.size and np.max(np.abs(rho)) > MAX_INPUT_CORRELATION:
+        worst = int(np.argmax(np.abs(rho)))
+        raise ValueError(f"inputs {rows[worst]} and {cols[worst]} have first-layer correlation {rho[worst]:.9g}, "
+                         f"beyond +-{MAX_INPUT_CORRELATION}: a (nearly) parallel pair has a singular kernel; "
+                         "drop one of them (its statistics are those of the other)")
+    single = _one_input_scan(diag, cw, cb, act=arch.activation, depth=arch.depth, degree=degree1)
+    layers = arch.depth + 1
+    kernel = jnp.zeros((layers, batch, batch), dtype)
+    correction = jnp.zeros((layers, batch, batch), dtype)
+    vertex = jnp.zeros((layers, batch, batch, 3, 3), dtype)
+    idx = jnp.arange(batch)
+    kernel = kernel.at[:, idx, idx].set(single[0])
+    correction = correction.at[:, idx, idx].set(single[1])
+    vertex = vertex.at[:, idx, idx].set(single[2][..., None, None] * jnp.ones((3, 3), dtype))
+    if rows.size:
+        theta = jnp.stack([diag[rows], q[rows, cols], diag[cols]], axis=-1)
+        k, k1, v = _pair_scan(theta, cw, cb, act=arch.activation, depth=arch.depth, degree1=degree1,
+                              degree2=degree2)
+        k, k1, v = (jnp.moveaxis(a, 0, 1) for a in (k, k1, v))  # (pairs, layers, ...) -> (layers, pairs, ...)
+        swap = jnp.array([2, 1, 0])  # the pair (b, a) lists (K_bb, K_ab, K_aa)
+        kernel = kernel.at[:, rows, cols].set(k[..., 1]).at[:, cols, rows].set(k[..., 1])
+        correction = correction.at[:, rows, cols].set(k1[..., 1]).at[:, cols, rows].set(k1[..., 1])
+        vertex = vertex.at[:, rows, cols].set(v).at[:, cols, rows].set(v[..., swap, :][..., :, swap])
+    return Pairs(kernel, correction, vertex)
