@@ -1,0 +1,447 @@
+r"""abc-parameterizations across width (Yang & Hu 2021, TP IV) and depth (Yang, Yu, Zhu & Hayou 2023, TP VI).
+
+**Width.** TP IV ("Feature Learning in Infinite-Width Neural Networks", arXiv 2011.14522, Sec. 3) writes every
+weight as a multiplier times a trained parameter, ``W^l = n^{-a_l} w^l`` with ``w^l_{ij} ~ N(0, sigma^2 n^{-2 b_l})``,
+trained with learning rate ``eta n^{-c}``; ``n`` is the width, the input dimension ``d`` and the output dimension
+are fixed. The layers are the input layer ``W^1`` (``n x d``), the hidden layers ``W^2 .. W^L`` (``n x n``) and the
+output layer ``W^{L+1}`` (``1 x n``). Here the learning-rate exponent is per layer, ``eta n^{-c_l}`` (as in TP V's
+Table 3 and TP IVb); with all ``c_l`` equal it is TP IV's. Biases are "vector-like" parameters (fan-in 1) and take
+the input layer's exponents (TP V, Table 3: "input weights and all biases"). The named members:
+
+=============  ==========================  ==========================  ===========================  ============
+member          a (input, hidden, output)  b (input, hidden, output)   c SGD (in, hid, out)         c Adam
+=============  ==========================  ==========================  ===========================  ============
+standard (SP)   0, 0, 0                     0, 1/2, 1/2                 0, 0, 0                      0, 0, 0
+ntk             0, 1/2, 1/2                 0, 0, 0                     0, 0, 0                      0, 0, 0
+mean_field      0, --, 1  (one hidden)      0, --, 0                    -1, --, -1                   0, --, 0
+mup             -1/2, 0, 1/2  (TP IV)       1/2, 1/2, 1/2               0, 0, 0                      --
+mup (Adam)      0, 0, 0  (TP V Table 3)     0, 1/2, 1                   --                           0, 1, 1
+=============  ==========================  ==========================  ===========================  ============
+
+(TP IV, Table 1 and Sec. 5 for SGD; TP V, arXiv 2203.03466, Table 3 for muP with Adam: input learning rate
+``eta``, hidden and output ``eta / fan_in``, output init variance ``1 / fan_in^2``. Mean-field is defined by TP IV
+for one hidden layer; Adam's mean-field follows from muP's by the abc-symmetry below.) The constant ``sigma`` is the
+architecture's ``w_std`` (``w_std / sqrt(d)`` for the input layer, ``b_std`` for biases), so at initialisation the
+effective weights ``W^l`` have the variance ``w_std^2 / fan_in`` of :mod:`theory.architectures` whenever
+``a_l + b_l`` is ``0`` (input) and ``1/2`` (hidden, output): SP and NTK networks have the NNGP of ``theory.kernels``.
+
+Symmetry (TP IV, Eq. (5); TP IVb for Adam): ``a_l -> a_l + theta``, ``b_l -> b_l - theta``, ``c_l -> c_l - 2 theta``
+(SGD) or ``c_l - theta`` (Adam, whose update does not scale with the gradient) leaves the function and its training
+trajectory unchanged. SP ~ NTK-like members and muP ~ mean-field are related this way.
+
+**Classification, SGD** (TP IV, Definition 3.2 and Theorem 3.3, with per-layer ``c_l``; equivalent to the paper's
+global ``c`` through the symmetry). With ``s = min(a_{L+1} + b_{L+1}, 2 a_{L+1} + c_{L+1})`` (the scale of the
+gradient reaching the last features) define
+
+    r = s - 1 + min(2 a_1 + c_1 + 1,  min_{2 <= l <= L} (2 a_l + c_l)),
+
+so that the features move by ``Theta(n^{-r})`` during training. Then the parameterization is
+
+* stable at initialisation iff ``a_1 + b_1 = 0``, ``a_l + b_l = 1/2`` (hidden) and ``a_{L+1} + b_{L+1} >= 1/2``;
+* stable iff, in addition, ``r >= 0``, ``2 a_{L+1} + c_{L+1} >= 1`` and ``a_{L+1} + b_{L+1} + r >= 1``;
+* nontrivial iff ``a_{L+1} + b_{L+1} + r = 1`` or ``2 a_{L+1} + c_{L+1} = 1``;
+* feature learning iff stable and ``r = 0``; in the kernel regime iff stable, nontrivial and ``r > 0``.
+  A stable nontrivial parameterization is exactly one of the two (TP IV, Theorem 3.3 / Corollary 3.9).
+
+**Classification, Adam** (derived the same way for an entrywise-normalised update of size ``eta n^{-c_l}``, the
+"maximal update" / "neural tangent" limits of TP IVb, arXiv 2308.01814; it reproduces TP V's Table 3): the update of
+``w^l`` no longer scales with the gradient, so ``s`` drops out and
+
+    r = min(a_1 + c_1,  min_{2 <= l <= L} (a_l + c_l - 1)),
+
+stable iff the initialisation conditions hold, ``r >= 0``, ``a_{L+1} + c_{L+1} >= 1`` and
+``a_{L+1} + b_{L+1} + r >= 1``; nontrivial iff ``a_{L+1} + c_{L+1} = 1`` or ``a_{L+1} + b_{L+1} + r = 1``; feature
+learning iff stable and ``r = 0``, kernel regime iff stable, nontrivial and ``r > 0``. By this rule SP and NTK with
+a width-independent Adam learning rate are unstable (TP V, Sec. 2 shows the same blow-up).
+
+**Depth** (TP VI, arXiv 2310.02244; Bordelon et al. 2023, arXiv 2309.16620). A ResNet with one-layer blocks
+``h_l = h_{l-1} + a L^{-alpha} W_l phi(h_{l-1})`` (``theory.ResNet``: ``branch_scale = a``,
+``depth_exponent = alpha``) whose block weights move by ``Theta(L^{-gamma})`` per step: for Adam the learning rate
+is ``eta L^{-gamma}``; for SGD, whose gradient of ``W_l`` carries the factor ``L^{-alpha}``, it is
+``eta L^{alpha - gamma}``. Summing the ``L`` blocks' contributions gives the TP VI phase diagram:
+
+* ``alpha < 1/2``: unstable at initialisation (the residual stream's variance grows like ``L^{1 - 2 alpha}``);
+* ``alpha >= 1/2`` and ``alpha + gamma < 1``: unstable in training (feature updates grow like ``L^{1-alpha-gamma}``);
+* ``alpha + gamma > 1``: stable but trivial (the blocks' feature updates vanish like ``L^{1 - alpha - gamma}``);
+* ``alpha + gamma = 1``, ``alpha > 1/2``: stable and nontrivial, but blocks are redundant (an ODE-like limit with
+  less feature diversity);
+* ``alpha = gamma = 1/2``: Depth-muP, the unique optimum (feature learning and maximal feature diversity): SGD
+  learning rate ``eta`` (constant in ``L``), Adam ``eta / sqrt(L)``.
+
+TP VI proves this for one-layer blocks; with two or more layers per block no choice of ``(alpha, gamma)`` keeps
+every layer's contribution (TP VI, Sec. 8), which :func:`classify_depth` does not cover.
+
+Everything here is exact rational arithmetic on the exponents (floats compared to ``1e-9``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+OPTIMIZERS = ("sgd", "adam")
+GROUPS = ("input", "hidden", "output")
+_TOL = 1e-9
+
+
+def _check_optimizer(optimizer: object) -> str:
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}: this module has rules for {OPTIMIZERS} only "
+                         "(TP IV for SGD, TP V Table 3 / TP IVb for Adam)")
+    return optimizer  # type: ignore[return-value]
+
+
+def _check_exponent(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ValueError(f"{name} must be a finite real exponent, got {value!r}")
+    return float(value)
+
+
+def _eq(x: float, y: float) -> bool:
+    return abs(x - y) < _TOL
+
+
+def _ge(x: float, y: float) -> bool:
+    return x > y - _TOL
+
+
+@dataclass(frozen=True)
+class LayerExponents:
+    """One layer's exponents: multiplier ``n^-a``, init std ``sigma n^-b``, learning rate ``eta n^-c`` (TP IV)."""
+
+    a: float
+    b: float
+    c: float
+
+    def __post_init__(self) -> None:
+        for name in ("a", "b", "c"):
+            object.__setattr__(self, name, _check_exponent(name, getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class LayerScale:
+    """The concrete numbers for one layer at a given width: forward ``W = multiplier * w``,
+    ``w ~ N(0, init_std^2)``, and the learning rate of ``w`` is ``base_lr * lr_scale``."""
+
+    multiplier: float
+    init_std: float
+    lr_scale: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    """TP IV's verdict on an abc-parameterization (see the module docstring for the conditions).
+
+    ``r`` is the feature-update exponent (features move by ``n^-r``); ``failed`` lists, as text, every stability
+    condition that does not hold (empty when stable).
+    """
+
+    stable: bool
+    nontrivial: bool
+    feature_learning: bool
+    kernel_regime: bool
+    r: float
+    failed: tuple[str, ...]
+
+    @property
+    def regime(self) -> str:
+        """One word: "unstable", "trivial", "feature learning" or "kernel"."""
+        if not self.stable:
+            return "unstable"
+        if self.feature_learning:
+            return "feature learning"
+        return "kernel" if self.kernel_regime else "trivial"
+
+
+@dataclass(frozen=True)
+class AbcParameterization:
+    """An abc-parameterization (TP IV): exponents of the input, hidden and output layers, for one optimizer.
+
+    ``hidden`` is ``None`` for a member defined only for one hidden layer (TP IV's mean-field); using it on a
+    network with ``n x n`` layers raises. Construct named members with :func:`get` (``"standard"``, ``"ntk"``,
+    ``"mean_field"``, ``"mup"``) or give the exponents directly.
+    """
+
+    name: str
+    input: LayerExponents
+    hidden: LayerExponents | None
+    output: LayerExponents
+    optimizer: str = "sgd"
+
+    def __post_init__(self) -> None:
+        _check_optimizer(self.optimizer)
+        for group in GROUPS:
+            value = getattr(self, group)
+            if value is None and group == "hidden":
+                continue
+            if not isinstance(value, LayerExponents):
+                raise ValueError(f"{group} must be a LayerExponents(a, b, c), got {value!r}")
+
+    def exponents(self, group: str, n_hidden: int = 1) -> LayerExponents:
+        """The exponents of ``group`` ("input", "hidden", "output"); ``n_hidden`` is the number of ``n x n`` layers."""
+        if group not in GROUPS:
+            raise ValueError(f"unknown layer group {group!r}; choose one of {GROUPS}")
+        value = getattr(self, group)
+        if value is None:
+            raise ValueError(f"the {self.name!r} parameterization is defined for one hidden layer only (no n x n "
+                             f"layers), but the network has {n_hidden}; use 'mup', its feature-learning extension "
+                             "to any depth (TP IV, Sec. 5)")
+        return value
+
+    def layer_scale(self, group: str, width: int, sigma: float, n_hidden: int = 1) -> LayerScale:
+        """``(multiplier n^-a, init std sigma n^-b, learning-rate factor n^-c)`` of ``group`` at width ``n``.
+
+        ``sigma`` is the architecture's O(1) constant (``w_std / sqrt(d)`` for the input layer, ``w_std`` otherwise,
+        ``b_std`` for biases), put in the initialisation as TP IV does.
+        """
+        if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+            raise ValueError(f"width must be a positive integer, got {width!r}")
+        e = self.exponents(group, n_hidden)
+        n = float(width)
+        return LayerScale(n ** -e.a, sigma * n ** -e.b, n ** -e.c)
+
+    def classify(self, depth: int = 2) -> Classification:
+        """Classify for an MLP with ``depth`` hidden layers (``depth - 1`` ``n x n`` layers); see :func:`classify`."""
+        return classify(self, depth)
+
+    def first_step_exponents(self, depth: int = 2) -> dict[str, float]:
+        """Predicted width exponents of the coordinate size of each layer's change after ONE step from init.
+
+        For an MLP with ``depth`` hidden layers: ``{"input": e_1, "hidden": e_L, "output": e_f}`` with
+        ``RMS(Delta h) ~ n^e`` (``"hidden"`` is the last hidden layer, absent when ``depth = 1``). At the first step
+        the output weights still have their initial size, so the backward signal reaching the features has
+        coordinates ``n^-(a_{L+1} + b_{L+1})`` (later steps use ``s`` of the module docstring). SGD:
+        ``e_1 = -(2 a_1 + c_1 + s_1)``, ``e_l = max(e_{l-1}, 1 - 2 a_l - c_l - s_1)``,
+        ``e_f = max(1 - 2 a_{L+1} - c_{L+1}, 1 - a_{L+1} - b_{L+1} + e_L)``; Adam: ``e_1 = -(a_1 + c_1)``,
+        ``e_l = max(e_{l-1}, 1 - a_l - c_l)``, ``e_f = max(1 - a_{L+1} - c_{L+1}, 1 - a_{L+1} - b_{L+1} + e_L)``
+        (the last term: the output weights are correlated with the feature change they caused). Examples (SGD):
+        SP gives ``(-1/2, +1/2, +1)``, NTK ``(-1/2, -1/2, 0)``, muP ``(0, 0, 0)``.
+        """
+        depth = _check_depth(depth)
+        n_hidden = depth - 1
+        i, o = self.exponents("input", n_hidden), self.exponents("output", n_hidden)
+        s1 = o.a + o.b
+        sgd = self.optimizer == "sgd"
+        e = -(2 * i.a + i.c + s1) if sgd else -(i.a + i.c)
+        out = {"input": e}
+        if n_hidden:
+            h = self.exponents("hidden", n_hidden)
+            e = max(e, (1 - 2 * h.a - h.c - s1) if sgd else (1 - h.a - h.c))
+            out["hidden"] = e
+        own = (1 - 2 * o.a - o.c) if sgd else (1 - o.a - o.c)
+        out["output"] = max(own, 1 - o.a - o.b + e)
+        return {k: v + 0.0 for k, v in out.items()}  # + 0.0: no "-0.0" in printed tables
+
+
+def _check_depth(depth: object) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
+        raise ValueError(f"depth (number of hidden layers) must be a positive integer, got {depth!r}")
+    return int(depth)
+
+
+def classify(p: AbcParameterization, depth: int = 2) -> Classification:
+    r"""Stability, nontriviality, feature learning and kernel regime of ``p`` on an MLP with ``depth`` hidden layers.
+
+    TP IV, Theorem 3.3 (SGD; per-layer ``c_l``, equal to the paper's global ``c`` up to the abc-symmetry) and its
+    Adam counterpart (TP IVb; TP V Table 3); the conditions and ``r`` are in the module docstring.
+    ``failed`` names each violated stability condition with its numbers, e.g. ``"r = -1 < 0: ..."``.
+    """
+    if not isinstance(p, AbcParameterization):
+        raise ValueError(f"expected an AbcParameterization, got {p!r}")
+    depth = _check_depth(depth)
+    n_hidden = depth - 1
+    i, o = p.exponents("input", n_hidden), p.exponents("output", n_hidden)
+    h = p.exponents("hidden", n_hidden) if n_hidden else None
+    failed: list[str] = []
+    if not _eq(i.a + i.b, 0):
+        failed.append(f"input layer a + b = {i.a + i.b:g} != 0: the first pre-activations are not O(1) at init")
+    if h is not None and not _eq(h.a + h.b, 0.5):
+        failed.append(f"hidden layers a + b = {h.a + h.b:g} != 1/2: pre-activations blow up or vanish at init")
+    if not _ge(o.a + o.b, 0.5):
+        failed.append(f"output layer a + b = {o.a + o.b:g} < 1/2: the output blows up at init")
+    if p.optimizer == "sgd":
+        s = min(o.a + o.b, 2 * o.a + o.c)
+        inner = 2 * i.a + i.c + 1
+        if h is not None:
+            inner = min(inner, 2 * h.a + h.c)
+        r = s - 1 + inner
+        own = 2 * o.a + o.c
+        own_text = "2 a_out + c_out"
+    else:
+        r = i.a + i.c
+        if h is not None:
+            r = min(r, h.a + h.c - 1)
+        own = o.a + o.c
+        own_text = "a_out + c_out"
+    if not _ge(r, 0):
+        failed.append(f"r = {r:g} < 0: the features' updates blow up with width")
+    if not _ge(own, 1):
+        failed.append(f"{own_text} = {own:g} < 1: the output layer's own update blows up with width")
+    if not _ge(o.a + o.b + r, 1):
+        failed.append(f"a_out + b_out + r = {o.a + o.b + r:g} < 1: the output's change through the features "
+                      "blows up with width")
+    stable = not failed
+    nontrivial = _eq(o.a + o.b + r, 1) or _eq(own, 1)
+    feature_learning = stable and _eq(r, 0)
+    kernel_regime = stable and nontrivial and not _eq(r, 0)
+    return Classification(stable, nontrivial, feature_learning, kernel_regime, r, tuple(failed))
+
+
+def _member(name: str, a: tuple, b: tuple, c: tuple, optimizer: str) -> AbcParameterization:
+    layers = [None if ai is None else LayerExponents(ai, bi, ci) for ai, bi, ci in zip(a, b, c, strict=True)]
+    return AbcParameterization(name, layers[0], layers[1], layers[2], optimizer)
+
+
+def standard(optimizer: str = "sgd", c: float = 0.0) -> AbcParameterization:
+    """SP (TP IV, Table 1): ``a = 0``; ``b = 0`` (input), ``1/2`` (hidden, output); one learning rate ``eta n^-c``.
+
+    ``c = 0`` (a width-independent learning rate) is unstable for SGD (``r = -1``) and Adam; SGD with ``c = 1`` is
+    stable and in the kernel regime (TP IV, Sec. 3).
+    """
+    _check_optimizer(optimizer)
+    return _member("standard", (0, 0, 0), (0, 0.5, 0.5), (c, c, c), optimizer)
+
+
+def ntk(optimizer: str = "sgd", c: float = 0.0) -> AbcParameterization:
+    """NTK parameterization (TP IV, Table 1): ``a = 0`` (input), ``1/2`` (hidden, output); ``b = 0``; ``eta n^-c``.
+
+    With SGD and ``c = 0``: stable, nontrivial, kernel regime (``r = 1/2``).
+    """
+    _check_optimizer(optimizer)
+    return _member("ntk", (0, 0.5, 0.5), (0, 0, 0), (c, c, c), optimizer)
+
+
+def mean_field(optimizer: str = "sgd") -> AbcParameterization:
+    """Mean-field, one hidden layer (TP IV, Table 1): ``a = (0, 1)``, ``b = (0, 0)``; SGD ``c = -1``.
+
+    For Adam, the abc-symmetry from muP (TP V Table 3) gives ``c = (0, 0)``. Both are feature learning (``r = 0``).
+    """
+    c = (-1, None, -1) if _check_optimizer(optimizer) == "sgd" else (0, None, 0)
+    return _member("mean_field", (0, None, 1), (0, None, 0), c, optimizer)
+
+
+def mup(optimizer: str = "sgd") -> AbcParameterization:
+    """Maximal update parameterization. SGD: TP IV's form ``a = (-1/2, 0, 1/2)``, ``b = 1/2``, ``c = 0``.
+    Adam: TP V Table 3, ``a = 0``, ``b = (0, 1/2, 1)``, ``c = (0, 1, 1)`` (hidden and output learning rates
+    ``eta / fan_in``). Both: stable, nontrivial, feature learning (``r = 0``)."""
+    if _check_optimizer(optimizer) == "sgd":
+        return _member("mup", (-0.5, 0, 0.5), (0.5, 0.5, 0.5), (0, 0, 0), optimizer)
+    return _member("mup", (0, 0, 0), (0, 0.5, 1), (0, 1, 1), optimizer)
+
+
+NAMED = {"standard": standard, "ntk": ntk, "mean_field": mean_field, "mup": mup}
+
+
+def get(name: str | AbcParameterization, optimizer: str = "sgd") -> AbcParameterization:
+    """A named member (``"standard"``/``"sp"``, ``"ntk"``, ``"mean_field"``/``"mf"``, ``"mup"``) for ``optimizer``.
+
+    An :class:`AbcParameterization` is returned as is (its optimizer must equal ``optimizer``).
+    """
+    if isinstance(name, AbcParameterization):
+        if name.optimizer != optimizer:
+            raise ValueError(f"parameterization {name.name!r} was built for {name.optimizer!r} but the optimizer is "
+                             f"{optimizer!r}; build it with get({name.name!r}, {optimizer!r})")
+        return name
+    aliases = {"sp": "standard", "mf": "mean_field", "mean-field": "mean_field", "mu_p": "mup", "mu-p": "mup"}
+    key = aliases.get(str(name).lower(), str(name).lower())
+    if key not in NAMED:
+        raise ValueError(f"unknown parameterization {name!r}; choose one of {sorted(NAMED)} or build an "
+                         "AbcParameterization from LayerExponents")
+    return NAMED[key](optimizer)
+
+
+# -- depth ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DepthClassification:
+    """TP VI's verdict on a depthwise parameterization ``(alpha, gamma)`` of one-layer residual blocks.
+
+    ``phase`` is one of "unstable at init", "unstable in training", "trivial", "redundant" (``alpha + gamma = 1``,
+    ``alpha > 1/2``) and "depth-mup"; ``failed`` says which stability condition fails, as text.
+    """
+
+    stable: bool
+    nontrivial: bool
+    maximal_diversity: bool
+    phase: str
+    update_exponent: float  # the blocks' feature updates scale like L ** update_exponent = L^(1 - alpha - gamma)
+    failed: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DepthParameterization:
+    """Branch multiplier ``a / L^alpha`` and block-weight updates ``Theta(L^-gamma)`` (TP VI; see module docstring).
+
+    ``alpha`` must equal the ResNet's ``depth_exponent`` (the architecture owns the forward pass; this object adds
+    the learning-rate rule). :meth:`lr_scale` is the block learning-rate factor: ``L^-gamma`` for Adam and
+    ``L^(alpha - gamma)`` for SGD (whose gradient already carries ``L^-alpha``).
+    """
+
+    alpha: float
+    gamma: float
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for field in ("alpha", "gamma"):
+            object.__setattr__(self, field, _check_exponent(field, getattr(self, field)))
+
+    @classmethod
+    def from_learning_rate(cls, alpha: float, lr_exponent: float, optimizer: str, name: str = "custom"
+                           ) -> DepthParameterization:
+        """From the exponent ``g`` of a block learning rate ``eta L^-g``: ``gamma = g`` (Adam), ``g + alpha`` (SGD)."""
+        alpha, g = _check_exponent("alpha", alpha), _check_exponent("lr_exponent", lr_exponent)
+        return cls(alpha, g if _check_optimizer(optimizer) == "adam" else g + alpha, name)
+
+    def lr_scale(self, depth: int, optimizer: str) -> float:
+        """Factor on the block learning rates at ``depth`` blocks: ``L^-gamma`` (Adam), ``L^(alpha - gamma)`` (SGD)."""
+        depth = _check_depth(depth)
+        exponent = -self.gamma if _check_optimizer(optimizer) == "adam" else self.alpha - self.gamma
+        return float(depth) ** exponent
+
+    def classify(self) -> DepthClassification:
+        """See :func:`classify_depth`."""
+        return classify_depth(self.alpha, self.gamma)
+
+
+def classify_depth(alpha: float, gamma: float) -> DepthClassification:
+    r"""TP VI's phase of a ResNet with one-layer blocks, multiplier ``L^-alpha`` and block updates ``L^-gamma``.
+
+    Stable iff ``alpha >= 1/2`` (init) and ``alpha + gamma >= 1`` (training); nontrivial iff ``alpha + gamma <= 1``;
+    maximal feature diversity iff ``alpha = gamma = 1/2`` (Depth-muP). ``gamma`` is in TP VI's convention (the
+    size of the block weights' updates; Adam's learning-rate exponent).
+    """
+    alpha, gamma = _check_exponent("alpha", alpha), _check_exponent("gamma", gamma)
+    failed = []
+    if not _ge(alpha, 0.5):
+        failed.append(f"alpha = {alpha:g} < 1/2: the residual stream's variance grows like L^{1 - 2 * alpha:g} at init")
+    if not _ge(alpha + gamma, 1):
+        failed.append(f"alpha + gamma = {alpha + gamma:g} < 1: the blocks' feature updates grow like "
+                      f"L^{1 - alpha - gamma:g}")
+    stable = not failed
+    nontrivial = not (alpha + gamma > 1 + _TOL)
+    diversity = stable and _eq(alpha, 0.5) and _eq(gamma, 0.5)
+    if not _ge(alpha, 0.5):
+        phase = "unstable at init"
+    elif failed:
+        phase = "unstable in training"
+    elif not nontrivial:
+        phase = "trivial"
+    else:
+        phase = "depth-mup" if diversity else "redundant"
+    return DepthClassification(stable, nontrivial and stable, diversity, phase, 1 - alpha - gamma, tuple(failed))
+
+
+def depth_mup() -> DepthParameterization:
+    """Depth-muP (TP VI; Bordelon et al. 2023): ``alpha = gamma = 1/2``: branch ``a / sqrt(L)``, SGD learning rate
+    ``eta``, Adam ``eta / sqrt(L)``."""
+    return DepthParameterization(0.5, 0.5, "depth-mup")
+
+
+def check_stable(p: AbcParameterization, depth: int = 2) -> Classification:
+    """:func:`classify`, raising ``ValueError`` that names the failing conditions when ``p`` is not stable."""
+    verdict = classify(p, depth)
+    if not verdict.stable:
+        raise ValueError(f"the {p.name!r} parameterization with {p.optimizer} is not stable at depth {depth}: "
+                         + "; ".join(verdict.failed)
+                         + ". Scale the learning rate (c) or the initialisation (b) as TP IV Theorem 3.3 requires")
+    return verdict
