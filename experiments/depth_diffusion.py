@@ -1,5 +1,6 @@
 r"""Finite width, infinite depth: Monte Carlo of a width-``n`` ResNet's residual stream as the depth grows, and
-of the diffusion it converges to (Hayou 2022; the equations and conventions are in :mod:`theory.depth_diffusion`).
+of the diffusion it converges to (the setting of Hayou 2022; the equations, their provenance and the conventions
+are in :mod:`theory.depth_diffusion`).
 
 One input ``x`` (default: the single feature ``x = (1,)``, so ``h_0 ~ N(0, stem_w_std^2 I_n)``) and many
 independent networks ("paths"), all vectorised over a leading axis of size ``n_paths``:

@@ -1,5 +1,6 @@
-"""Finite width, infinite depth (Hayou 2022): the SDE against its closed forms, the finite network against the SDE,
-the ReLU post-activation norm's change of regime between widths 3 and 4, and bad input.
+"""Finite width, infinite depth (the setting of Hayou 2022): the SDE against its closed forms, the finite network
+against the SDE, the ReLU post-activation norm's change between widths 3 and 4 (and that it is transient), and bad
+input.
 
 Tolerances are standard errors over independent paths (fixed seeds): ``|measured - theory| <= 4 SE`` (plus the
 Euler bias where the comparison is with the L -> inf law, which is ``O(1/L)`` and stated where used).
@@ -157,7 +158,8 @@ def test_relu_network_approaches_the_sde_law_as_depth_grows():
 # -- the regime change ---------------------------------------------------------------------------------------
 def test_relu_post_activation_norm_changes_regime_between_widths_3_and_4():
     """d ln||phi(X)|| = n^{-1/2} dW + (N_t - 2)/(2n) dt: the expected log post-activation norm falls at width 3
-    (fewer than two active units on average, E[N_0 | N_0 >= 1] = 12/7) and grows at width 4 (32/15 > 2).
+    (fewer than two active units on average, E[N_0 | N_0 >= 1] = 12/7) and grows at width 4 (32/15 > 2), here
+    on the horizon T = 2 (the growth does not last: next test).
     Measured directly (ln ratio at T = 2) and through the pathwise drift integral; both resolve the sign."""
     assert th.relu_first_growing_width() == 4
     assert th.relu_initial_log_growth_rate(3) == pytest.approx(-1 / 21)
@@ -176,6 +178,24 @@ def test_relu_post_activation_norm_changes_regime_between_widths_3_and_4():
         signs[n] = (summ["mean"] / summ["mean_se"], drift / drift_se, float(np.mean(summ["active_t"])) - 2)
     assert signs[3][0] < -4 and signs[3][1] < -10 and signs[3][2] < 0  # measured: -23 SE and -106 SE
     assert signs[4][0] > 3 and signs[4][1] > 10 and signs[4][2] > 0  # measured: +4.8 SE and +22 SE
+
+
+def test_relu_growth_from_width_four_is_transient():
+    """The sign change is a small-depth effect: X is a time-changed Brownian motion that ends up next to the
+    negative orthant, so N_t -> 1 and E ln||phi(X_T)|| eventually falls like -T/(2n) at every width. Width 4 on
+    the horizon T = 16 (SDE, dT = 1/64): E R_T > 0 at T = 2, < 0 at T = 16, and the mean number of active units
+    falls from 32/15 towards 1; width 3 shrinks at every checkpoint."""
+    res = theory.ResNet(1, "relu", branch_scale=4.0)  # horizon T = 16, checkpoints at T = 1, 2, .., 16
+    for n in (3, 4):
+        summ = dd.log_ratio_summary(dd.simulate_sde(res, n, KEY(50 + n), 20000, 1024, checkpoints=16))
+        z = summ["mean_t"][1:] / summ["mean_se_t"][1:]
+        late = summ["mean_t"][16] - summ["mean_t"][8]
+        assert -8 / (2 * n) < late < 0  # falling, no faster than the bound of (4)
+        assert summ["active_t"][16] < summ["active_t"][0] - 0.4  # measured at n = 4: 2.13 -> 1.58
+        if n == 3:
+            assert np.all(z < -4)  # measured: -11 SE at T = 1, -71 SE at T = 16
+        else:
+            assert z[1] > 3 and z[15] < -10  # measured: +6.5 SE at T = 2 and -21 SE at T = 16
 
 
 # -- bad input --------------------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 r"""``infinite-depth-finite-width``: at fixed small width, a depth-scaled ResNet tends to a diffusion as depth grows.
 
-Hayou 2022 (TMLR 2023, arXiv 2210.00688): the ResNet ``h_l = h_{l-1} + L^{-1/2} Dense(phi(h_{l-1}))`` of fixed
-width ``n`` (``theory.ResNet(depth=L, activation, w_std=1, b_std=0, branch_scale=1, depth_exponent=0.5)``)
-converges as ``L -> inf`` to the zero-drift diffusion ``dX_t = n^{-1/2} ||phi(X_t)|| dB_t``, whose law
-depends on ``phi`` (equations and the convention mapping in :mod:`theory.depth_diffusion`). One input
+The setting of Hayou 2022 (TMLR 2023, arXiv 2210.00688), of which only the abstract could be read here (see
+:mod:`theory.depth_diffusion` for what is taken from it and what is our own derivation): the ResNet
+``h_l = h_{l-1} + L^{-1/2} Dense(phi(h_{l-1}))`` of fixed width ``n``
+(``theory.ResNet(depth=L, activation, w_std=1, b_std=0, branch_scale=1, depth_exponent=0.5)``) converges as
+``L -> inf`` to the zero-drift diffusion ``dX_t = n^{-1/2} ||phi(X_t)|| dB_t``, whose law depends on ``phi``
+(equations and the convention mapping in :mod:`theory.depth_diffusion`). One input
 (``h_0 ~ N(0, I_n)``) and the post-activation norm at depth fraction ``t``, through
 ``R_t = ln(||phi(h_t)|| / ||phi(h_0)||)``:
 
@@ -14,11 +16,14 @@ depends on ``phi`` (equations and the convention mapping in :mod:`theory.depth_d
   curve and the limit ``1/n``.
 * ``phi = ReLU``: no closed form for the law; (d), (e) the same with the SDE (Euler-Maruyama, ``sde_steps``
   steps) as the reference. Shallow ReLU networks can land with ``phi(h) = 0`` (dead); the SDE cannot.
-* The change of regime between widths 3 and 4: ``d ln||phi(X)|| = n^{-1/2} dW + (N_t - 2)/(2n) dt`` with
-  ``N_t`` the number of active units, so the expected log post-activation norm grows iff more than two units
-  are active on average; at ``t = 0`` that is ``(n/2)/(1 - 2^{-n}) > 2``, i.e. ``n >= 4``. (c): ``E R_1``
-  against width, SDE and deep networks, with the small-depth theory ``g(n) = ((n/2)/(1 - 2^{-n}) - 2)/(2n)``
-  and the bounds ``[-1/(2n), (n-2)/(2n)]``; (f): ``E R_t`` along depth for each width.
+* A change between widths 3 and 4 (our quantity; whether it is the one the paper's abstract reports could not
+  be checked): ``d ln||phi(X)|| = n^{-1/2} dW + (N_t - 2)/(2n) dt`` with ``N_t`` the number of active units, so
+  the expected log post-activation norm grows iff more than two units are active on average; at ``t = 0`` that
+  is ``(n/2)/(1 - 2^{-n}) > 2``, i.e. ``n >= 4``. (c): ``E R_1`` against width, SDE and deep networks, with the
+  small-depth theory ``g(n) = ((n/2)/(1 - 2^{-n}) - 2)/(2n)`` and the bounds ``[-1/(2n), (n-2)/(2n)]``; (f):
+  ``E R_t`` along depth for each width. The figure's horizon is ``T = 1``; the growth at ``n >= 4`` is transient
+  (``N_t -> 1`` at every width, so ``E R_T`` eventually falls like ``-T/(2n)``; at ``n = 4`` it is negative from
+  ``T`` of about 7, i.e. ``branch_scale^2 w_std^2`` above about 7), see :mod:`theory.depth_diffusion`.
 
 A grid point is one ``(kind, activation, width, steps)``: ``kind = "network"`` (``steps`` = depth ``L``,
 ``n_paths`` networks) or ``"sde"`` (``steps`` = Euler-Maruyama steps, ``sde_paths`` paths). Its values are the
