@@ -1,0 +1,490 @@
+r"""Small training loops for parameterization checks (muP / Depth-muP coordinate checks, learning-rate transfer).
+
+One architecture description (``theory.MLP`` / ``theory.ResNet``: depth, activation, the O(1) constants ``w_std``,
+``b_std``, a ResNet's ``branch_scale`` and ``depth_exponent``) plus an abc-parameterization
+(``theory.parameterizations``: per layer group a multiplier ``n^-a``, an init std ``sigma n^-b`` and a learning
+rate ``eta n^-c``) and, for ResNets, an optional depth rule (TP VI: block learning rates ``L^-gamma`` Adam,
+``L^(alpha - gamma)`` SGD) fix a finite network of width ``n`` and how it is trained:
+
+* MLP (``depth = L >= 1`` hidden layers): ``h_1 = W_in x + b_1``, ``h_l = W_l phi(h_{l-1}) + b_l`` (``l = 2..L``),
+  ``f = W_out phi(h_L) + b_out``, with effective weights ``W = multiplier * w``, ``w ~ N(0, init_std^2)``.
+* ResNet: ``h_0 = W_in x``, ``h_l = h_{l-1} + branch_scale / L^depth_exponent * (W_l phi(h_{l-1}) + b_l)``,
+  ``f = W_out phi(h_L)`` (or ``W_out h_L`` for ``readout="linear"``). The stem is the input group, the blocks the
+  hidden group, the readout the output group (no biases on stem and readout, as in ``experiments.networks``).
+* ``sigma`` = ``w_std / sqrt(d)`` (input; ``stem_w_std`` for a ResNet), ``w_std`` (hidden), ``w_std`` or
+  ``readout_w_std`` (output), ``b_std`` (biases, which take the input group's exponents, TP V Table 3).
+  Under "standard"/"ntk" the effective weights have variance ``w_std^2 / fan_in``: the network at init is the one
+  of ``experiments.networks`` (same function for the same Gaussian draws; same NNGP as ``theory.kernels``).
+
+Training is optax (``optax.sgd`` / ``optax.adam`` per parameter group through ``optax.multi_transform``, each with
+its own learning rate ``eta * lr_scale``; frozen groups get ``optax.set_to_zero``), jitted, with ``lax.scan`` over
+steps and over the identical hidden layers. Losses: ``"mse"`` = ``mean_batch 1/2 ||f - y||^2``;
+``"cross_entropy"`` = mean softmax cross-entropy with integer labels. After every step the network is run on a fixed
+probe batch and, per layer (each Dense layer's pre-activations, a ResNet's residual stream after each block, and the
+output), the RMS over batch and units of the activations and of their change since initialisation is recorded.
+
+Divergence: a step after which the probe loss or any layer's RMS is non-finite or above ``explode_at`` ends training
+(later updates are not applied); :class:`TrainResult` records that step, the first (lowest) layer whose scale
+exploded (or "loss"), and keeps everything measured up to and including it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from theory import MLP, ResNet
+from theory import parameterizations as pz
+from theory.architectures import Architecture
+
+Array = jax.Array
+LOSSES = ("mse", "cross_entropy")
+FREEZABLE = ("input", "hidden", "output", "bias")
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# -- data -----------------------------------------------------------------------------------------------------
+class Dataset(NamedTuple):
+    """Inputs ``x`` ``(N, d)`` and targets ``y``: ``(N, n_out)`` floats (regression / one-hot) or ``(N,)`` ints."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+
+def teacher(n_samples: int = 256, features: int = 16, *, seed: int = 0, hidden: int = 8) -> Dataset:
+    """A synthetic regression task: ``x ~ N(0, I_d)``, ``y = sum_k v_k tanh(u_k . x / sqrt(d))`` with a fixed
+    random two-layer teacher of ``hidden`` units (``u, v ~ N(0, 1)``, ``v`` scaled by ``1/sqrt(hidden)``), so that
+    ``y`` has O(1) variance. Deterministic in ``seed`` (NumPy's PCG64)."""
+    n_samples = _positive_int("n_samples", n_samples)
+    features = _positive_int("features", features)
+    hidden = _positive_int("hidden", hidden)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((features, hidden))
+    v = rng.standard_normal((hidden, 1)) / math.sqrt(hidden)
+    x = rng.standard_normal((n_samples, features))
+    y = np.tanh(x @ u / math.sqrt(features)) @ v
+    return Dataset(x, y)
+
+
+def digits(*, one_hot: bool = False, n_samples: int | None = None) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes; no download): pixels standardised per feature
+    (constant pixels left at 0) so that ``|x|^2 / d`` is about 1. Labels as ints, or one-hot floats for MSE.
+    ``n_samples`` keeps the first ones."""
+    from sklearn.datasets import load_digits  # imported here: only this data set needs scikit-learn
+
+    bunch = load_digits()
+    x = np.asarray(bunch.data, dtype=float)
+    std = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    if n_samples is not None:
+        n_samples = _positive_int("n_samples", n_samples)
+        x, y = x[:n_samples], y[:n_samples]
+    return Dataset(x, np.eye(10)[y] if one_hot else y)
+
+
+# -- the finite network ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NetworkScales:
+    """The concrete numbers of a width-``width`` network: per group ``(multiplier, init_std, lr_scale)``.
+
+    ``bias`` is ``None`` without biases; ``hidden`` is ``None`` without ``n x n`` layers. ``branch`` is the ResNet
+    branch multiplier (1 for an MLP). ``hidden_bias_lr`` is the blocks' bias learning-rate factor (a ResNet's
+    depth rule applies to it too).
+    """
+
+    kind: str  # "mlp" or "resnet"
+    features: int
+    width: int
+    n_out: int
+    n_hidden: int
+    input: pz.LayerScale
+    hidden: pz.LayerScale | None
+    output: pz.LayerScale
+    bias: pz.LayerScale | None
+    hidden_bias_lr: float
+    branch: float
+    activation: Any
+    readout_activation: bool
+
+    @property
+    def n_layers(self) -> int:
+        """Recorded layers: the input layer, the hidden layers / blocks, the output."""
+        return self.n_hidden + 2
+
+    def layer_names(self) -> tuple[str, ...]:
+        if self.kind == "mlp":
+            return (*(f"layer {i + 1}" for i in range(self.n_hidden + 1)), "output")
+        return ("stem", *(f"block {i + 1}" for i in range(self.n_hidden)), "output")
+
+    def layer_groups(self) -> tuple[str, ...]:
+        return ("input", *("hidden",) * self.n_hidden, "output")
+
+
+def network_scales(arch: Architecture, parameterization: str | pz.AbcParameterization | None, width: int, *,
+                   features: int, n_out: int = 1, optimizer: str = "sgd",
+                   depth_parameterization: pz.DepthParameterization | None = None) -> NetworkScales:
+    """Per-group multipliers, init stds and learning-rate factors of ``arch`` at ``width`` (module docstring).
+
+    ``parameterization`` is a name (``"standard"``, ``"ntk"``, ``"mean_field"``, ``"mup"``), an
+    :class:`~theory.parameterizations.AbcParameterization`, or ``None`` for the architecture's own
+    ``parameterization`` ("ntk" or "standard"). ``depth_parameterization`` (ResNets only) must have
+    ``alpha == arch.depth_exponent``: the architecture owns the forward pass, the depth rule adds the
+    learning-rate factor of the blocks.
+    """
+    if not isinstance(arch, MLP | ResNet):
+        raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
+    width = _positive_int("width", width)
+    features = _positive_int("features", features)
+    n_out = _positive_int("n_out", n_out)
+    p = pz.get(arch.parameterization if parameterization is None else parameterization, optimizer)
+    if isinstance(arch, MLP):
+        if arch.depth < 1:
+            raise ValueError("training an MLP needs at least one hidden layer (depth >= 1); depth 0 has no width")
+        if depth_parameterization is not None:
+            raise ValueError("a depth parameterization scales residual branches: pass a theory.ResNet, or "
+                             "depth_parameterization=None for an MLP")
+        n_hidden, branch, depth_lr = arch.depth - 1, 1.0, 1.0
+        sig_in, sig_out, readout_act = arch.w_std / math.sqrt(features), arch.w_std, True
+    else:
+        n_hidden, branch = arch.depth, arch.branch_multiplier
+        sig_in, sig_out = arch.stem_w_std / math.sqrt(features), arch.readout_w_std
+        readout_act = arch.readout == "activation"
+        depth_lr = 1.0
+        if depth_parameterization is not None:
+            if not isinstance(depth_parameterization, pz.DepthParameterization):
+                raise ValueError(f"depth_parameterization must be a DepthParameterization, got "
+                                 f"{depth_parameterization!r}")
+            if abs(depth_parameterization.alpha - arch.depth_exponent) > 1e-12:
+                raise ValueError(
+                    f"the depth parameterization has alpha = {depth_parameterization.alpha:g} but the ResNet's "
+                    f"depth_exponent is {arch.depth_exponent:g}; build the ResNet with "
+                    f"depth_exponent={depth_parameterization.alpha:g} (the architecture owns the branch multiplier)")
+            if arch.depth >= 1:
+                depth_lr = depth_parameterization.lr_scale(arch.depth, optimizer)
+    hidden = None
+    if n_hidden:
+        h = p.layer_scale("hidden", width, arch.w_std, n_hidden)
+        hidden = pz.LayerScale(h.multiplier, h.init_std, h.lr_scale * depth_lr)
+    bias = p.layer_scale("input", width, arch.b_std, n_hidden) if arch.b_std > 0 else None
+    return NetworkScales(
+        kind="mlp" if isinstance(arch, MLP) else "resnet", features=features, width=width, n_out=n_out,
+        n_hidden=n_hidden, input=p.layer_scale("input", width, sig_in, n_hidden), hidden=hidden,
+        output=p.layer_scale("output", width, sig_out, n_hidden), bias=bias,
+        hidden_bias_lr=(bias.lr_scale * depth_lr) if bias is not None else 0.0, branch=branch,
+        activation=arch.activation, readout_activation=readout_act)
+
+
+def init_params(s: NetworkScales, key: Array, dtype: Any = None) -> dict[str, dict[str, Array]]:
+    """``{"input": {"w", "b"?}, "hidden": {"w": (k, n, n), "b"?: (k, n)}, "output": {"w", "b"?}}``, ``w`` with
+    entries ``N(0, init_std^2)``. A ResNet has biases on its blocks only; weights are ``(fan_in, fan_out)``."""
+    dtype = dtype or jnp.result_type(float)
+    k_in, k_hid, k_out, kb_in, kb_hid, kb_out = jax.random.split(key, 6)
+    n = s.width
+    params: dict[str, dict[str, Array]] = {
+        "input": {"w": s.input.init_std * jax.random.normal(k_in, (s.features, n), dtype)},
+        "output": {"w": s.output.init_std * jax.random.normal(k_out, (n, s.n_out), dtype)},
+    }
+    if s.hidden is not None:
+        params["hidden"] = {"w": s.hidden.init_std * jax.random.normal(k_hid, (s.n_hidden, n, n), dtype)}
+    if s.bias is not None:
+        std = s.bias.init_std
+        if s.kind == "mlp":
+            params["input"]["b"] = std * jax.random.normal(kb_in, (n,), dtype)
+            params["output"]["b"] = std * jax.random.normal(kb_out, (s.n_out,), dtype)
+        if s.hidden is not None:
+            params["hidden"]["b"] = std * jax.random.normal(kb_hid, (s.n_hidden, n), dtype)
+    return params
+
+
+def forward(s: NetworkScales, params: dict[str, dict[str, Array]], x: Array) -> tuple[Array, list[Array]]:
+    """Outputs ``(batch, n_out)`` and the recorded layers: the input layer's pre-activations (a ResNet's stem),
+    each hidden layer's pre-activations (a ResNet's stream after each block) stacked ``(k, batch, n)``, and the
+    output."""
+    phi = s.activation.fn
+    b_mult = s.bias.multiplier if s.bias is not None else 0.0
+
+    def dense(scale: pz.LayerScale, p: dict[str, Array], h: Array) -> Array:
+        z = scale.multiplier * (h @ p["w"])
+        return z + b_mult * p["b"] if "b" in p else z
+
+    h = dense(s.input, params["input"], x)
+    layers = [h]
+    if s.hidden is not None:
+        hidden = s.hidden
+        residual = s.kind == "resnet"
+
+        def body(h: Array, p: dict[str, Array]) -> tuple[Array, Array]:
+            z = dense(hidden, p, phi(h))
+            h = h + s.branch * z if residual else z
+            return h, h
+
+        h, stack = jax.lax.scan(body, h, params["hidden"])
+        layers.append(stack)
+    out = dense(s.output, params["output"], phi(h) if s.readout_activation else h)
+    layers.append(out)
+    return out, layers
+
+
+def _layer_rms(layers: list[Array], init: list[Array] | None = None) -> Array:
+    """RMS over batch and units of each recorded layer (of its change from ``init`` if given), ``(n_layers,)``."""
+    def rms(a: Array, axes: tuple[int, ...]) -> Array:
+        return jnp.sqrt(jnp.mean(a * a, axis=axes))
+
+    out = []
+    for i, a in enumerate(layers):
+        d = a if init is None else a - init[i]
+        out.append(rms(d, (1, 2)) if d.ndim == 3 else rms(d, (0, 1))[None])
+    return jnp.concatenate(out)
+
+
+# -- training -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: ``optimizer`` ("sgd" or "adam"), base ``learning_rate`` eta (each group's is ``eta * lr_scale``),
+    ``steps``, ``batch_size`` (``None``: full batch), ``loss`` ("mse" or "cross_entropy"), ``frozen`` groups (any of
+    "input", "hidden", "output", "bias"), ``probe_size`` (the first examples, on which layers are measured),
+    ``explode_at`` (an RMS or loss above it is a divergence) and ``require_stable`` (refuse a parameterization
+    TP IV classifies as unstable, naming the failing condition)."""
+
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    steps: int = 10
+    batch_size: int | None = None
+    loss: str = "mse"
+    frozen: tuple[str, ...] = ()
+    probe_size: int = 64
+    explode_at: float = 1e8
+    require_stable: bool = False
+
+    def __post_init__(self) -> None:
+        pz._check_optimizer(self.optimizer)
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning_rate must be a finite positive number, got {lr!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+        object.__setattr__(self, "frozen", tuple(self.frozen))
+        bad = [g for g in self.frozen if g not in FREEZABLE]
+        if bad:
+            raise ValueError(f"cannot freeze {bad}: frozen groups are any of {FREEZABLE}")
+        _positive_int("probe_size", self.probe_size)
+        if not (isinstance(self.explode_at, numbers.Real) and self.explode_at > 0):
+            raise ValueError(f"explode_at must be a positive number, got {self.explode_at!r}")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` measured. Arrays have one row per step ``0 .. steps_done`` (row 0 is the init):
+    ``loss`` (probe loss), ``rms`` and ``delta_rms`` ``(rows, n_layers)``. ``diverged_step`` / ``diverged_layer``
+    are ``None`` unless training stopped (then the last row is the step where it exploded). ``init_params`` and
+    ``params`` (after training; after the last step before a divergence) are NumPy trees as :func:`init_params`."""
+
+    layer_names: tuple[str, ...]
+    layer_groups: tuple[str, ...]
+    loss: np.ndarray
+    rms: np.ndarray
+    delta_rms: np.ndarray
+    diverged_step: int | None
+    diverged_layer: str | None
+    init_params: Any
+    params: Any
+    scales: NetworkScales
+
+    @property
+    def steps_done(self) -> int:
+        return self.loss.shape[0] - 1
+
+    def frame(self, **columns: Any) -> pd.DataFrame:
+        """Long format: one row per (step, layer) with ``layer`` (index), ``layer_name``, ``group``, ``step``,
+        ``rms``, ``delta_rms``, ``loss``, ``diverged_step`` (-1 if none), plus the constant ``columns``."""
+        rows, n_layers = self.rms.shape
+        step = np.repeat(np.arange(rows), n_layers)
+        layer = np.tile(np.arange(n_layers), rows)
+        df = pd.DataFrame({
+            "layer": layer, "layer_name": np.array(self.layer_names)[layer],
+            "group": np.array(self.layer_groups)[layer], "step": step,
+            "rms": self.rms.ravel(), "delta_rms": self.delta_rms.ravel(), "loss": self.loss[step],
+            "diverged_step": -1 if self.diverged_step is None else self.diverged_step,
+        })
+        for name, value in columns.items():
+            df.insert(0, name, value)
+        return df
+
+
+def _optimizer(s: NetworkScales, params: dict, config: TrainConfig) -> optax.GradientTransformation:
+    """One optax transform per parameter group, each with its own learning rate (``optax.multi_transform``)."""
+    eta = config.learning_rate
+    lrs = {"input/w": s.input.lr_scale, "output/w": s.output.lr_scale}
+    if s.hidden is not None:
+        lrs["hidden/w"] = s.hidden.lr_scale
+    if s.bias is not None:
+        lrs.update({"input/b": s.bias.lr_scale, "output/b": s.bias.lr_scale, "hidden/b": s.hidden_bias_lr})
+    make = optax.sgd if config.optimizer == "sgd" else optax.adam
+
+    def frozen(label: str) -> bool:
+        group, leaf = label.split("/")
+        return group in config.frozen or (leaf == "b" and "bias" in config.frozen)
+
+    transforms = {label: optax.set_to_zero() if frozen(label) else make(eta * lr) for label, lr in lrs.items()}
+    labels = {g: {leaf: f"{g}/{leaf}" for leaf in p} for g, p in params.items()}
+    return optax.multi_transform(transforms, labels)
+
+
+def _loss_fn(kind: str):
+    if kind == "mse":
+        return lambda f, y: 0.5 * jnp.mean(jnp.sum((f - y) ** 2, axis=-1))
+    return lambda f, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f, y))
+
+
+def train(arch: Architecture, parameterization: str | pz.AbcParameterization | None, data: Dataset, width: int, *,
+          config: TrainConfig | None = None, seed: int = 0,
+          depth_parameterization: pz.DepthParameterization | None = None, dtype: Any = None) -> TrainResult:
+    """Train the width-``width`` network of ``arch`` under ``parameterization`` on ``data``; measure every step.
+
+    Deterministic given ``seed`` (init from ``fold_in(key(seed), 0)``, minibatches from ``fold_in(key(seed), 1)``).
+    ``n_out`` is ``y.shape[1]`` for float targets and ``max(y) + 1`` for integer labels (cross-entropy).
+    Raises ``ValueError`` for bad input; a diverging run is not an error (see :class:`TrainResult`).
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a TrainConfig, got {config!r}")
+    x, y = _check_data(data, config.loss)
+    n_out = int(y.max()) + 1 if config.loss == "cross_entropy" else y.shape[1]
+    s = network_scales(arch, parameterization, width, features=x.shape[1], n_out=n_out,
+                       optimizer=config.optimizer, depth_parameterization=depth_parameterization)
+    if config.require_stable:
+        depth = arch.depth if isinstance(arch, MLP) else arch.depth + 1
+        pz.check_stable(pz.get(arch.parameterization if parameterization is None else parameterization,
+                               config.optimizer), depth)
+    dtype = dtype or jnp.result_type(float)
+    x = jnp.asarray(x, dtype)
+    y = jnp.asarray(y, jnp.int32 if config.loss == "cross_entropy" else dtype)
+    key = jax.random.key(seed)
+    params = init_params(s, jax.random.fold_in(key, 0), dtype)
+    loss, rms, delta, alive, final = _run(s, config, params, x, y, jax.random.fold_in(key, 1))
+    loss, rms, delta, alive = (np.asarray(a) for a in (loss, rms, delta, alive))
+    diverged_step = diverged_layer = None
+    if not alive[-1]:
+        step = int(np.argmin(alive))
+        bad = ~np.isfinite(rms[step]) | (rms[step] > config.explode_at)
+        names = s.layer_names()
+        diverged_layer = names[int(np.argmax(bad))] if bad.any() else "loss"
+        diverged_step = step
+        loss, rms, delta = loss[: step + 1], rms[: step + 1], delta[: step + 1]
+    return TrainResult(s.layer_names(), s.layer_groups(), loss, rms, delta, diverged_step, diverged_layer,
+                       jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, final), s)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))  # one compilation per network shape and training config
+def _run(s: NetworkScales, config: TrainConfig, params: dict, x: Array, y: Array, batch_key: Array):
+    probe_x, probe_y = x[: config.probe_size], y[: config.probe_size]
+    opt = _optimizer(s, params, config)
+    loss_of = _loss_fn(config.loss)
+
+    def objective(p: dict, xb: Array, yb: Array) -> Array:
+        return loss_of(forward(s, p, xb)[0], yb)
+
+    out0, init_layers = forward(s, params, probe_x)
+    rms0 = _layer_rms(init_layers)
+    loss0 = loss_of(out0, probe_y)
+
+    def step(carry: tuple, t: Array) -> tuple[tuple, tuple]:
+        p, opt_state, alive = carry
+        if config.batch_size is None or config.batch_size >= x.shape[0]:
+            xb, yb = x, y
+        else:
+            idx = jax.random.choice(jax.random.fold_in(batch_key, t), x.shape[0], (config.batch_size,),
+                                    replace=False)
+            xb, yb = x[idx], y[idx]
+        grads = jax.grad(objective)(p, xb, yb)
+        updates, new_state = opt.update(grads, opt_state, p)
+        new_p = optax.apply_updates(p, updates)
+        out, layers = forward(s, new_p, probe_x)
+        loss = loss_of(out, probe_y)
+        rms = _layer_rms(layers)
+        delta = _layer_rms(layers, init_layers)
+        ok = jnp.isfinite(loss) & (jnp.abs(loss) <= config.explode_at) & jnp.all(jnp.isfinite(rms)) \
+            & jnp.all(rms <= config.explode_at)
+        # Once diverged, later updates are not applied: the recorded rows after it are dropped by train().
+        now = alive & ok
+        keep = jax.tree.map(lambda new, old: jnp.where(now, new, old), (new_p, new_state), (p, opt_state))
+        return (keep[0], keep[1], now), (loss, rms, delta, now)
+
+    alive0 = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(rms0)) & jnp.all(rms0 <= config.explode_at)
+    (final, _, _), (losses, rmss, deltas, alive) = jax.lax.scan(step, (params, opt.init(params), alive0),
+                                                                jnp.arange(config.steps))
+    cat = jnp.concatenate
+    return (cat([loss0[None], losses]), cat([rms0[None], rmss]), cat([jnp.zeros_like(rms0)[None], deltas]),
+            cat([alive0[None], alive]), final)
+
+
+def _check_data(data: object, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(data, tuple) and len(data) == 2):
+        raise ValueError(f"data must be a Dataset(x, y) (e.g. training.teacher() or training.digits()), got "
+                         f"{type(data).__name__}")
+    x, y = np.asarray(data[0]), np.asarray(data[1])
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"data.x must have shape (batch, features), got {x.shape}")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"data.y has {y.shape[0]} rows but data.x has {x.shape[0]}")
+    if loss == "cross_entropy":
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise ValueError(f"cross_entropy needs integer class labels y of shape (batch,), got {y.dtype} "
+                             f"{y.shape}; use digits(one_hot=False)")
+    elif y.ndim != 2 or not np.issubdtype(y.dtype, np.floating):
+        raise ValueError(f"mse needs float targets y of shape (batch, n_out), got {y.dtype} {y.shape}; "
+                         "use digits(one_hot=True) for classification with MSE")
+    if not (np.all(np.isfinite(x)) and (loss == "cross_entropy" or np.all(np.isfinite(y)))):
+        raise ValueError("data contains NaN or inf")
+    return x, y
+
+
+# -- coordinate checks ----------------------------------------------------------------------------------------
+def coord_check(arch: Architecture, parameterization: str | pz.AbcParameterization | None = "mup", *,
+                widths: tuple[int, ...] = (64, 128, 256, 512, 1024), depths: tuple[int, ...] | None = None,
+                steps: int = 3, seeds: int = 1, data: Dataset | None = None, config: TrainConfig | None = None,
+                depth_parameterization: pz.DepthParameterization | None = None, dtype: Any = None) -> pd.DataFrame:
+    """muP's coordinate check (TP V, Sec. 7 / Fig. 5) in one call: train ``steps`` steps at every width (and depth,
+    when ``depths`` is given: ``arch`` with its ``depth`` replaced) for ``seeds`` seeds and return the long
+    DataFrame of :meth:`TrainResult.frame` with columns ``width``, ``depth``, ``seed``, ``parameterization``.
+
+    Under muP every layer's ``rms`` and ``delta_rms`` are flat in width at every step; under SP (SGD, fixed
+    learning rate) the first step's change grows like ``n^e`` with ``e`` from
+    :meth:`~theory.parameterizations.AbcParameterization.first_step_exponents` (``+1`` at the output).
+    ``data`` defaults to :func:`teacher` (64 examples, 16 features); ``config`` to ``TrainConfig(steps=steps)``.
+    """
+    data = teacher(64, 16) if data is None else data
+    config = TrainConfig(steps=steps) if config is None else dataclasses.replace(config, steps=steps)
+    seeds = _positive_int("seeds", seeds)
+    widths = tuple(_positive_int("width", w) for w in widths)
+    archs = [arch] if depths is None else [dataclasses.replace(arch, depth=int(d)) for d in depths]
+    name = parameterization if isinstance(parameterization, str) else (
+        arch.parameterization if parameterization is None else parameterization.name)
+    frames = []
+    for a in archs:
+        for width in widths:
+            for seed in range(seeds):
+                result = train(a, parameterization, data, width, config=config, seed=seed,
+                               depth_parameterization=depth_parameterization, dtype=dtype)
+                frames.append(result.frame(width=width, depth=a.depth, seed=seed, parameterization=name))
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,197 @@
+"""experiments.training: the finite network at init (vs experiments.networks and theory.kernels), per-layer learning
+rates against a hand computation, determinism, divergence, data sets, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import theory
+from experiments import networks
+from experiments import training as tr
+from theory import parameterizations as pz
+
+
+def _effective(arch, layer: networks.Dense, spec: networks.LayerSpec):
+    """experiments.networks' effective weight and bias of one Dense layer (z = h @ W_eff + b_eff)."""
+    if arch.parameterization == "ntk":
+        w = layer.W * (spec.w_std / math.sqrt(spec.fan_in))
+        b = None if layer.b is None else layer.b * spec.b_std
+        return w, b
+    return layer.W, layer.b
+
+
+@pytest.mark.parametrize("arch", [
+    theory.MLP(3, "tanh", w_std=1.3, b_std=0.2),
+    theory.MLP(2, "relu", w_std=1.4, b_std=0.1, parameterization="standard", width=32),
+    theory.ResNet(4, "relu", w_std=1.2, b_std=0.3, branch_scale=0.7, depth_exponent=0.5, readout="linear",
+                  stem_w_std=1.1, readout_w_std=0.9),
+])
+def test_same_function_as_experiments_networks(arch):
+    # The same effective weights give the same outputs and layers: one architecture description, one network.
+    width, d = 32, 5
+    x = jax.random.normal(jax.random.key(1), (7, d))
+    ref = networks.init(arch, width, jax.random.key(2), features=d, n_out=2)
+    specs = networks.layer_specs(arch, d, width, 2)
+    s = tr.network_scales(arch, None, width, features=d, n_out=2)
+    eff = [_effective(arch, layer, spec) for layer, spec in zip(ref, specs, strict=True)]
+    b_mult = s.bias.multiplier if s.bias is not None else 1.0
+
+    def mine(w, b, scale):
+        out = {"w": w / scale.multiplier}
+        if b is not None:
+            out["b"] = b / b_mult
+        return out
+
+    params = {"input": mine(*eff[0], s.input), "output": mine(*eff[-1], s.output)}
+    hidden = [mine(w, b, s.hidden) for w, b in eff[1:-1]]
+    params["hidden"] = {k: jnp.stack([h[k] for h in hidden]) for k in hidden[0]}
+    out, layers = tr.forward(s, params, x)
+    ref_out, ref_layers = networks.apply(arch, ref, x, per_layer=True)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layers[0], ref_layers[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layers[1][-1], ref_layers[-2], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch,parameterization", [
+    (theory.MLP(3, "relu", w_std=2**0.5, b_std=0.3), "ntk"),
+    (theory.MLP(3, "relu", w_std=2**0.5, b_std=0.3), "standard"),
+    (theory.ResNet(8, "tanh", w_std=1.0, b_std=0.2, depth_exponent=0.5, readout="activation"), "ntk"),
+])
+def test_init_output_variance_is_the_nngp(arch, parameterization):
+    # Monte Carlo over networks: E[f(x) f(x')] = K_NNGP(x, x') + O(1/n) (theory.kernels). Tolerance: 4 SE of the
+    # mean over networks plus the O(1/n) finite-width bias bound |K| * 4 L / n.
+    width, d, n_nets, chunk = 128, 3, 1000, 200
+    x = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7]])
+    s = tr.network_scales(arch, parameterization, width, features=d)
+    keys = jax.random.split(jax.random.key(0), n_nets)
+    sample = jax.jit(jax.vmap(lambda k: tr.forward(s, tr.init_params(s, k), jnp.asarray(x))[0][:, 0]))
+    outs = np.concatenate([np.asarray(sample(keys[i:i + chunk])) for i in range(0, n_nets, chunk)])
+    prods = outs[:, :, None] * outs[:, None, :]
+    mean, se = prods.mean(axis=0), prods.std(axis=0) / math.sqrt(n_nets)
+    nngp = np.asarray(theory.kernels(arch, x, get="nngp").nngp)
+    bias = np.abs(nngp).max() * 4 * (arch.depth + 1) / width
+    assert np.all(np.abs(mean - nngp) < 4 * se + bias), (mean, nngp, se)
+
+
+def _hand_step(s: tr.NetworkScales, p, x, y, eta, optimizer):
+    """One step of a 2-hidden-layer ReLU MLP without biases, gradients written out by hand (NumPy)."""
+    m1, m2, m3 = s.input.multiplier, s.hidden.multiplier, s.output.multiplier
+    w1, w2, w3 = p["input"]["w"], p["hidden"]["w"][0], p["output"]["w"]
+    h1 = m1 * x @ w1
+    a1 = np.maximum(h1, 0)
+    h2 = m2 * a1 @ w2
+    a2 = np.maximum(h2, 0)
+    f = m3 * a2 @ w3
+    chi = (f - y) / x.shape[0]  # d(mean 1/2 |f - y|^2) / df
+    g3 = m3 * a2.T @ chi
+    d2 = (chi @ w3.T) * m3 * (h2 > 0)
+    g2 = m2 * a1.T @ d2
+    d1 = (d2 @ w2.T) * m2 * (h1 > 0)
+    g1 = m1 * x.T @ d1
+    def upd(g, lr):
+        return -eta * lr * (g if optimizer == "sgd" else g / (np.abs(g) + 1e-8))  # Adam's first step: g / (|g| + eps)
+
+    return {"input": upd(g1, s.input.lr_scale), "hidden": upd(g2, s.hidden.lr_scale),
+            "output": upd(g3, s.output.lr_scale)}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_per_layer_learning_rates_are_applied(optimizer):
+    # TP V Table 3's muP: the three groups have three different learning-rate factors at width 64
+    # (SGD: 64, 1, 1/64; Adam: 1, 1/64, 1/64).
+    arch = theory.MLP(2, "relu", w_std=2**0.5)
+    data = tr.teacher(12, 4)
+    p = pz.mup(optimizer) if optimizer == "adam" else pz.AbcParameterization(
+        "tp5", pz.LayerExponents(0, 0, -1), pz.LayerExponents(0, 0.5, 0), pz.LayerExponents(0, 1, 1))
+    eta = 0.05
+    result = tr.train(arch, p, data, 64, config=tr.TrainConfig(optimizer=optimizer, learning_rate=eta, steps=1),
+                      seed=3)
+    lrs = (result.scales.input.lr_scale, result.scales.hidden.lr_scale, result.scales.output.lr_scale)
+    assert lrs == ((64.0, 1.0, 1 / 64) if optimizer == "sgd" else (1.0, 1 / 64, 1 / 64))
+    expected = _hand_step(result.scales, result.init_params, data.x, data.y, eta, optimizer)
+    for group in ("input", "hidden", "output"):
+        got = result.params[group]["w"] - result.init_params[group]["w"]
+        want = expected[group] if group != "hidden" else expected[group][None]
+        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-14 * np.abs(want).max())
+
+
+def test_deterministic_given_the_seed():
+    arch = theory.ResNet(3, "relu", b_std=0.1, depth_exponent=0.5)
+    data = tr.teacher(32, 6)
+    config = tr.TrainConfig(optimizer="adam", learning_rate=0.01, steps=4, batch_size=8)
+    a = tr.train(arch, "mup", data, 32, config=config, seed=5)
+    b = tr.train(arch, "mup", data, 32, config=config, seed=5)
+    c = tr.train(arch, "mup", data, 32, config=config, seed=6)
+    np.testing.assert_array_equal(a.rms, b.rms)
+    np.testing.assert_array_equal(a.loss, b.loss)
+    assert not np.array_equal(a.delta_rms, c.delta_rms)
+
+
+def test_divergence_is_recorded_and_measurements_kept():
+    # SP with a huge SGD learning rate: the output explodes within a few steps.
+    arch = theory.MLP(2, "relu", w_std=2**0.5)
+    config = tr.TrainConfig(learning_rate=50.0, steps=20, explode_at=1e6)
+    r = tr.train(arch, "standard", tr.teacher(32, 8), 512, config=config)
+    assert r.diverged_step is not None and 1 <= r.diverged_step <= 20
+    assert r.diverged_layer in r.layer_names
+    assert r.rms.shape == (r.diverged_step + 1, 3) and r.loss.shape == (r.diverged_step + 1,)
+    last = r.rms[-1]
+    assert not np.all(np.isfinite(last) & (last <= 1e6)) or not (abs(r.loss[-1]) <= 1e6)
+    assert np.all(np.isfinite(r.rms[:-1])) and np.all(r.rms[:-1] <= 1e6)
+    bad = np.flatnonzero(~(np.isfinite(last) & (last <= 1e6)))
+    if bad.size:
+        assert r.diverged_layer == r.layer_names[bad[0]]
+    df = r.frame(width=512)
+    assert set(df.diverged_step) == {r.diverged_step}
+    # the same run with a tame learning rate does not diverge
+    assert tr.train(arch, "standard", tr.teacher(32, 8), 512,
+                    config=tr.TrainConfig(learning_rate=0.01, steps=20)).diverged_step is None
+
+
+def test_digits_cross_entropy_learns():
+    data = tr.digits(n_samples=400)
+    assert data.x.shape == (400, 64) and data.y.max() == 9
+    config = tr.TrainConfig(optimizer="adam", learning_rate=0.05, steps=40, batch_size=64, loss="cross_entropy",
+                            probe_size=400)
+    r = tr.train(theory.MLP(2, "relu", w_std=2**0.5), "mup", data, 128, config=config)
+    assert r.diverged_step is None
+    assert r.loss[-1] < 0.5 * r.loss[0]  # log(10) = 2.3 at init; a working loop gets well below half of it
+    assert tr.digits(one_hot=True).y.shape == (1797, 10)
+
+
+def test_depth_parameterization_sets_block_learning_rates():
+    arch = theory.ResNet(16, "relu", depth_exponent=0.5)
+    s = tr.network_scales(arch, "mup", 64, features=4, optimizer="adam", depth_parameterization=pz.depth_mup())
+    plain = tr.network_scales(arch, "mup", 64, features=4, optimizer="adam")
+    assert s.hidden.lr_scale == pytest.approx(plain.hidden.lr_scale / 4)  # Adam: eta / sqrt(L)
+    assert s.input.lr_scale == plain.input.lr_scale and s.branch == pytest.approx(0.25)
+
+
+def test_bad_input():
+    data = tr.teacher(8, 3)
+    res = theory.ResNet(4, "relu", depth_exponent=1.0)
+    with pytest.raises(ValueError, match=r"alpha = 0\.5 but the ResNet's depth_exponent is 1"):
+        tr.train(res, "mup", data, 16, depth_parameterization=pz.depth_mup())
+    with pytest.raises(ValueError, match=r"pass a theory\.ResNet"):
+        tr.train(theory.MLP(2), "mup", data, 16, depth_parameterization=pz.depth_mup())
+    with pytest.raises(ValueError, match=r"not stable at depth 2: r = -1 < 0"):
+        tr.train(theory.MLP(2), "standard", data, 16, config=tr.TrainConfig(require_stable=True))
+    with pytest.raises(ValueError, match="unknown optimizer 'lbfgs'"):
+        tr.TrainConfig(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="learning_rate"):
+        tr.TrainConfig(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="cannot freeze"):
+        tr.TrainConfig(frozen=("stem",))
+    with pytest.raises(ValueError, match="integer class labels"):
+        tr.train(theory.MLP(2), "mup", data, 16, config=tr.TrainConfig(loss="cross_entropy"))
+    with pytest.raises(ValueError, match="at least one hidden layer"):
+        tr.train(theory.MLP(0), "mup", data, 16)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        tr.train(theory.MLP(2), "mup", data, 0)
+    with pytest.raises(ValueError, match="defined for one hidden layer only"):
+        tr.train(theory.MLP(3), "mean_field", data, 16)
