@@ -488,3 +488,30 @@ def coord_check(arch: Architecture, parameterization: str | pz.AbcParameterizati
                                depth_parameterization=depth_parameterization, dtype=dtype)
                 frames.append(result.frame(width=width, depth=a.depth, seed=seed, parameterization=name))
     return pd.concat(frames, ignore_index=True)
+
+
+def fit_slopes(df: pd.DataFrame, axis: str = "width", value: str = "delta_rms",
+               by: tuple[str, ...] = ("parameterization", "layer_name", "step")) -> pd.DataFrame:
+    """Power-law exponent of ``value`` against ``axis`` (``width`` or ``depth``) for every group of ``by``.
+
+    Per ``axis`` value the seeds' mean and its standard error are fitted with ``experiments.scaling.fit_power_law``
+    (weighted by the SEs with the scale re-estimated from the residuals, ``absolute_sigma=False``, so that
+    finite-size curvature widens the error; unweighted with one seed). Rows with a non-finite or non-positive
+    ``value`` (diverged runs, the zero change at step 0) are left out, and a group needs 3 ``axis`` values.
+    Returns one row per group: ``slope``, ``slope_se``, ``n_points``.
+    """
+    from experiments.scaling import fit_power_law  # only here: training itself does not fit
+
+    rows = []
+    ok = df[np.isfinite(df[value]) & (df[value] > 0)]
+    for key, part in ok.groupby(list(by), sort=False):
+        stats = part.groupby(axis)[value].agg(["mean", "std", "count"])
+        if len(stats) < 3:
+            continue
+        err = stats["std"].to_numpy() / np.sqrt(stats["count"].to_numpy())
+        use_err = bool(np.all(stats["count"] > 1) and np.all(err > 0))
+        fit = fit_power_law(stats.index.to_numpy(float), stats["mean"].to_numpy(),
+                            err if use_err else None, absolute_sigma=False)
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
+                     "slope": fit.exponent, "slope_se": fit.exponent_stderr, "n_points": fit.n_points})
+    return pd.DataFrame(rows, columns=[*by, "slope", "slope_se", "n_points"])
