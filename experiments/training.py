@@ -331,9 +331,8 @@ class TrainResult:
         return df
 
 
-def _optimizer(s: NetworkScales, params: dict, config: TrainConfig) -> optax.GradientTransformation:
+def _optimizer(s: NetworkScales, params: dict, config: TrainConfig, eta: Array) -> optax.GradientTransformation:
     """One optax transform per parameter group, each with its own learning rate (``optax.multi_transform``)."""
-    eta = config.learning_rate
     lrs = {"input/w": s.input.lr_scale, "output/w": s.output.lr_scale}
     if s.hidden is not None:
         lrs["hidden/w"] = s.hidden.lr_scale
@@ -381,7 +380,10 @@ def train(arch: Architecture, parameterization: str | pz.AbcParameterization | N
     y = jnp.asarray(y, jnp.int32 if config.loss == "cross_entropy" else dtype)
     key = jax.random.key(seed)
     params = init_params(s, jax.random.fold_in(key, 0), dtype)
-    loss, rms, delta, alive, final = _run(s, config, params, x, y, jax.random.fold_in(key, 1))
+    # The learning rate is traced, not static: a learning-rate sweep compiles once per network shape.
+    eta = jnp.asarray(config.learning_rate, dtype)
+    static = dataclasses.replace(config, learning_rate=1.0)
+    loss, rms, delta, alive, final = _run(s, static, params, x, y, jax.random.fold_in(key, 1), eta)
     loss, rms, delta, alive = (np.asarray(a) for a in (loss, rms, delta, alive))
     diverged_step = diverged_layer = None
     if not alive[-1]:
@@ -396,9 +398,9 @@ def train(arch: Architecture, parameterization: str | pz.AbcParameterization | N
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))  # one compilation per network shape and training config
-def _run(s: NetworkScales, config: TrainConfig, params: dict, x: Array, y: Array, batch_key: Array):
+def _run(s: NetworkScales, config: TrainConfig, params: dict, x: Array, y: Array, batch_key: Array, eta: Array):
     probe_x, probe_y = x[: config.probe_size], y[: config.probe_size]
-    opt = _optimizer(s, params, config)
+    opt = _optimizer(s, params, config, eta)
     loss_of = _loss_fn(config.loss)
 
     def objective(p: dict, xb: Array, yb: Array) -> Array:
