@@ -204,7 +204,7 @@ EXPERIMENT = Experiment(
     summary="excess kurtosis of pre-activations vs depth/width for relu and tanh at criticality: Monte Carlo against "
             "the leading-1/n theory 3V/(nK^2) (15 L/n, ~2 L/n); orthogonal weights stop tanh's growth",
     config=Config(),
-    quick_config=Config(widths=(16,), depths=(4,), seeds=1, n_samples=500),
+    quick_config=Config(widths=(16,), depths=(2,), seeds=1, n_samples=1000),
     points=points,
     compute=compute,
     plot=plot,
