@@ -19,6 +19,7 @@ def _diagonal(df):
     return part.distance.to_numpy(), part.distance_se.to_numpy()
 
 
+@pytest.mark.experiments
 def test_resnet_distance_vanishes_along_n_equals_l(frames):
     d, se = _diagonal(frames["commute"])
     assert d[-1] < 0.5 * d[0] and d[0] - d[-1] > 4 * np.hypot(se[0], se[-1]), (d, se)
@@ -28,6 +29,7 @@ def test_resnet_distance_vanishes_along_n_equals_l(frames):
     assert -1.1 < slope < -0.9, slope
 
 
+@pytest.mark.experiments
 def test_mlp_distance_does_not_vanish_along_n_equals_l(frames):
     d, se = _diagonal(frames["no-commute"])
     assert np.all(d > 0.5) and d[-1] > 0.5 * d[0], (d, se)
@@ -37,6 +39,7 @@ def test_mlp_distance_does_not_vanish_along_n_equals_l(frames):
     assert fixed.dead_fraction.iloc[-1] > fixed.dead_fraction.iloc[0], fixed.dead_fraction
 
 
+@pytest.mark.experiments
 def test_figures_and_data_are_written(frames):
     for df in frames.values():
         assert {"distance", "distance_se", "width", "depth"} <= set(df.columns)

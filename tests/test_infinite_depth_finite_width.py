@@ -23,6 +23,7 @@ def quick(tmp_path_factory):
     return df, tmp
 
 
+@pytest.mark.experiments
 def test_quick_run_writes_the_figure_and_the_data(quick):
     df, tmp = quick
     config = fig.EXPERIMENT.quick_config
@@ -41,6 +42,7 @@ def test_quick_run_writes_the_figure_and_the_data(quick):
         assert len(row["mean_t"]) == len(row["times"]) == row["checkpoints"] + 1
 
 
+@pytest.mark.experiments
 def test_quick_points_agree_with_the_theory(quick):
     """abs networks and abs SDE (Euler-Maruyama with L steps is the depth-L network in law): the exact
     finite-depth moments within 4 SE; ReLU SDE: the mean number of active units at t = 0 and the sign of E R_1

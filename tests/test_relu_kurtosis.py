@@ -22,6 +22,7 @@ def quick(tmp_path_factory):
     return df, tmp
 
 
+@pytest.mark.experiments
 def test_quick_run_writes_the_figure_and_the_data(quick):
     df, tmp = quick
     config = relu_kurtosis.EXPERIMENT.quick_config
@@ -38,6 +39,7 @@ def test_quick_run_writes_the_figure_and_the_data(quick):
     np.testing.assert_allclose(df["leading_order"], 15 * df["depth"] / df["width"], rtol=1e-12)
 
 
+@pytest.mark.experiments
 def test_quick_points_agree_with_the_exact_finite_width_law(quick):
     """Every point (1000 networks, 64 pooled readout units, L/n <= 1/8) within 4 SE of 3 (1 + 5/n)^L - 3;
     and the kurtosis is resolved, not noise: at the largest L/n it is > 6 SE away from the Gaussian value 0."""

@@ -17,6 +17,7 @@ def quick(tmp_path_factory):
     return df, out / "figures"
 
 
+@pytest.mark.experiments
 def test_quick_run_writes_the_frame_and_the_figure(quick):
     df, figures = quick
     config = wc.QUICK
@@ -36,6 +37,7 @@ def test_quick_run_writes_the_frame_and_the_figure(quick):
     assert (table.replicates == config.seeds * config.batches).all()
 
 
+@pytest.mark.experiments
 def test_quick_run_shows_the_width_scalings(quick):
     """One network's kernels fluctuate as n^(-1/2): the slope between the two largest widths is within 4 SE of
     -1/2 (at n ~ 16 the O(1/n^2) term still steepens it); and the mean kernel's bias is resolved at the
