@@ -111,6 +111,8 @@ ONE_INPUT_DEGREE = 200
 for smooth ones it converges exponentially."""
 PAIR_DEGREE = 96
 """Nodes per dimension of the two-dimensional rule of :func:`pairs` (``PAIR_DEGREE**2`` per pair)."""
+PAIR_BLOCK = 64
+"""Pairs of inputs processed together by :func:`pairs` (memory ~ ``PAIR_BLOCK * 20 * PAIR_DEGREE**2`` floats)."""
 
 __all__ = [
     "ONE_INPUT_DEGREE",
@@ -436,7 +438,9 @@ def _pair_scan(theta1: Array, cw: Array, cb: Array, *, act: Activation, depth: i
         _, rest = jax.lax.scan(step, first, None, length=depth)
         return _stack_layers(first, rest)
 
-    return jax.vmap(one_pair)(theta1)
+    # vmapped in blocks: one pair holds ~20 arrays of PAIR_DEGREE^2 nodes (Hessian tangents), so all pairs of a
+    # large batch at once would not fit in memory
+    return jax.lax.map(one_pair, theta1, batch_size=PAIR_BLOCK)
 
 
 MAX_INPUT_CORRELATION = 1 - 1e-6
@@ -460,7 +464,8 @@ def pairs(arch: MLP, x: ArrayLike, *, quadrature_degree: int = PAIR_DEGREE,
     closed-form dual where it has one, otherwise (and for the fourth moments ``<phi_u^2 phi_v^2>``, ...) from a
     ``quadrature_degree``-squared tensor Gauss-Hermite rule, exponentially accurate for smooth activations
     but only algebraically for kinked ones (relu's fourth moments: ~1e-3 relative at the default degree).
-    One jitted ``lax.scan`` over depth, ``vmap`` over the ``batch (batch - 1) / 2`` pairs.
+    One jitted ``lax.scan`` over depth, vectorised over the ``batch (batch - 1) / 2`` pairs in blocks of
+    :data:`PAIR_BLOCK`.
 
     Returns:
         :class:`Pairs` with ``(depth + 1, batch, batch)`` kernels and ``(depth + 1, batch, batch, 3, 3)``
