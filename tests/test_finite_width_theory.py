@@ -230,7 +230,7 @@ def test_real_networks_agree_with_the_theory():
 
     arch = theory.MLP(4, "gelu", 1.2, 0.3)
     width = 12
-    mom = monte_carlo.preactivation_moments(arch, x, width=width, n_samples=20_000, key=jax.random.key(1),
+    mom = monte_carlo.preactivation_moments(arch, x, width=width, n_samples=10_000, key=jax.random.key(1),
                                             n_out=width)
     one = fw.one_input(arch, x)
     got, se = mom.variance.mean[:, 0], mom.variance.stderr[:, 0]

@@ -17,6 +17,7 @@ def quick(tmp_path_factory):
     return df, tmp
 
 
+@pytest.mark.experiments
 def test_quick_run_writes_the_figure_and_the_data(quick):
     df, tmp = quick
     config = kdw.EXPERIMENT.quick_config
@@ -33,6 +34,7 @@ def test_quick_run_writes_the_figure_and_the_data(quick):
     assert df.loc[df["activation"] == "tanh", "exact"].isna().all()
 
 
+@pytest.mark.experiments
 def test_gaussian_weights_follow_the_theory_and_orthogonal_tanh_does_not(quick):
     """Gaussian weights: within 4 SE + the O((L/n)^2) allowance 40 (L/n)^2 of the 1/n theory (relu's exact
     second-order term is 37.5 L (L-1) / n^2). Orthogonal tanh (Day et al. 2023): below the Gaussian value by > 4 SE
