@@ -94,8 +94,9 @@ def test_relu_recursion_reproduces_15_l_minus_1_over_n_and_no_mean_shift():
 @pytest.mark.parametrize("slope", [1.0, 0.3, -1.0, -0.5])
 def test_scale_invariant_class_coefficient_and_exact_law(slope):
     """phi = relu(x) - slope relu(-x) at C_W = 1/A_2: 3 V/K^2 = 3 (3 A_4/A_2^2 - 1)(l - 1) (identity: 6 (l-1),
-    abs: 15 (l-1)), the first-order term of the exact law; every layer's K1 vanishes (the kernel map is linear)."""
-    act = theory.activations.leaky_relu(-slope) if slope != 1.0 else "identity"
+    abs: 6 (l-1) as |x|^2 = x^2), the first-order term of the exact law; every layer's K1 vanishes (the kernel map
+    is linear)."""
+    act = theory.activations.leaky_relu(slope)  # relu(x) - slope relu(-x); slope 1 is the identity, -1 is abs
     a2, a4 = (1 + slope**2) / 2, (1 + slope**4) / 2
     depth = 6
     out = fw.one_input(theory.MLP(depth, act, a2**-0.5, 0.0), X2)

@@ -187,8 +187,8 @@ def scale_invariant_excess_kurtosis(layer: ArrayLike, width: ArrayLike, slope: f
     ``kappa_4^(l) = 3 (1 + c/n)^(l - 1) - 3`` with ``c = 3 A_4 / A_2^2 - 1``, ``A_2 = (1 + slope^2)/2``,
     ``A_4 = (1 + slope^4)/2`` (``<phi^2>_K = A_2 K``, ``<phi^4>_K = 3 A_4 K^2``), ``C_W = 1/A_2``, ``C_b = 0``:
     the module docstring's argument for relu (``slope = 0``, ``c = 5``) with ``E[G^_(l+1)^2 | G^_l] =
-    (1 + c/n) G^_l^2``. ``slope = 1`` is the linear network (``c = 2``), ``slope = -1`` is abs (``c = 5``).
-    Its leading order ``3 c (l - 1)/n`` is what :func:`one_input` gives at these activations.
+    (1 + c/n) G^_l^2``. ``slope = 1`` is the linear network (``c = 2``), ``slope = -1`` is abs (``c = 2`` too:
+    ``|x|^2 = x^2``). Its leading order ``3 c (l - 1)/n`` is what :func:`one_input` gives at these activations.
 
     Raises:
         ValueError: a layer below 1, a non-positive width or a non-finite slope.
