@@ -190,10 +190,10 @@ def test_kurtosis_coefficient_against_finite_networks(act, w_std, b_std, n_nets)
 @pytest.mark.parametrize(("act", "w_std", "b_std"), [("relu", 2**0.5, 0.0), ("tanh", 2.5, 0.0)])
 def test_mean_kernel_shift_against_finite_networks(act, w_std, b_std):
     """E[G^_ab] - K_ab at widths 12 and 24 (the 1/n bias, resolved at > 5 SE at the readout) extrapolates to
-    K1_ab / n, for the diagonal and the off-diagonal entry of a pair. The extrapolation triples the SE: for tanh the
-    test resolves the shift (K1 = 0 is rejected at > 5 SE) but not its size to better than ~+-100%; for relu's
-    off-diagonal entry to +-50% (n (E[G^_ab] - K_ab) is flat in n there: -1.22, -1.27, -1.28, -1.22 +- 0.03-0.08
-    at n = 12, 24, 48, 96 with 1e5 networks, K1 = -1.30, at the readout of this depth-4 network)."""
+    K1_ab / n, for the diagonal and the off-diagonal entry of a pair. The bias itself rejects K1 = 0 (> 5 SE); the
+    extrapolation triples the SE, so it checks K1's size only to ~+-40% (relu, off-diagonal) and ~+-150% (tanh).
+    A sharper look outside the suite, relu's off-diagonal readout entry of this depth-4 network with 1e5 networks:
+    n (E[G^_ab] - K_ab) = -1.22, -1.27, -1.28, -1.22 (SE 0.03-0.08) at n = 12, 24, 48, 96, against K1 = -1.30."""
     depth, width, n_nets = 4, 12, 60_000
     arch = theory.MLP(depth, act, w_std, b_std)
     p = fw.pairs(arch, X2)
@@ -208,9 +208,6 @@ def test_mean_kernel_shift_against_finite_networks(act, w_std, b_std):
         r, se = richardson(width, [m[deep, a, b] for m in means], [s[deep, a, b] for s in ses], k[deep, a, b])
         tol = 4 * se + 0.05 * np.abs(k1[deep, a, b])  # widths 12/24: a 5% allowance for the extrapolation
         assert np.all(np.abs(r - k1[deep, a, b]) < tol), (a, b, r, se, k1[deep, a, b])
-        if act == "relu":  # its off-diagonal shift (30 SE at n = 12) is resolved well enough to catch K1 +-50%
-            for wrong in (0.5, 1.5):
-                assert np.any(np.abs(r - wrong * k1[deep, a, b]) > tol), (a, b, wrong)
     if act == "relu":
         np.testing.assert_allclose(k1[:, 0, 0], 0.0, atol=1e-12)  # and the sampler agrees: E[G^_aa] = K_aa
         assert np.all(np.abs(means[0][:, 0, 0] - k[:, 0, 0]) < 4 * ses[0][:, 0, 0] + 1e-12)
