@@ -66,10 +66,15 @@ class Dataset(NamedTuple):
     y: np.ndarray
 
 
-def teacher(n_samples: int = 256, features: int = 16, *, seed: int = 0, hidden: int = 8) -> Dataset:
-    """A synthetic regression task: ``x ~ N(0, I_d)``, ``y = sum_k v_k tanh(u_k . x / sqrt(d))`` with a fixed
-    random two-layer teacher of ``hidden`` units (``u, v ~ N(0, 1)``, ``v`` scaled by ``1/sqrt(hidden)``), so that
-    ``y`` has O(1) variance. Deterministic in ``seed`` (NumPy's PCG64)."""
+def teacher(n_samples: int = 256, features: int = 16, *, seed: int = 0, hidden: int = 8, scale: float = 1.0
+            ) -> Dataset:
+    """A synthetic regression task: ``x ~ N(0, I_d)``, ``y = scale * sum_k v_k tanh(u_k . x / sqrt(d))`` with a
+    fixed random two-layer teacher of ``hidden`` units (``u, v ~ N(0, 1)``, ``v`` scaled by ``1/sqrt(hidden)``), so
+    that ``y`` has variance O(``scale^2``). A ``scale`` well above the network's output at init makes the first
+    error signal ``f_0 - y`` nearly the same for every initialisation (less seed noise in coordinate checks).
+    Deterministic in ``seed`` (NumPy's PCG64)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     n_samples = _positive_int("n_samples", n_samples)
     features = _positive_int("features", features)
     hidden = _positive_int("hidden", hidden)
@@ -77,7 +82,7 @@ def teacher(n_samples: int = 256, features: int = 16, *, seed: int = 0, hidden: 
     u = rng.standard_normal((features, hidden))
     v = rng.standard_normal((hidden, 1)) / math.sqrt(hidden)
     x = rng.standard_normal((n_samples, features))
-    y = np.tanh(x @ u / math.sqrt(features)) @ v
+    y = scale * (np.tanh(x @ u / math.sqrt(features)) @ v)
     return Dataset(x, y)
 
 
@@ -360,7 +365,8 @@ def train(arch: Architecture, parameterization: str | pz.AbcParameterization | N
           depth_parameterization: pz.DepthParameterization | None = None, dtype: Any = None) -> TrainResult:
     """Train the width-``width`` network of ``arch`` under ``parameterization`` on ``data``; measure every step.
 
-    Deterministic given ``seed`` (init from ``fold_in(key(seed), 0)``, minibatches from ``fold_in(key(seed), 1)``).
+    Deterministic given ``seed`` (init from ``fold_in(fold_in(key(seed), 0), width)``, minibatches from
+    ``fold_in(key(seed), 1)``).
     ``n_out`` is ``y.shape[1]`` for float targets and ``max(y) + 1`` for integer labels (cross-entropy).
     Raises ``ValueError`` for bad input; a diverging run is not an error (see :class:`TrainResult`).
     """
@@ -379,7 +385,9 @@ def train(arch: Architecture, parameterization: str | pz.AbcParameterization | N
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, jnp.int32 if config.loss == "cross_entropy" else dtype)
     key = jax.random.key(seed)
-    params = init_params(s, jax.random.fold_in(key, 0), dtype)
+    # The width enters the init key: JAX draws a larger array as an extension of a smaller one's stream, which would
+    # correlate networks of different widths with the same seed (and a coordinate check's errors across widths).
+    params = init_params(s, jax.random.fold_in(jax.random.fold_in(key, 0), width), dtype)
     # The learning rate is traced, not static: a learning-rate sweep compiles once per network shape.
     eta = jnp.asarray(config.learning_rate, dtype)
     static = dataclasses.replace(config, learning_rate=1.0)

@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
 def test_width_slopes_match_tp4(runs):
     df = runs["coord-check-width"]
     data = coord_check.long_frame(df, "width", "parameterization")
-    slopes = training.fit_slopes(data, "width", "delta_rms")
+    slopes = training.fit_slopes(data[~data.exploded], "width", "delta_rms")
     depth = int(df.depth.iloc[0])
     allowance = float(df.width.min()) ** -0.5
     names = {"layer 1": "input", f"layer {depth}": "hidden", "output": "output"}
@@ -50,7 +50,7 @@ def test_width_slopes_match_tp4(runs):
 def test_depth_slopes_match_tp6(runs):
     df = runs["coord-check-depth"]
     data = coord_check.long_frame(df, "depth", "arm")
-    top = data[(data.layer_name == "last block") & ~data.diverged]
+    top = data[(data.layer_name == "last block") & ~data.exploded]
     slopes = training.fit_slopes(top, "depth", "delta_rms", by=("arm", "layer_name", "step"))
     allowance = 1 / float(df.depth.min())
     for arm, want in (("depth-mup", 0.0), ("1/L", -1.0)):  # L^(1 - alpha - gamma): gamma = alpha for SGD's eta

@@ -45,22 +45,26 @@ DEPTH_ARMS = {"sp": 0.0, "1/L": 1.0, "depth-mup": 0.5}  # alpha of each arm
 @dataclass(frozen=True)
 class WidthConfig:
     """``widths`` of an MLP with ``depth`` hidden layers, trained ``steps`` SGD steps at ``learning_rate`` on the
-    teacher task (``n_samples`` examples, ``features`` inputs; full batch, which is also the probe batch), for every
-    parameterization in ``parameterizations`` and ``seeds`` initialisations."""
+    teacher task (``n_samples`` examples, ``features`` inputs, targets of size ``target_scale``; full batch, which is
+    also the probe batch), for every parameterization in ``parameterizations`` and ``seeds`` initialisations. Targets
+    ten times the O(1) output of SP at init make the first error signal nearly the same for every seed: the SP
+    first-step change is proportional to it, and with O(1) targets its seed-to-seed spread swamps the slopes."""
 
     widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)
     parameterizations: tuple[str, ...] = ("standard", "mup")
     depth: int = 3
     steps: int = 4
-    seeds: int = 4
-    learning_rate: float = 0.02
+    seeds: int = 8
+    learning_rate: float = 0.002
     n_samples: int = 64
     features: int = 16
+    target_scale: float = 10.0
 
 
 def width_points(c: WidthConfig) -> list[dict]:
     return grid(parameterization=c.parameterizations, width=c.widths, seed=range(c.seeds), depth=c.depth,
-                steps=c.steps, learning_rate=c.learning_rate, n_samples=c.n_samples, features=c.features)
+                steps=c.steps, learning_rate=c.learning_rate, n_samples=c.n_samples, features=c.features,
+                target_scale=c.target_scale)
 
 
 def _values(result: training.TrainResult, keep: list[int] | None = None) -> dict:
@@ -74,28 +78,35 @@ def _values(result: training.TrainResult, keep: list[int] | None = None) -> dict
 
 def width_compute(point: dict) -> dict:
     arch = theory.MLP(point["depth"], "relu", w_std=math.sqrt(2))
-    data = training.teacher(point["n_samples"], point["features"], seed=0)  # one task; the seed varies the init
+    # One task for all points; the seed varies the init.
+    data = training.teacher(point["n_samples"], point["features"], seed=0, scale=point["target_scale"])
     config = training.TrainConfig(learning_rate=point["learning_rate"], steps=point["steps"])
     result = training.train(arch, point["parameterization"], data, point["width"], config=config, seed=point["seed"])
     return _values(result)
 
 
 def long_frame(df: pd.DataFrame, axis: str, arm: str) -> pd.DataFrame:
-    """One row per (grid point, step, layer) from the list-valued columns the compute functions return."""
+    """One row per (grid point, step, layer) from the list-valued columns the compute functions return.
+
+    ``exploded`` marks the step at which a run diverged and the later ones (NaN: training stopped); the steps
+    before it are ordinary measurements."""
     rows = []
+    n_steps = max(len(r) for r in df.rms)
     for rec in df.itertuples(index=False):
-        rms, delta = np.asarray(rec.rms, float), np.asarray(rec.delta_rms, float)
-        for step in range(rms.shape[0]):
+        rms, delta = (np.full((n_steps, len(rec.layer_names)), np.nan) for _ in range(2))
+        rms[: len(rec.rms)], delta[: len(rec.rms)] = rec.rms, rec.delta_rms
+        for step in range(n_steps):
             for j, name in enumerate(rec.layer_names):
                 rows.append({arm: getattr(rec, arm), axis: getattr(rec, axis), "seed": rec.seed, "step": step,
                              "layer_name": name, "rms": rms[step, j], "delta_rms": delta[step, j],
-                             "diverged": rec.diverged_step >= 0})
+                             "diverged_step": rec.diverged_step,
+                             "exploded": 0 <= rec.diverged_step <= step})
     return pd.DataFrame(rows)
 
 
 def _panel(ax, data: pd.DataFrame, axis: str, value: str, slopes: pd.DataFrame | None, title: str) -> None:
     for i, (name, part) in enumerate(data.groupby("layer_name", sort=False)):
-        stats = part.groupby(axis)[value].agg(["mean", "std", "count"]).dropna()
+        stats = part[~part.exploded].groupby(axis)[value].agg(["mean", "std", "count"]).dropna()
         stats = stats[stats["mean"] > 0]
         if stats.empty:
             continue
@@ -107,9 +118,10 @@ def _panel(ax, data: pd.DataFrame, axis: str, value: str, slopes: pd.DataFrame |
         err = (stats["std"] / np.sqrt(stats["count"])).fillna(0).to_numpy()
         style.errorbar_loglog(ax, stats.index, stats["mean"], err if np.any(err > 0) else None, label=label,
                               index=i, linestyle="-")
-        diverged = part[part.diverged].groupby(axis).size()
-        if len(diverged):
-            ax.plot([], [], " ", label=f"(diverged at {axis} {', '.join(map(str, diverged.index))})")
+    gone = data[data.exploded].groupby(axis).seed.nunique()
+    if len(gone):
+        where = ", ".join(f"{k} ({v} of {data.seed.nunique()} seeds)" for k, v in gone.items())
+        ax.plot([], [], " ", label=f"diverged by this step at {axis} {where}")
     ax.set_xscale("log", base=2)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=6.5)
@@ -128,7 +140,7 @@ def _at_least_decades(ax, decades: float = 2.0) -> None:
 def width_plot(df: pd.DataFrame, config: WidthConfig, outdir: Path) -> list[Path]:
     data = long_frame(df, "width", "parameterization")
     last = int(data.step.max())
-    slopes = training.fit_slopes(data[~data.diverged], "width", "delta_rms")
+    slopes = training.fit_slopes(data[~data.exploded], "width", "delta_rms")
     _print_slopes("coord-check-width", slopes, "width")
     params = list(dict.fromkeys(data.parameterization))
     fig, axes = style.subplots(len(params), 3, panel_size=(4.2, 3.3))
@@ -204,7 +216,7 @@ def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path
     data = long_frame(df, "depth", "arm")
     last = int(data.step.max())
     top = data[data.layer_name == "last block"]
-    slopes = training.fit_slopes(top[~top.diverged], "depth", "delta_rms", by=("arm", "layer_name", "step"))
+    slopes = training.fit_slopes(top[~top.exploded], "depth", "delta_rms", by=("arm", "layer_name", "step"))
     _print_slopes("coord-check-depth", slopes, "depth")
     fig, axes = style.subplots(1, 3, panel_size=(4.3, 3.5))
     for i, arm in enumerate(a for a in DEPTH_ARMS if a in set(data.arm)):
@@ -212,7 +224,7 @@ def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path
         init = part[part.step == 0].groupby("depth").rms.mean()
         style.errorbar_loglog(axes[0], init.index, init.to_numpy(), label=LABELS[arm], index=i, linestyle="-")
         for ax_i, step in ((1, 1), (1, last)):
-            ok = part[(part.step == step) & ~part.diverged]
+            ok = part[(part.step == step) & ~part.exploded]
             stats = ok.groupby("depth").delta_rms.agg(["mean", "std", "count"])
             if stats.empty:
                 continue
@@ -222,7 +234,7 @@ def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path
             style.errorbar_loglog(axes[ax_i], stats.index, stats["mean"], err if np.any(err > 0) else None,
                                   label=f"{LABELS[arm]}, step {step}{slope}", index=i,
                                   linestyle="-" if step == last else ":")
-        gone = sorted(set(part[part.diverged].depth))
+        gone = sorted(set(part[part.exploded].depth))
         if gone:
             axes[1].plot([], [], " ", label=f"{LABELS[arm]}: diverged at L = {', '.join(map(str, gone))}")
         alive = df[(df.arm == arm) & (df.diverged_step < 0)]
