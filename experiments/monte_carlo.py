@@ -308,11 +308,59 @@ def preactivation_moments(
     )
 
 
+@partial(jax.jit, static_argnames=("arch", "width", "weights"))
+def _correlation_samples(keys, x, *, arch, width, weights):
+    def one(key):
+        params = networks.init(arch, width, key, weights, features=x.shape[1], n_out=1, dtype=x.dtype)
+        _, layers = networks.apply(arch, params, x, per_layer=True)
+        out = []
+        for h in layers[:-1]:  # hidden layers (the readout has one unit)
+            k = h @ h.T / h.shape[-1]
+            d = jnp.sqrt(jnp.diagonal(k))
+            out.append(k / (d[:, None] * d[None, :]))
+        return jnp.stack(out)
+
+    return jax.vmap(one)(keys)
+
+
+def layer_correlations(
+    arch: Architecture,
+    x: Array,
+    *,
+    width: int,
+    n_samples: int,
+    key: Array,
+    weights: str = "gaussian",
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> np.ndarray:
+    """Every sampled network's correlation matrix per hidden layer, ``(n_samples, layers, batch, batch)``.
+
+    Per network and hidden layer ``l``: ``c_l(x, x') = h_l(x).h_l(x') / (|h_l(x)| |h_l(x')|)`` over the
+    layer's ``width`` pre-activations, the finite-width counterpart of the correlation map's iterates
+    (``theory.signal_propagation``). Network ``i`` uses ``jax.random.split(key, n_samples)[i]``; the
+    samples are returned (not averaged) so that callers can resample networks for standard errors.
+    """
+    arch = _check_arch(arch)
+    if not isinstance(arch, MLP):
+        raise ValueError(f"layer_correlations needs a theory.MLP, got {arch!r}")
+    width = networks.check_width(width)
+    n_samples = _check_samples(n_samples)
+    key = networks.check_key(key)
+    networks.check_weights(weights)
+    x, _ = validate_inputs(x)
+    per_network = np.dtype(x.dtype).itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
+    size = _chunk_size(n_samples, per_network, memory_budget)
+    keys = jax.random.split(key, n_samples)
+    return np.concatenate([np.asarray(_correlation_samples(chunk, x, arch=arch, width=width, weights=weights))
+                           for _, chunk in _chunks(keys, size)])
+
+
 __all__ = [
     "Estimate",
     "KernelEstimate",
     "PreactivationMoments",
     "estimate_kernels",
+    "layer_correlations",
     "median",
     "network_kernels",
     "preactivation_moments",

@@ -82,12 +82,14 @@ def _positive(name: str, value: object) -> Array:
 
 
 def variance_map(activation: str | Activation, w_var: object, b_var: object, q: object) -> Array:
-    """``V(q) = C_W E[phi(sqrt(q) z)^2] + C_b`` (broadcast over all arguments; Poole et al. 2016, eq. 3)."""
+    """``V(q) = C_W E[phi(sqrt(q) z)^2] + C_b`` (broadcast over all arguments; Poole et al. 2016, eq. 3).
+
+    The expectation is the one :func:`signal_propagation` uses: the closed form (duals; the clipped or plain
+    shifted relu and soft threshold) or the ``_SERIES_NODES``-point 1-D Gauss-Hermite rule."""
     act = _activation(activation)
     w, b = _variances(w_var, b_var)
     q = jnp.asarray(q, w.dtype)
-    e, _ = act.expectations(q, q, q, derivative=False)
-    return w * e + b
+    return w * _second_moment(act, q) + b
 
 
 def correlation_map(activation: str | Activation, w_var: object, b_var: object, q: object, c: object) -> Array:
@@ -334,6 +336,8 @@ def _solve_variance(act: Activation, w: Array, b: Array, q0: Array, iterations: 
     side = jnp.sign(g0)
     far0 = jnp.where(side > 0, jnp.inf, 0.0)
     scale = jnp.maximum(q0, b)  # the natural size of q: a step below 1e-9 of it has arrived
+    eps = float(jnp.finfo(w.dtype).eps)  # float32 (x64 off) cannot resolve the float64 tolerances
+    settle_tol, converged_tol = max(1e-13, 64 * eps), max(1e-9, 4096 * eps)
 
     def arrived(q: Array, g: Array, slope: Array, rtol: float) -> Array:
         # |V - q| small relative to q AND the Newton distance to the fixed point small: the first alone would
@@ -345,7 +349,7 @@ def _solve_variance(act: Activation, w: Array, b: Array, q0: Array, iterations: 
         return (g == 0) | ((jnp.abs(g) <= rtol * size) & (distance <= 1e3 * rtol * jnp.maximum(q, scale)))
 
     def settled(q: Array, g: Array, slope: Array) -> Array:
-        return arrived(q, g, slope, 1e-13) | ~jnp.isfinite(q) | (q > _Q_DIVERGED) | (side == 0)
+        return arrived(q, g, slope, settle_tol) | ~jnp.isfinite(q) | (q > _Q_DIVERGED) | (side == 0)
 
     def step(state):
         i, q, far, expand, _ = state
@@ -383,7 +387,7 @@ def _solve_variance(act: Activation, w: Array, b: Array, q0: Array, iterations: 
             small = jnp.isfinite(newton) & (jnp.abs(newton - q) <= 1e-4 * jnp.maximum(q, scale))
             q = jnp.where(small & (q <= _Q_DIVERGED), jnp.maximum(newton, 0.0), q)
     e, slope = _second_moment_slope(act, q)
-    converged = jnp.isfinite(q) & (q <= _Q_DIVERGED) & arrived(q, w * e + b - q, slope, 1e-9)
+    converged = jnp.isfinite(q) & (q <= _Q_DIVERGED) & arrived(q, w * e + b - q, slope, converged_tol)
     return q, converged, steps
 
 
