@@ -11,7 +11,7 @@ Schoenholz et al. 2017, "Deep Information Propagation"; Roberts, Yaida & Hanin 2
     chi_q            = V'(q*)                          (PDLT's parallel susceptibility at K* = q*)
     xi_q = -1 / ln chi_q,   xi_c = -1 / ln chi_c       (depth scales: deviations decay like exp(-l / xi))
 
-PDLT's susceptibilities at a kernel value ``K`` (eqs. 5.45-5.47 there, written with expectations):
+PDLT's susceptibilities at a kernel value ``K`` (ch. 5, written with Gaussian expectations):
 ``chi_parallel(K) = C_W d E[phi(sqrt(K) z)^2] / dK = C_W / (2 K^2) E[phi^2 (z^2 - K)]_K`` and
 ``chi_perp(K) = C_W E[phi'(sqrt(K) z)^2]`` (= chi_1 at ``K = q*``). By Gaussian integration by parts
 ``chi_parallel = C_W (E[phi'^2] + E[phi phi''])``, so the two coincide for piecewise-linear activations whose
@@ -82,7 +82,7 @@ def _positive(name: str, value: object) -> Array:
 
 
 def variance_map(activation: str | Activation, w_var: object, b_var: object, q: object) -> Array:
-    """``V(q) = C_W E[phi(sqrt(q) z)^2] + C_b`` (broadcast over all arguments; Poole et al. 2016, eq. 3).
+    """``V(q) = C_W E[phi(sqrt(q) z)^2] + C_b`` (broadcast over all arguments; Poole et al. 2016).
 
     The expectation is the one :func:`signal_propagation` uses: the closed form (duals; the clipped or plain
     shifted relu and soft threshold) or the ``_SERIES_NODES``-point 1-D Gauss-Hermite rule."""
@@ -94,7 +94,7 @@ def variance_map(activation: str | Activation, w_var: object, b_var: object, q: 
 
 def correlation_map(activation: str | Activation, w_var: object, b_var: object, q: object, c: object) -> Array:
     """``C(c) = (C_W E[phi(u) phi(v)] + C_b) / V(q)`` with ``(u, v) ~ N(0, q [[1, c], [c, 1]])``: the
-    correlation one layer later (at a fixed point ``q = q*``, ``V(q) = q``; Poole et al. 2016, eq. 5). Uses
+    correlation one layer later (at a fixed point ``q = q*``, ``V(q) = q``; Poole et al. 2016). Uses
     the activation's own dual (closed form, or the 2-D Gauss-Hermite rule): an independent check of the
     series that :func:`signal_propagation` iterates."""
     act = _activation(activation)
@@ -131,7 +131,7 @@ def signal_propagation(
     on_divergence: str = "nan",
 ) -> SignalPropagation:
     """Fixed points, susceptibilities and depth scales over a grid of ``(C_W, C_b)`` (Poole et al. 2016;
-    Schoenholz et al. 2017, eqs. 3-9; conventions and method in the module docstring).
+    Schoenholz et al. 2017; conventions and method in the module docstring).
 
     ``q*`` is the fixed point of ``V`` that the layer-to-layer iteration reaches from ``q0`` (at most
     ``iterations`` bracketed Newton steps); ``c*`` the stable fixed point of ``C`` in ``[0, 1]`` (the one
@@ -493,7 +493,7 @@ class Susceptibilities:
 def susceptibilities(activation: str | Activation, w_var: object, k: object) -> Susceptibilities:
     """``chi_parallel(K) = C_W d E[phi(sqrt(K) z)^2] / dK`` and ``chi_perp(K) = C_W E[phi'(sqrt(K) z)^2]``.
 
-    Roberts, Yaida & Hanin 2022 (PDLT), eqs. (5.45)-(5.47): ``chi_parallel = C_W / (2 K^2) <phi^2 (z^2 - K)>_K``
+    Roberts, Yaida & Hanin 2022 (PDLT), ch. 5: ``chi_parallel = C_W / (2 K^2) <phi^2 (z^2 - K)>_K``
     is the slope of the variance map at ``K`` (deviations of the diagonal kernel grow by it per layer),
     ``chi_perp = C_W <phi' phi'>_K`` the growth of the perpendicular (decorrelating) perturbation; at a fixed
     point ``K = q*`` they are :class:`SignalPropagation`'s ``chi_q`` and ``chi_1``. Neither depends on ``C_b``.
@@ -531,7 +531,8 @@ class Criticality:
             critical variance map ``K -> K + a1 K^2`` near 0 (NaN when ``phi(0) != 0`` or ``phi'(0) = 0``).
         candidates: ``(K*, C_W, C_b)`` with ``K* > 0`` where both susceptibilities are 1 and ``C_b >= 0``
             found on ``K`` in ``[1e-3, 1e2]`` (class ``"none"`` only); such points are at best half-stable
-            (PDLT 5.3 on swish/gelu), so they are reported, not declared critical.
+            (PDLT ch. 5 treats swish/gelu-type activations apart from the two classes), so they are
+            reported, not declared critical.
     """
 
     universality_class: str
@@ -559,10 +560,12 @@ def criticality(activation: str | Activation) -> Criticality:
     ``chi_parallel(K*) = chi_perp(K*) = 1``. The tests, in order:
 
     1. scale invariance, ``phi(x) = a_+ x`` (x > 0), ``a_- x`` (x < 0), checked on 161 points of [-8, 8]:
-       ``C_b = 0``, ``C_W = 2 / (a_+^2 + a_-^2)`` (relu: 2; PDLT eq. 5.67), and every ``K`` is a fixed point;
+       ``C_b = 0``, ``C_W = 2 / (a_+^2 + a_-^2)`` (relu: 2), and every ``K`` is a fixed point;
     2. ``phi(0) = 0``, ``sigma_1 = phi'(0) != 0`` and ``a1 < 0`` (derivatives at 0 by autodiff):
-       ``C_b = 0``, ``C_W = 1 / sigma_1^2`` (tanh: 1; erf: ``phi'(0) = 2 / sqrt(pi)``, so ``pi / 4``;
-       PDLT eqs. 5.85-5.90), the kernel decaying to ``K* = 0`` like ``1 / (-a1 l)``;
+       ``C_b = 0``, ``C_W = 1 / sigma_1^2`` (tanh: 1; erf: ``phi'(0) = 2 / sqrt(pi)``, so ``pi / 4``). Expanding
+       ``phi = sigma_1 x + sigma_2 x^2 / 2 + sigma_3 x^3 / 6`` gives the critical map ``K -> K + a1 K^2 + ...``
+       with ``a1 = sigma_3 / sigma_1 + 3/4 (sigma_2 / sigma_1)^2``, so for ``a1 < 0`` the kernel decays to
+       ``K* = 0`` like ``1 / (-a1 l)`` (tanh, erf: ``a1 = -2``; sin: -1);
     3. otherwise ``"none"`` (sigmoid, softplus: ``phi(0) != 0``; swish, gelu: ``a1 > 0``), with any
        ``K* > 0`` where ``E[phi phi''] = 0`` (so ``chi_parallel = chi_perp``) and ``C_b >= 0`` as candidates.
     """
@@ -652,7 +655,7 @@ class EdgeOfChaos:
 def edge_of_chaos(activation: str | Activation, q_star: object) -> EdgeOfChaos:
     """The edge-of-chaos ``(C_W, C_b)`` with variance fixed point ``q*``, and the stability of ``q*`` under ``V``.
 
-    Price et al. 2024 ("Deep Neural Network Initialization with Sparsity Inducing Activations"), sec. 3: on the
+    Price et al. 2024 ("Deep Neural Network Initialization with Sparsity Inducing Activations"): on the
     edge of chaos ``chi_1 = C_W E[phi'(sqrt(q*) z)^2] = 1`` and ``V(q*) = q*`` fix ``C_W = 1 / E[phi'^2]`` and
     ``C_b = q* - C_W E[phi^2]``. The instability they prove: for the shifted relu ``max(0, x - tau)`` and the
     soft threshold (``tau > 0``) this ``q*`` is not a stable fixed point of the variance map. Here is why, in
@@ -691,7 +694,7 @@ def variance_trajectory(activation: str | Activation, w_var: object, b_var: obje
                         layers: int) -> np.ndarray:
     """``q^1, q^2 = V(q^1), ..., q^layers``: the pre-activation variance layer by layer at infinite width.
 
-    Poole et al. 2016 eq. (3), iterated from ``q^1`` (for an input ``x`` of dimension ``d``, the first
+    Poole et al. 2016, iterated from ``q^1`` (for an input ``x`` of dimension ``d``, the first
     Dense layer gives ``q^1 = C_W |x|^2 / d + C_b``). Shape ``(layers, *broadcast(w_var, b_var, q1))``;
     ``inf`` once the variance overflows (an exploding map).
     """
