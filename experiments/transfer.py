@@ -1,0 +1,186 @@
+r"""Learning-rate sweeps and where their optimum lies: the machinery of the ``lr-transfer`` and ``ntk-regime`` checks.
+
+* :func:`final_losses`: train one network (``experiments.training.train``) at every learning rate of a grid and
+  return the training loss on the whole data set after the budget, ``inf`` for a run that diverged. The learning
+  rate is a traced argument of the jitted training loop, so the grid costs one compilation per network shape.
+* :func:`optimum`: the optimal learning rate of one loss curve, as the vertex of the parabola in
+  ``(log2 eta, log loss)`` through the grid minimum and its two neighbours (Taylor: near a smooth minimum the curve
+  is quadratic in ``log eta``); :func:`optimum_over_seeds` adds its standard error by a bootstrap over seeds
+  (resample the seeds, average their curves, refit): the spread of the argmin that another draw of
+  initialisations would give.
+* :func:`ntk_coefficients`: how each parameter group of a trained network enters its tangent kernel (for
+  ``theory.training_dynamics.mlp_ntk``); :func:`empirical_ntk`: the finite network's kernel itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import training
+from theory import parameterizations as pz
+from theory.architectures import Architecture
+from theory.training_dynamics import NtkCoefficients
+
+Array = jax.Array
+
+
+def final_losses(arch: Architecture, parameterization: str | pz.AbcParameterization | None,
+                 data: training.Dataset, width: int, config: training.TrainConfig,
+                 learning_rates: np.ndarray | tuple[float, ...], *, seed: int = 0,
+                 depth_parameterization: pz.DepthParameterization | None = None) -> np.ndarray:
+    """Training loss on all of ``data`` after ``config.steps`` steps, for each learning rate, ``(len(lrs),)``.
+
+    The loss is ``config.loss`` evaluated on every example with the final parameters (not the probe batch's),
+    so that minibatch noise in the measurement does not move the optimum. A run that diverged
+    (``TrainResult.diverged_step``), or whose final loss is not finite, scores ``inf``. The same ``seed`` (same
+    initialisation and minibatches) is used at every learning rate: the curve's noise is common to the grid.
+    """
+    lrs = np.asarray(learning_rates, dtype=float)
+    if lrs.ndim != 1 or lrs.size < 1 or not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise ValueError(f"learning_rates must be a non-empty 1-d array of positive numbers, got {learning_rates!r}")
+    loss_of = _loss(config.loss)
+    out = np.empty(lrs.size)
+    for i, lr in enumerate(lrs):
+        result = training.train(arch, parameterization, data, width, config=replace(config, learning_rate=float(lr)),
+                                seed=seed, depth_parameterization=depth_parameterization)
+        if result.diverged_step is not None:
+            out[i] = np.inf
+            continue
+        params = jax.tree.map(jnp.asarray, result.params)
+        x = jnp.asarray(data.x, params["input"]["w"].dtype)
+        value = float(loss_of(training.forward(result.scales, params, x)[0], jnp.asarray(data.y)))
+        out[i] = value if math.isfinite(value) else np.inf
+    return out
+
+
+def _loss(kind: str):
+    if kind == "mse":
+        return lambda f, y: 0.5 * jnp.mean(jnp.sum((f - y.astype(f.dtype)) ** 2, axis=-1))
+    return lambda f, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f, y.astype(jnp.int32)))
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The optimum of a loss curve: ``log2_lr`` (vertex of the fit, or the grid argmin), its bootstrap standard
+    error ``log2_lr_se`` (NaN from one curve), the ``loss`` there, and ``on_edge`` (the grid argmin is the first or
+    last finite point: the true optimum may lie outside the grid)."""
+
+    log2_lr: float
+    log2_lr_se: float
+    loss: float
+    on_edge: bool
+
+    @property
+    def learning_rate(self) -> float:
+        return 2.0**self.log2_lr
+
+
+def optimum(log2_lr: np.ndarray, loss: np.ndarray, *, half_window: int = 1) -> Optimum:
+    r"""Optimal ``log2 eta`` of one loss curve: vertex of the least-squares parabola in ``(log2 eta, log loss)``.
+
+    The fit uses the finite points among the grid argmin ``i*`` and its ``half_window`` neighbours on each side
+    (at least 3 points; with the default 1, the classic three-point parabolic interpolation, exact for a curve
+    that is quadratic near its minimum and local enough for a V-shaped one). The vertex ``-b / (2a)`` of
+    ``log loss ~ a u^2 + b u + c`` (``u = log2 eta``) is kept if the parabola is convex (``a > 0``) and clipped
+    to the window's range; otherwise (or with fewer than 3 points) the argmin itself is returned. Diverged points
+    (``inf``) are never fitted, but they bound the window.
+    """
+    u, loss = np.asarray(log2_lr, float), np.asarray(loss, float)
+    if u.ndim != 1 or u.shape != loss.shape or u.size < 1:
+        raise ValueError(f"log2_lr and loss must be 1-d of one length, got {u.shape} and {loss.shape}")
+    if np.any(np.diff(u) <= 0):
+        raise ValueError("log2_lr must be strictly increasing")
+    finite = np.isfinite(loss) & (loss > 0)
+    if not finite.any():
+        return Optimum(math.nan, math.nan, math.inf, True)
+    idx = np.flatnonzero(finite)
+    i = int(idx[np.argmin(loss[idx])])
+    on_edge = i in (idx[0], idx[-1])
+    window = [j for j in range(i - half_window, i + half_window + 1) if 0 <= j < u.size and finite[j]]
+    best = Optimum(float(u[i]), math.nan, float(loss[i]), bool(on_edge))
+    if len(window) < 3:
+        return best
+    a, b, c = np.polyfit(u[window], np.log(loss[window]), 2)
+    if not a > 0:
+        return best
+    vertex = float(np.clip(-b / (2 * a), u[window].min(), u[window].max()))
+    return Optimum(vertex, math.nan, float(np.exp(c - b * b / (4 * a))), bool(on_edge))
+
+
+def optimum_over_seeds(log2_lr: np.ndarray, losses: np.ndarray, *, n_bootstrap: int = 1000, seed: int = 0,
+                       half_window: int = 1) -> Optimum:
+    r"""Optimum of the seed-averaged curve, with a bootstrap standard error over seeds.
+
+    ``losses`` is ``(seeds, n_lr)``. The point estimate is :func:`optimum` of the mean curve (a learning rate at
+    which any seed diverged has mean ``inf``: it is not safe). The standard error is the standard deviation of
+    the optimum over ``n_bootstrap`` resamples of the seeds with replacement (Efron & Tibshirani 1993, ch. 6),
+    each refitted the same way; it is NaN with one seed. Resamples whose curve is all ``inf`` are dropped.
+    """
+    losses = np.asarray(losses, float)
+    if losses.ndim != 2 or losses.shape[1] != np.asarray(log2_lr).size:
+        raise ValueError(f"losses must be (seeds, n_lr) with n_lr = {np.asarray(log2_lr).size}, got {losses.shape}")
+    point = optimum(log2_lr, losses.mean(axis=0), half_window=half_window)
+    n_seeds = losses.shape[0]
+    if n_seeds < 2:
+        return point
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_seeds, size=(n_bootstrap, n_seeds))
+    boot = np.array([optimum(log2_lr, losses[d].mean(axis=0), half_window=half_window).log2_lr for d in draws])
+    boot = boot[np.isfinite(boot)]
+    se = float(np.std(boot, ddof=1)) if boot.size > 1 else math.nan
+    return replace(point, log2_lr_se=se)
+
+
+def ntk_coefficients(scales: training.NetworkScales) -> NtkCoefficients:
+    """How each parameter group of a training network enters its tangent kernel (an MLP; see
+    ``theory.training_dynamics.NtkCoefficients``): ``lr_scale * multiplier^2 * fan_in`` for the weights
+    (fan-in ``d`` for the input layer, ``n`` otherwise) and ``lr_scale * multiplier^2`` for the biases.
+
+    Gradient descent with base learning rate ``eta`` moves a parameter ``w`` of group ``g`` by
+    ``-eta lr_g dL/dw``, so the outputs move by ``-eta sum_g lr_g (df/dw_g)(df/dw_g)^T grad_f L``: the kernel is
+    the gradients' Gram matrix weighted by the groups' learning-rate factors. Under the NTK parameterization
+    (TP IV: ``a = 0, 1/2, 1/2``, ``b = 0``, ``c = 0``) these are ``(d, 1, 1, 1)``, independent of the width.
+    """
+    if scales.kind != "mlp":
+        raise ValueError("ntk_coefficients covers MLPs (theory.training_dynamics.mlp_ntk); got a ResNet")
+
+    def c(s: pz.LayerScale | None, fan_in: int) -> float:
+        return 0.0 if s is None else s.lr_scale * s.multiplier**2 * fan_in
+
+    hidden = c(scales.hidden, scales.width) if scales.hidden is not None else 0.0
+    return NtkCoefficients(c(scales.input, scales.features), hidden, c(scales.output, scales.width),
+                           c(scales.bias, 1))
+
+
+def empirical_ntk(scales: training.NetworkScales, params: Any, x: Array) -> Array:
+    r"""The finite network's tangent kernel on ``x`` for output 0: ``sum_g lr_g J_g J_g^T``, ``(N, N)``, with
+    ``J_g = d f_0(x) / d w_g`` (the trained parameters ``w``, as ``training.init_params`` lays them out) and
+    ``lr_g`` each group's learning-rate factor (the kernel of ``ntk_coefficients``' docstring)."""
+    params = jax.tree.map(jnp.asarray, params)
+    x = jnp.asarray(x, params["input"]["w"].dtype)
+
+    def f(p: Any) -> Array:
+        return training.forward(scales, p, x)[0][:, 0]
+
+    jac = jax.jacrev(f)(params)
+    lr = {"input": {"w": scales.input.lr_scale}, "output": {"w": scales.output.lr_scale}}
+    if scales.hidden is not None:
+        lr["hidden"] = {"w": scales.hidden.lr_scale}
+    if scales.bias is not None:
+        for g in ("input", "output"):
+            lr[g]["b"] = scales.bias.lr_scale
+        if "hidden" in lr:
+            lr["hidden"]["b"] = scales.hidden_bias_lr
+    total = jnp.zeros((x.shape[0], x.shape[0]), x.dtype)
+    for group, leaves in jac.items():
+        for leaf, j in leaves.items():
+            j = j.reshape(x.shape[0], -1)
+            total = total + lr[group][leaf] * (j @ j.T)
+    return total

@@ -1,0 +1,181 @@
+r"""Training in the kernel regime: the infinite-width trajectory of a wide network trained by gradient descent on MSE.
+
+Lee, Xiao, Schoenholz, Bahri, Novak, Sohl-Dickstein & Pennington 2019 ("Wide Neural Networks of Any Depth Evolve as
+Linear Models Under Gradient Descent", arXiv 1902.06720, Sec. 2.2-2.3): in an NTK-type parameterization the network
+stays equal to its linearisation around the initialisation as the width grows, its tangent kernel stays at its
+initial value, and that value converges to the deterministic infinite-width NTK ``Theta``. On the training inputs
+``X`` (``N`` examples, ``n_out`` outputs) and with the loss of ``experiments.training``,
+
+    L(f) = 1/N sum_i 1/2 ||f(x_i) - y_i||^2,      grad_f L = (f - Y) / N,
+
+one gradient-descent step with learning rate ``eta`` moves the outputs by ``-eta Theta grad_f L``, so the residual
+``r_t = f_t(X) - Y`` obeys
+
+    r_{t+1} = (I - eta Theta / N) r_t,     r_t = (I - eta Theta / N)^t r_0              (discrete steps)
+    r(t)    = exp(-eta Theta t / N) r_0                                               (gradient flow, time t)
+
+(Lee et al., Sec. 2.2, write the flow; the discrete version is the same linear recursion without the limit of
+small steps; the equations here are our derivation for this loss normalisation).
+
+At initialisation ``f_0(X)`` is a centred Gaussian process with the NNGP kernel ``K``,
+independent across outputs (Lee et al. 2018), so with ``A_t`` the propagator above (symmetric, a function of
+``Theta``) and ``Theta = V diag(lambda) V^T``, the training loss averaged over initialisations is
+
+    E L_t = 1/(2N) [ n_out tr(A_t K A_t) + ||A_t Y||_F^2 ]
+          = 1/(2N) sum_k a_k(t)^2 [ n_out (V^T K V)_kk + ||(V^T Y)_k||^2 ],
+    a_k(t) = (1 - eta lambda_k / N)^t   or   exp(-eta lambda_k t / N).
+
+The NTK entering here is the one of the *trained* parameterization. :func:`mlp_ntk` computes it for an MLP whose
+layers contribute with arbitrary coefficients: a layer ``h -> m W h`` (``fan_in`` inputs) whose trained parameter has
+learning-rate factor ``lambda`` adds ``lambda m^2 fan_in E[phi phi]`` to the NTK recursion (``lambda m^2`` for a
+bias); neural-tangents' NTK parameterization is ``c = w_std^2`` (weights), ``b_std^2`` (biases).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+from theory.architectures import MLP
+from theory.inputs import validate_inputs
+from theory.kernels import kernels
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class NtkCoefficients:
+    """Per layer group, the factor ``c`` with which a layer's gradient enters the tangent kernel.
+
+    A Dense layer ``h -> m W h`` with ``fan_in`` inputs, trained with learning rate ``eta * lr_factor``, contributes
+    ``c * E[phi(u) phi(v)]`` (``c * x.x'/d`` for the input layer) with ``c = lr_factor * m^2 * fan_in``; a bias
+    ``m_b b`` contributes ``lr_factor_b * m_b^2``. ``input``, ``hidden`` (layers 2..L), ``output`` (the readout)
+    and ``bias`` (all biases). A frozen group has ``c = 0``.
+    """
+
+    input: float
+    hidden: float
+    output: float
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("input", "hidden", "output", "bias"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (float(value) >= 0):
+                raise ValueError(f"NtkCoefficients.{name} must be a real number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))
+
+    @classmethod
+    def neural_tangents(cls, arch: MLP) -> NtkCoefficients:
+        """neural-tangents' NTK parameterization (``theory.kernels`` with ``parameterization="ntk"``):
+        ``c = w_std^2`` for every weight matrix and ``b_std^2`` for the biases."""
+        w2 = arch.w_std**2
+        return cls(w2, w2, w2, arch.b_std**2)
+
+
+def mlp_ntk(arch: MLP, x: Array, coefficients: NtkCoefficients) -> Array:
+    r"""Infinite-width NTK ``(N, N)`` on the inputs ``x`` of an MLP whose layers contribute with ``coefficients``.
+
+    With ``q^l`` the pre-activation kernels of ``theory.kernels(arch, x, per_layer=True)`` (``l = 1 .. L+1``, the
+    NNGP does not depend on how the network is trained) and ``E_l = E[phi(u)phi(v)]``, ``E'_l = E[phi'(u)phi'(v)]``
+    for ``(u, v) ~ N(0, q^l)`` (Jacot et al. 2018; Lee et al. 2019, Sec. 2.3):
+
+        Theta^1     = c_in x.x'/d + c_b,
+        Theta^{l+1} = c_{l+1} E_l + c_b + w_std^2 E'_l Theta^l,
+
+    ``c_{l+1}`` the hidden coefficient for ``l + 1 <= L`` and the output coefficient for the readout ``L + 1``; the
+    backward factor ``w_std^2 E'_l`` is the forward weights' variance ``w_std^2 / fan_in`` summed over the fan-in,
+    the same in every stable parameterization. Biases contribute only where the architecture has them
+    (``b_std > 0``). With :meth:`NtkCoefficients.neural_tangents` this is ``theory.kernels(arch, x).ntk``.
+    """
+    if not isinstance(arch, MLP):
+        raise ValueError(f"mlp_ntk takes a theory.MLP, got {arch!r}")
+    if not isinstance(coefficients, NtkCoefficients):
+        raise ValueError(f"coefficients must be an NtkCoefficients, got {coefficients!r}")
+    x, _ = validate_inputs(x)
+    q = kernels(arch, x, get="nngp", per_layer=True).nngp  # (L + 1, N, N)
+    c_b = coefficients.bias if arch.b_std > 0 else 0.0
+    theta = coefficients.input * (x @ x.T) / x.shape[1] + c_b
+    w2 = arch.w_std**2
+    for layer in range(arch.depth):  # layer l = layer + 1 feeds Dense layer l + 1
+        ql = q[layer]
+        diag = jnp.diagonal(ql)
+        e, e_dot = arch.activation.expectations(diag[:, None], ql, diag[None, :], True)
+        c = coefficients.output if layer == arch.depth - 1 else coefficients.hidden
+        theta = c * e + c_b + w2 * e_dot * theta
+    return (theta + theta.T) / 2  # symmetric in exact arithmetic
+
+
+def _check_dynamics(ntk: Array, learning_rate: float, steps: int) -> tuple[Array, int]:
+    ntk = jnp.asarray(ntk)
+    if ntk.ndim != 2 or ntk.shape[0] != ntk.shape[1] or ntk.shape[0] < 1:
+        raise ValueError(f"ntk must be a square (N, N) matrix, got shape {ntk.shape}")
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    return ntk, int(steps)
+
+
+def _propagator_eigen(ntk: Array, learning_rate: float, steps: int, flow: bool) -> tuple[Array, Array]:
+    """``V`` and ``a_k(t)`` for ``t = 0 .. steps`` (rows), from ``Theta = V diag(lambda) V^T``."""
+    lam, v = jnp.linalg.eigh((ntk + ntk.T) / 2)
+    n = ntk.shape[0]
+    t = jnp.arange(steps + 1, dtype=lam.dtype)[:, None]
+    if flow:
+        a = jnp.exp(-learning_rate * lam[None, :] * t / n)
+    else:
+        a = (1 - learning_rate * lam[None, :] / n) ** t
+    return v, a
+
+
+def residuals(ntk: Array, r0: Array, learning_rate: float, steps: int, *, flow: bool = False) -> Array:
+    r"""Residuals ``r_t = f_t(X) - Y`` of the linearised dynamics for ``t = 0 .. steps``, ``(steps + 1, N, n_out)``.
+
+    ``r_t = (I - eta Theta / N)^t r_0`` (gradient descent with the loss ``1/N sum_i 1/2 ||f_i - y_i||^2``) or, with
+    ``flow=True``, ``exp(-eta Theta t / N) r_0`` (Lee et al. 2019, Sec. 2.2); see the module docstring.
+    ``r0`` is ``(N,)`` or ``(N, n_out)``.
+    """
+    ntk, steps = _check_dynamics(ntk, learning_rate, steps)
+    r0 = jnp.asarray(r0)
+    r0 = r0[:, None] if r0.ndim == 1 else r0
+    if r0.shape[0] != ntk.shape[0]:
+        raise ValueError(f"r0 has {r0.shape[0]} rows but the NTK is {ntk.shape[0]} x {ntk.shape[0]}")
+    v, a = _propagator_eigen(ntk, learning_rate, steps, flow)
+    return jnp.einsum("ik,tk,kj->tij", v, a, v.T @ r0)
+
+
+def loss_curve(ntk: Array, f0: Array, y: Array, learning_rate: float, steps: int, *, flow: bool = False) -> Array:
+    """Training loss ``L_t = 1/N sum_i 1/2 ||r_t(x_i)||^2`` of the linearised network started at ``f0``,
+    ``(steps + 1,)`` (the residuals of :func:`residuals` with ``r_0 = f0 - y``)."""
+    f0, y = jnp.asarray(f0), jnp.asarray(y)
+    r = residuals(ntk, f0 - y, learning_rate, steps, flow=flow)
+    return 0.5 * jnp.sum(r**2, axis=(1, 2)) / r.shape[1]
+
+
+def expected_loss(ntk: Array, nngp: Array, y: Array, learning_rate: float, steps: int, *,
+                  flow: bool = False) -> Array:
+    r"""Training loss averaged over the initialisation, ``E L_t`` for ``t = 0 .. steps``, ``(steps + 1,)``.
+
+    ``f_0(X) ~ N(0, K)`` independently for each of the ``n_out`` outputs (``y`` is ``(N,)`` or ``(N, n_out)``), so
+    (module docstring; Lee et al. 2019, Sec. 2.3: the outputs stay Gaussian, with mean ``(I - A_t) Y`` and
+    covariance ``A_t K A_t`` on the training inputs):
+
+        E L_t = 1/(2N) sum_k a_k(t)^2 [ n_out (V^T K V)_kk + ||(V^T Y)_k||^2 ],
+        a_k(t) = (1 - eta lambda_k / N)^t  (gradient descent)  or  exp(-eta lambda_k t / N)  (flow).
+    """
+    ntk, steps = _check_dynamics(ntk, learning_rate, steps)
+    nngp, y = jnp.asarray(nngp), jnp.asarray(y)
+    y = y[:, None] if y.ndim == 1 else y
+    n = ntk.shape[0]
+    if nngp.shape != ntk.shape or y.shape[0] != n:
+        raise ValueError(f"ntk {ntk.shape}, nngp {nngp.shape} and y {y.shape} must share the N = {n} examples")
+    v, a = _propagator_eigen(ntk, learning_rate, steps, flow)
+    weight = y.shape[1] * jnp.einsum("ik,ij,jk->k", v, nngp, v) + jnp.sum((v.T @ y) ** 2, axis=1)
+    return 0.5 * (a**2 @ weight) / n
+
+
+__all__ = ["NtkCoefficients", "expected_loss", "loss_curve", "mlp_ntk", "residuals"]
