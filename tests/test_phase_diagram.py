@@ -53,6 +53,6 @@ def test_config_validation():
     with pytest.raises(ValueError, match="must pair up"):
         dataclasses.replace(config, w_vars=(1.0,), b_vars=(0.1, 0.2))
     with pytest.raises(ValueError, match="need C_W > 0 and C_b >= 0"):
-        dataclasses.replace(config, b_vars=(-0.1, 0.3, 0.05, 0.2))
+        dataclasses.replace(config, b_vars=(-0.1, 0.3, 0.05))
     with pytest.raises(ValueError, match="networks >= 2 \\* groups"):
         dataclasses.replace(config, networks=10, groups=8)

@@ -161,6 +161,9 @@ def _plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
                title=f"(a) variance map at the edge of chaos\n$\\tau = {config.threshold:g}$, $m = {config.clip:g}$, "
                      f"$q^* = {q_star:g}$")
     ax_map.legend(loc="upper center")
+    # at the edge of chaos the soft threshold's map is the shifted relu's: twice the moments, half the C_W
+    ax_map.text(0.03, 0.03, "ReLU$_\\tau$ and ST$_\\tau$ coincide here,\nas do CReLU and CST",
+                transform=ax_map.transAxes, fontsize=7.5, color="0.35")
     handles = [Line2D([], [], color=style.color(j), label=f"$q^1 = {s:g}\\,q^*$") for j, s in enumerate(starts)]
     handles += [Line2D([], [], color="0.3", marker=style.marker(0), linestyle="-", label="shifted relu"),
                 Line2D([], [], color="0.3", marker=style.marker(1), markerfacecolor="white", linestyle="--",
