@@ -57,15 +57,15 @@ class Config:
     """
 
     activations: tuple[str, ...] = ("tanh", "erf")
-    w_vars: tuple[float, ...] = (0.8, 4.0, 2.5, 3.0)
-    b_vars: tuple[float, ...] = (0.1, 0.3, 0.05, 0.2)
+    w_vars: tuple[float, ...] = (0.8, 4.0, 2.5)
+    b_vars: tuple[float, ...] = (0.1, 0.3, 0.05)
     grid: int = 200
     w_min: float = 0.25
     w_max: float = 4.5
     b_max: float = 0.5
-    width: int = 512
-    depth: int = 36
-    networks: int = 96
+    width: int = 384
+    depth: int = 30
+    networks: int = 64
     groups: int = 8
     seeds: int = 1
 
