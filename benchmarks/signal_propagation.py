@@ -75,12 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     new_small = _time(lambda: signal_propagation("tanh", ws, bs), args.reps)
     old = _old_module()
     old_small = _time(lambda: old.signal_propagation("tanh", ws, bs), 1)
-    diff = np.nanmax(np.abs(signal_propagation("tanh", ws, bs).c_star - old.signal_propagation("tanh", ws, bs).c_star))
+    new_sp, old_sp = signal_propagation("tanh", ws, bs), old.signal_propagation("tanh", ws, bs)
+    # where q* = 0 (C_b = 0, ordered) the correlation is 0/0: the old scheme reported 0, the new one the limit 1
+    defined = new_sp.q_star > 1e-6
+    diff = np.nanmax(np.abs(new_sp.c_star - old_sp.c_star)[defined])
     print(f"new: {big}x{big} tanh grid {new_big:.2f} s; {small}x{small} {new_small:.3f} s")
     print(f"old ({OLD_COMMIT}): {small}x{small} {old_small:.2f} s  -> speed-up on the same grid "
           f"x{old_small / new_small:.0f}")
     print(f"old cost extrapolated to {big}x{big} (linear in points): {old_small * (big / small) ** 2:.0f} s")
-    print(f"max |c*_new - c*_old| on {small}x{small}: {diff:.1e}")
+    print(f"max |c*_new - c*_old| on {small}x{small} where q* > 1e-6: {diff:.1e}")
     return 0
 
 

@@ -158,7 +158,8 @@ def test_criticality_of_activations_without_it():
         assert crit.universality_class == "none" and math.isnan(crit.w_var) and math.isnan(crit.a1)
     assert criticality("gelu").a1 == pytest.approx(6 / np.pi, rel=1e-12)
     assert criticality("silu").a1 == pytest.approx(0.75, rel=1e-12)
-    numpy_fns = {"gelu": lambda x: x * 0.5 * math.erfc(-x / math.sqrt(2)), "silu": lambda x: x * 0.5 * (1 + math.tanh(x / 2))}
+    numpy_fns = {"gelu": lambda x: x * 0.5 * math.erfc(-x / math.sqrt(2)),
+                 "silu": lambda x: x * 0.5 * (1 + math.tanh(x / 2))}
     for name in ("gelu", "silu"):
         crit = criticality(name)
         assert crit.universality_class == "none" and len(crit.candidates) >= 1
