@@ -17,7 +17,9 @@ cross-entropy), trained by Adam with minibatches of ``batch_size`` for ``steps``
 
 For every network the training loss on the whole data set after the budget is measured at each learning rate of
 the grid ``2^lr_log2_min .. 2^lr_log2_max`` (``experiments.transfer.final_losses``; one compilation per shape, the
-learning rate is traced). A run that diverges scores ``inf`` (drawn as a cross on the top edge). Per curve, the
+learning rate is traced). A run that diverges scores ``inf``; a mean over seeds that is ``inf`` or above twice the
+loss of a uniform guess (``2 log 10``, e.g. the exploding no-branch-scaling ResNet at small learning rates) is drawn
+as a cross on the top edge. Per curve, the
 optimum is the vertex of a parabola in ``(log2 eta, log loss)`` around the seed-averaged minimum, its error bar the
 bootstrap over seeds (``transfer.optimum_over_seeds``), and the drift of the optimum is the power law
 ``eta* ~ n^p`` (``L^p``) fitted by ``experiments.scaling.fit_power_law`` (weighted by the bootstrap SEs, scale
@@ -234,7 +236,7 @@ def _drift_panel(ax, opt: pd.DataFrame, fits: dict, sweep: str, arms: list[str])
     ax.set_title("optimum ± bootstrap SE over seeds", fontsize=9.5)
     ax.legend(fontsize=6.5, loc="lower left")
     ax.add_artist(ax.legend(handles=[Line2D([], [], color="0.3", linestyle="--", linewidth=1.0,
-                                            label="fitted power law")], fontsize=6.5, loc="upper right"))
+                                            label="fitted power law")], fontsize=6.5, loc="center right"))
     ax.legend(fontsize=6.5, loc="lower left")
 
 
