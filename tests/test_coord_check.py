@@ -28,6 +28,7 @@ def runs(tmp_path_factory):
             for name in ("coord-check-width", "coord-check-depth")}
 
 
+@pytest.mark.experiments
 def test_width_slopes_match_tp4(runs):
     df = runs["coord-check-width"]
     data = coord_check.long_frame(df, "width", "parameterization")
@@ -47,6 +48,7 @@ def test_width_slopes_match_tp4(runs):
     assert sp_out.slope.iloc[0] > 0.5  # SP's output update grows with width; muP's does not
 
 
+@pytest.mark.experiments
 def test_depth_slopes_match_tp6(runs):
     df = runs["coord-check-depth"]
     data = coord_check.long_frame(df, "depth", "arm")
@@ -65,6 +67,7 @@ def test_depth_slopes_match_tp6(runs):
     assert (df[df.arm != "sp"].diverged_step < 0).all()
 
 
+@pytest.mark.experiments
 def test_figures_written(runs):
     for df in runs.values():
         suffixes = {str(p).rsplit(".", 1)[-1] for p in df.attrs["figures"]}
