@@ -7,15 +7,25 @@ Quick use::
     k = theory.kernels(net, x)          # Kernels(nngp=(N, N), ntk=(N, N))
     res = theory.ResNet(depth=64, activation="relu", depth_exponent=0.5)
     k_inf = theory.resnet_limit(res, x)   # width -> inf, then depth -> inf (an ODE in t = l / L)
+    theory.criticality("tanh")           # PDLT's universality class and critical (C_W, C_b)
+    theory.parameterizations.mup("adam").classify(depth=3).regime   # 'feature learning' (TP IV / TP V)
 
 Nothing here does I/O or keeps state; randomness, where it ever enters, is an explicit JAX key.
 """
 
-from theory import activations, depth_diffusion, finite_width, signal_propagation
+from theory import (
+    activations,
+    depth_diffusion,
+    finite_width,
+    parameterizations,
+    signal_propagation,
+    training_dynamics,
+)
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
 from theory.depth_limits import residual_stream_limit, resnet_limit
 from theory.kernels import Kernels, QuadratureAccuracyWarning, kernels
+from theory.signal_propagation import critical_line, criticality, edge_of_chaos
 
 __version__ = "0.1.0"
 
@@ -27,10 +37,15 @@ __all__ = [
     "ResNet",
     "__version__",
     "activations",
+    "critical_line",
+    "criticality",
     "depth_diffusion",
+    "edge_of_chaos",
     "finite_width",
     "kernels",
+    "parameterizations",
     "residual_stream_limit",
     "resnet_limit",
     "signal_propagation",
+    "training_dynamics",
 ]
