@@ -28,3 +28,14 @@ def test_monte_carlo_example_runs():
     exec(compile(blocks[1], "README.md", "exec"), namespace)
     assert namespace["theta"].shape == (1, 4, 4)
     assert namespace["est"].nngp.mean.shape == (4, 4)
+
+
+def test_theory_tools_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[2], "README.md", "exec"), namespace)
+    assert namespace["phase"].xi_c.shape == (200, 200)
+    assert namespace["crit"].universality_class == "K*=0"
+    assert namespace["kappa"].shape[0] == 9
+    assert namespace["verdict"].regime == "unstable"
+    assert set(namespace["df"]["width"]) == {64, 256}
