@@ -103,6 +103,24 @@ def _check_arch(arch: object) -> Architecture:
     return arch
 
 
+def _ensemble(arch: object, width: object, n_samples: object, key: object, weights: object,
+              n_out: object = 1) -> tuple[Architecture, int, int, Array, int]:
+    """Validate what every estimator takes (the ensemble of networks); return ``(arch, width, n_samples,
+    keys, n_out)`` with network ``i`` drawn from ``keys[i] = split(key, n_samples)[i]``."""
+    arch = _check_arch(arch)
+    width = networks.check_width(width)
+    n_samples = _check_samples(n_samples)
+    key = networks.check_key(key)
+    networks.check_weights(weights)
+    n_out = networks.check_positive_int("n_out", n_out)
+    return arch, width, n_samples, jax.random.split(key, n_samples), n_out
+
+
+def _activation_bytes(arch: Architecture, width: int, x: Array) -> int:
+    """Memory of one network's parameters and per-layer activations on ``x`` (for the chunk size)."""
+    return np.dtype(x.dtype).itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
+
+
 def _chunk_size(n_samples: int, bytes_per_network: int, budget: int) -> int:
     return max(1, min(n_samples, budget // max(1, bytes_per_network)))
 
@@ -173,15 +191,10 @@ def estimate_kernels(
 
 def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, nngp_from, memory_budget, progress):
     """Validate the arguments; return the kernel names in order, the dtype, and a generator of per-chunk samples."""
-    arch = _check_arch(arch)
-    width = networks.check_width(width)
-    n_samples = _check_samples(n_samples)
-    key = networks.check_key(key)
+    arch, width, n_samples, keys, n_out = _ensemble(arch, width, n_samples, key, weights, n_out)
     wanted = (get,) if isinstance(get, str) else tuple(get)
     if not wanted or any(g not in ("nngp", "ntk") for g in wanted):
         raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
-    networks.check_weights(weights)
-    n_out = networks.check_positive_int("n_out", n_out)
     if nngp_from not in NNGP_ESTIMATORS:
         raise ValueError(f"nngp_from must be one of {NNGP_ESTIMATORS}, got {nngp_from!r}")
     x1, x2 = validate_inputs(x1, x2)
@@ -194,7 +207,6 @@ def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, 
         + 3 * n1 * n2 * n_out  # per-network kernels and temporaries
     )
     size = _chunk_size(n_samples, per_network, memory_budget)
-    keys = jax.random.split(key, n_samples)
     order = tuple(g for g in ("nngp", "ntk") if g in wanted)
 
     def chunks():
@@ -277,17 +289,9 @@ def preactivation_moments(
     pre-activation under the ensemble (a ratio estimator, bias O(1/n_samples)); its standard error
     comes from the delta method with the covariance of ``(m2, m4)`` across networks.
     """
-    arch = _check_arch(arch)
-    width = networks.check_width(width)
-    n_samples = _check_samples(n_samples)
-    key = networks.check_key(key)
-    networks.check_weights(weights)
-    n_out = networks.check_positive_int("n_out", n_out)
+    arch, width, n_samples, keys, n_out = _ensemble(arch, width, n_samples, key, weights, n_out)
     x, _ = validate_inputs(x)
-    itemsize = np.dtype(x.dtype).itemsize
-    per_network = itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
-    size = _chunk_size(n_samples, per_network, memory_budget)
-    keys = jax.random.split(key, n_samples)
+    size = _chunk_size(n_samples, _activation_bytes(arch, width, x), memory_budget)
     # Samples are (m2, m4, m2 m4): streamed means and variances give the (m2, m4) covariance too.
     first = _Running()
     for start, chunk in _chunks(keys, size):
@@ -340,17 +344,11 @@ def layer_correlations(
     (``theory.signal_propagation``). Network ``i`` uses ``jax.random.split(key, n_samples)[i]``; the
     samples are returned (not averaged) so that callers can resample networks for standard errors.
     """
-    arch = _check_arch(arch)
+    arch, width, n_samples, keys, _ = _ensemble(arch, width, n_samples, key, weights)
     if not isinstance(arch, MLP):
         raise ValueError(f"layer_correlations needs a theory.MLP, got {arch!r}")
-    width = networks.check_width(width)
-    n_samples = _check_samples(n_samples)
-    key = networks.check_key(key)
-    networks.check_weights(weights)
     x, _ = validate_inputs(x)
-    per_network = np.dtype(x.dtype).itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
-    size = _chunk_size(n_samples, per_network, memory_budget)
-    keys = jax.random.split(key, n_samples)
+    size = _chunk_size(n_samples, _activation_bytes(arch, width, x), memory_budget)
     return np.concatenate([np.asarray(_correlation_samples(chunk, x, arch=arch, width=width, weights=weights))
                            for _, chunk in _chunks(keys, size)])
 
