@@ -213,6 +213,7 @@ def test_mean_kernel_shift_against_finite_networks(act, w_std, b_std):
         assert np.all(np.abs(means[0][:, 0, 0] - k[:, 0, 0]) < 4 * ses[0][:, 0, 0] + 1e-12)
 
 
+@pytest.mark.slow
 def test_real_networks_agree_with_the_theory():
     """experiments.monte_carlo's sampled networks (full weight matrices): per-layer excess kurtosis of relu within
     4 SE + the O(1/n^2) allowance 40 (l/n)^2 (relu's exact second-order term is 75 (l-1)(l-2)/(2 n^2)),

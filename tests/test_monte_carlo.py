@@ -90,6 +90,7 @@ def test_bad_inputs_and_architecture():
         mc.preactivation_moments("mlp", X, width=4, n_samples=2, key=jax.random.key(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch",
     [theory.MLP(6, "erf", 2.0, 0.1), theory.ResNet(8, "tanh", 1.0, 0.1, branch_scale=1.5)],
@@ -118,6 +119,7 @@ def test_mean_kernel_bias_shrinks_as_one_over_width(arch):
         assert np.all(np.abs(dev[large] - predicted)[resolved] <= tolerance[resolved]), (name, dev, se)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_orthogonal_weights_have_the_same_kernel_limit(activation):
     """Haar-orthogonal weights scaled to unit entry variance share the Gaussian NNGP/NTK limit
@@ -133,6 +135,7 @@ def test_orthogonal_weights_have_the_same_kernel_limit(activation):
         assert np.all(np.abs(e.mean - k) <= 4 * e.stderr + allowance), (name, e.mean, k, e.stderr)
 
 
+@pytest.mark.slow
 def test_orthogonal_weights_stop_tanh_fluctuations_growing_with_depth():
     """tanh at criticality (C_W = 1, C_b = 0), width 32, depth 24. Gaussian weights: the excess kurtosis
     of pre-activations grows linearly in depth/width (about 2 l/n). Orthogonal weights (Day et al.

@@ -121,6 +121,7 @@ def test_phase_diagram_is_one_vectorised_call():
     assert np.all((sp.c_star >= -1) & (sp.c_star <= 1))
 
 
+@pytest.mark.slow
 def test_fixed_point_is_reached_by_finite_networks():
     """A width-512 tanh MLP (C_W = 1.5, C_b = 0.1), 20 layers: the pre-activation variance of the last hidden
     layer matches q* within 4 SE plus an O(depth / width) allowance."""
@@ -226,6 +227,7 @@ def test_sparse_activations_are_unstable_on_the_edge_of_chaos_and_clipping_cures
     assert abs(back[-1] - q[1]) < 1e-6
 
 
+@pytest.mark.slow
 def test_sparse_instability_in_finite_networks():
     """Width-256 MLPs at the shifted-relu edge of chaos (tau = 1, q* = 1), first-layer variance 1.3 q*: the
     measured per-layer variance follows the infinite-width trajectory (4 SE + an O(l / n) allowance) and grows,

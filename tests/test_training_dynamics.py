@@ -89,6 +89,7 @@ def test_ntk_coefficients_of_the_ntk_parameterization_are_width_independent():
         assert (c.input, c.hidden, c.output, c.bias) == pytest.approx((5.0, 1.0, 1.0, 1.0), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_empirical_ntk_of_wide_networks_converges_to_mlp_ntk():
     # The finite tangent kernel fluctuates by O(n^-1/2) around the limit (Jacot et al. 2018): the relative
     # Frobenius error, averaged over seeds, falls by about (2048 / 128)^(1/2) = 4 between the two widths.
