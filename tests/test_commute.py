@@ -3,15 +3,10 @@
 import numpy as np
 import pytest
 
-import experiments
-
 
 @pytest.fixture(scope="module")
-def frames(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("commute")
-    return {name: experiments.run(name, quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                                  quiet=True)
-            for name in ("commute", "no-commute")}
+def frames(quick_run):
+    return {name: quick_run(name)[0] for name in ("commute", "no-commute")}
 
 
 def _diagonal(df):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import experiments
 import theory
 from experiments import training
 from experiments.figures import coord_check
@@ -21,11 +20,8 @@ from theory import parameterizations as pz
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("coord")
-    return {name: experiments.run(name, quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                                  quiet=True)
-            for name in ("coord-check-width", "coord-check-depth")}
+def runs(quick_run):
+    return {name: quick_run(name)[0] for name in ("coord-check-width", "coord-check-depth")}
 
 
 @pytest.mark.experiments

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments
 import theory
 from experiments.figures import infinite_depth_finite_width as fig
 from theory import depth_diffusion as th
@@ -16,11 +15,8 @@ VALUES = {"mean", "mean_se", "variance", "variance_se", "mean_t", "mean_se_t", "
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("infinite_depth_finite_width")
-    df = experiments.run("infinite-depth-finite-width", quick=True, results_dir=tmp / "results",
-                         figures_dir=tmp / "figures", progress=False, quiet=True)
-    return df, tmp
+def quick(quick_run):
+    return quick_run("infinite-depth-finite-width")
 
 
 @pytest.mark.experiments

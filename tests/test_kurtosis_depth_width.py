@@ -5,16 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments
 from experiments.figures import kurtosis_depth_width as kdw
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("kurtosis_depth_width")
-    df = experiments.run("kurtosis-depth-width", quick=True, results_dir=tmp / "results",
-                         figures_dir=tmp / "figures", progress=False, quiet=True)
-    return df, tmp
+def quick(quick_run):
+    return quick_run("kurtosis-depth-width")
 
 
 @pytest.mark.experiments

@@ -15,15 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import experiments
 from experiments.figures import lr_transfer
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lr")
-    return experiments.run("lr-transfer", quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                           quiet=True)
+def quick(quick_run):
+    return quick_run("lr-transfer")[0]
 
 
 @pytest.mark.experiments

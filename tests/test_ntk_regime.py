@@ -10,17 +10,14 @@ import math
 import numpy as np
 import pytest
 
-import experiments
 from experiments.figures import ntk_regime
 from experiments.scaling import fit_power_law
 from theory import training_dynamics as td
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ntk")
-    return experiments.run("ntk-regime-training", quick=True, results_dir=tmp / "results",
-                           figures_dir=tmp / "figures", quiet=True)
+def quick(quick_run):
+    return quick_run("ntk-regime-training")[0]
 
 
 @pytest.mark.experiments

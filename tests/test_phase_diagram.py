@@ -6,16 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments
 from experiments.figures import phase_diagram
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("phase_diagram")
-    df = experiments.run("phase-diagram", quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                         progress=False, quiet=True)
-    return df, tmp
+def quick(quick_run):
+    return quick_run("phase-diagram")
 
 
 @pytest.mark.experiments

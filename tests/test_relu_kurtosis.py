@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments
 from experiments.figures import relu_kurtosis
 from theory import finite_width
 
@@ -15,11 +14,8 @@ COLUMNS = {"width", "depth", "seed", "n_samples", "n_out", "features", "depth_ov
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("relu_kurtosis")
-    df = experiments.run("relu-kurtosis", quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                         progress=False, quiet=True)
-    return df, tmp
+def quick(quick_run):
+    return quick_run("relu-kurtosis")
 
 
 @pytest.mark.experiments

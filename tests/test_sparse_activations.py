@@ -6,16 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import experiments
 from experiments.figures import sparse_activations
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sparse_activations")
-    df = experiments.run("sparse-activations", quick=True, results_dir=tmp / "results", figures_dir=tmp / "figures",
-                         progress=False, quiet=True)
-    return df, tmp
+def quick(quick_run):
+    return quick_run("sparse-activations")
 
 
 @pytest.mark.experiments

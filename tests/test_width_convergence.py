@@ -5,16 +5,13 @@ import math
 import numpy as np
 import pytest
 
-import experiments
 from experiments.figures import width_convergence as wc
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    out = tmp_path_factory.mktemp("width_convergence")
-    df = experiments.run("width-convergence", quick=True, results_dir=out / "results", figures_dir=out / "figures",
-                         quiet=True)
-    return df, out / "figures"
+def quick(quick_run):
+    df, folder = quick_run("width-convergence")
+    return df, folder / "figures"
 
 
 @pytest.mark.experiments
