@@ -43,6 +43,7 @@ import numpy as np
 import optax
 import pandas as pd
 
+from experiments.networks import check_positive_int
 from theory import MLP, ResNet
 from theory import parameterizations as pz
 from theory.architectures import Architecture
@@ -50,12 +51,6 @@ from theory.architectures import Architecture
 Array = jax.Array
 LOSSES = ("mse", "cross_entropy")
 FREEZABLE = ("input", "hidden", "output", "bias")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 # -- data -----------------------------------------------------------------------------------------------------
@@ -75,9 +70,9 @@ def teacher(n_samples: int = 256, features: int = 16, *, seed: int = 0, hidden: 
     Deterministic in ``seed`` (NumPy's PCG64)."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite positive number, got {scale!r}")
-    n_samples = _positive_int("n_samples", n_samples)
-    features = _positive_int("features", features)
-    hidden = _positive_int("hidden", hidden)
+    n_samples = check_positive_int("n_samples", n_samples)
+    features = check_positive_int("features", features)
+    hidden = check_positive_int("hidden", hidden)
     rng = np.random.default_rng(seed)
     u = rng.standard_normal((features, hidden))
     v = rng.standard_normal((hidden, 1)) / math.sqrt(hidden)
@@ -98,7 +93,7 @@ def digits(*, one_hot: bool = False, n_samples: int | None = None) -> Dataset:
     x = (x - x.mean(axis=0)) / np.where(std > 0, std, 1.0)
     y = np.asarray(bunch.target, dtype=np.int64)
     if n_samples is not None:
-        n_samples = _positive_int("n_samples", n_samples)
+        n_samples = check_positive_int("n_samples", n_samples)
         x, y = x[:n_samples], y[:n_samples]
     return Dataset(x, np.eye(10)[y] if one_hot else y)
 
@@ -154,9 +149,9 @@ def network_scales(arch: Architecture, parameterization: str | pz.AbcParameteriz
     """
     if not isinstance(arch, MLP | ResNet):
         raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
-    width = _positive_int("width", width)
-    features = _positive_int("features", features)
-    n_out = _positive_int("n_out", n_out)
+    width = check_positive_int("width", width)
+    features = check_positive_int("features", features)
+    n_out = check_positive_int("n_out", n_out)
     p = pz.get(arch.parameterization if parameterization is None else parameterization, optimizer)
     if isinstance(arch, MLP):
         if arch.depth < 1:
@@ -285,14 +280,14 @@ class TrainConfig:
         if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 0:
             raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
         if self.batch_size is not None:
-            _positive_int("batch_size", self.batch_size)
+            check_positive_int("batch_size", self.batch_size)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         object.__setattr__(self, "frozen", tuple(self.frozen))
         bad = [g for g in self.frozen if g not in FREEZABLE]
         if bad:
             raise ValueError(f"cannot freeze {bad}: frozen groups are any of {FREEZABLE}")
-        _positive_int("probe_size", self.probe_size)
+        check_positive_int("probe_size", self.probe_size)
         if not (isinstance(self.explode_at, numbers.Real) and self.explode_at > 0):
             raise ValueError(f"explode_at must be a positive number, got {self.explode_at!r}")
 
@@ -485,8 +480,8 @@ def coord_check(arch: Architecture, parameterization: str | pz.AbcParameterizati
     """
     data = teacher(64, 16) if data is None else data
     config = TrainConfig(steps=steps) if config is None else dataclasses.replace(config, steps=steps)
-    seeds = _positive_int("seeds", seeds)
-    widths = tuple(_positive_int("width", w) for w in widths)
+    seeds = check_positive_int("seeds", seeds)
+    widths = tuple(check_positive_int("width", w) for w in widths)
     archs = [arch] if depths is None else [dataclasses.replace(arch, depth=int(d)) for d in depths]
     name = parameterization if isinstance(parameterization, str) else (
         arch.parameterization if parameterization is None else parameterization.name)
