@@ -331,13 +331,20 @@ class TrainResult:
         return df
 
 
-def _optimizer(s: NetworkScales, params: dict, config: TrainConfig, eta: Array) -> optax.GradientTransformation:
-    """One optax transform per parameter group, each with its own learning rate (``optax.multi_transform``)."""
+def learning_rate_factors(s: NetworkScales) -> dict[str, float]:
+    """Each parameter group's factor on the base learning rate, keyed ``"group/leaf"`` (``"hidden/w"``,
+    ``"input/b"``, ...) as :func:`init_params` lays the parameters out."""
     lrs = {"input/w": s.input.lr_scale, "output/w": s.output.lr_scale}
     if s.hidden is not None:
         lrs["hidden/w"] = s.hidden.lr_scale
     if s.bias is not None:
         lrs.update({"input/b": s.bias.lr_scale, "output/b": s.bias.lr_scale, "hidden/b": s.hidden_bias_lr})
+    return lrs
+
+
+def _optimizer(s: NetworkScales, params: dict, config: TrainConfig, eta: Array) -> optax.GradientTransformation:
+    """One optax transform per parameter group, each with its own learning rate (``optax.multi_transform``)."""
+    lrs = learning_rate_factors(s)
     make = optax.sgd if config.optimizer == "sgd" else optax.adam
 
     def frozen(label: str) -> bool:

@@ -170,17 +170,10 @@ def empirical_ntk(scales: training.NetworkScales, params: Any, x: Array) -> Arra
         return training.forward(scales, p, x)[0][:, 0]
 
     jac = jax.jacrev(f)(params)
-    lr = {"input": {"w": scales.input.lr_scale}, "output": {"w": scales.output.lr_scale}}
-    if scales.hidden is not None:
-        lr["hidden"] = {"w": scales.hidden.lr_scale}
-    if scales.bias is not None:
-        for g in ("input", "output"):
-            lr[g]["b"] = scales.bias.lr_scale
-        if "hidden" in lr:
-            lr["hidden"]["b"] = scales.hidden_bias_lr
+    lr = training.learning_rate_factors(scales)
     total = jnp.zeros((x.shape[0], x.shape[0]), x.dtype)
     for group, leaves in jac.items():
         for leaf, j in leaves.items():
             j = j.reshape(x.shape[0], -1)
-            total = total + lr[group][leaf] * (j @ j.T)
+            total = total + lr[f"{group}/{leaf}"] * (j @ j.T)
     return total
