@@ -91,16 +91,16 @@ relative corrections (tanh from its first layers approaches the slope 2 from bel
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.special
 from numpy.typing import ArrayLike
 
 from theory.activations import Activation
 from theory.architectures import MLP
+from theory.gaussian import _hermite_rule
 from theory.inputs import validate_inputs
 
 Array = jax.Array
@@ -267,13 +267,6 @@ class Pairs:
         return self.vertex / _positive("width", width)
 
 
-@lru_cache(maxsize=16)
-def _hermite(degree: int) -> tuple[np.ndarray, np.ndarray]:
-    # probabilists' Hermite rule with weights summing to 1 (integrates against N(0, 1))
-    nodes, weights = scipy.special.roots_hermitenorm(degree)
-    return nodes, weights / np.sqrt(2 * np.pi)
-
-
 def _one_dim(act: Activation, q: Array, nodes: Array, weights: Array) -> tuple[Array, ...]:
     """``<phi^2>, <phi^4>, d<phi^2>/dq, d^2<phi^2>/dq^2`` at variance ``q`` (any shape), by the Hermite-weighted
     rule: derivatives of the Gaussian density in ``q``, so ``phi`` itself is never differentiated."""
@@ -300,7 +293,7 @@ def _stack_layers(first: tuple[Array, ...], rest: tuple[Array, ...]) -> tuple[Ar
 
 @partial(jax.jit, static_argnames=("act", "depth", "degree"))
 def _one_input_scan(q1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree: int):
-    nodes_np, weights_np = _hermite(degree)
+    nodes_np, weights_np = _hermite_rule(degree)
     nodes, weights = jnp.asarray(nodes_np, q1.dtype), jnp.asarray(weights_np, q1.dtype)
     first = (q1, jnp.zeros_like(q1), jnp.zeros_like(q1))
 
@@ -428,7 +421,7 @@ def _pair_step(act: Activation, cw: Array, cb: Array, rules: tuple[Array, ...],
 @partial(jax.jit, static_argnames=("act", "depth", "degree1", "degree2"))
 def _pair_scan(theta1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree1: int, degree2: int):
     dtype = theta1.dtype
-    rules = tuple(jnp.asarray(a, dtype) for d in (degree1, degree2) for a in _hermite(d))
+    rules = tuple(jnp.asarray(a, dtype) for d in (degree1, degree2) for a in _hermite_rule(d))
 
     def one_pair(theta):
         first = (theta, jnp.zeros_like(theta), jnp.zeros((3, 3), dtype))
