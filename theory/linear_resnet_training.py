@@ -1,0 +1,223 @@
+r"""Infinite-width SGD dynamics of a linear ResNet under muP and a depth rule (Depth-muP): an exact recursion.
+
+The network (the one ``experiments.training`` builds from ``theory.ResNet(L, "identity", readout="linear")`` under
+``"mup"``, with the stem and the readout frozen, as in the ``coord-check-depth`` experiment):
+
+    h^0 = U x,                     U_ak ~ N(0, s^2 / d)               (stem, frozen)
+    h^l = h^{l-1} + beta W^l h^{l-1},  W^l_ab ~ N(0, w^2 / n),  beta = a / L^alpha     (l = 1..L, trained)
+    f   = r v . h^L / n,           v_a ~ N(0, 1)                       (readout, frozen; muP: f = O(n^-1/2) at init)
+
+trained by full-batch SGD on ``1/m sum_i 1/2 (f(x_i) - y_i)^2`` with block learning rate ``eta L^(alpha - gamma)``
+(TP VI's SGD rule, ``theory.parameterizations.DepthParameterization.lr_scale``; Depth-muP: alpha = gamma = 1/2).
+The network is linear, so the output gradient ``g^l = n df/dh^l`` does not depend on the input, and one SGD step on
+block ``l`` is the rank-one update
+
+    W^l_{s+1} = W^l_s - eta_l beta g^l_s (H^{l-1}_s)^T / n,    H^{l-1}_s = 1/m sum_i chi_{i,s} h^{l-1}_{i,s},
+
+with ``chi_{i,s} = f_s(x_i) - y_i``. Forward and backward passes at step ``t`` are then
+
+    h^l_{j,t}   = h^{l-1}_{j,t} + beta W^l_0 h^{l-1}_{j,t} - eta_l beta^2 sum_{s<t} g^l_s <H^{l-1}_s, h^{l-1}_{j,t}>/n
+    g^{l-1}_t   = g^l_t + beta (W^l_0)^T g^l_t        - eta_l beta^2 sum_{s<t} H^{l-1}_s <g^l_s, g^l_t>/n,
+    g^L_t       = r v.
+
+Width to infinity (Tensor Programs: Yang 2020, "Tensor Programs II/III", the Netsor-T master theorem; its use for
+training in Yang & Hu 2021, TP IV, Sec. 5-6): every vector's coordinates become a random variable ``Z``, inner
+products ``<a, b>/n`` become ``E[Z^a Z^b]``, and a product with the Gaussian ``W^l_0`` splits as
+
+    Z^{W x}   = Zhat^{W x}   + w^2 sum_y Z^y E[dZ^x / dZhat^{W^T y}]      (y: every g that W^T multiplied before)
+    Z^{W^T y} = Zhat^{W^T y} + w^2 sum_x Z^x E[dZ^y / dZhat^{W x}]        (x: every h that W multiplied before)
+
+where the ``Zhat^{W x}`` are centred Gaussians with covariance ``w^2 E[Z^x Z^x']``, independent of the ``Zhat^{W^T y}``
+and of every other matrix's. Because the network is linear, every ``Z`` is a *linear* combination of finitely many
+such Gaussians (the stem's ``Z^{h^0_j}``, ``Z^v`` and, per block and step, one ``Zhat`` per forward input and one
+per backward vector), so the derivatives are the combination's coefficients and the whole limit is a finite,
+deterministic recursion on coefficient vectors and the Gaussians' covariances. That is what :func:`trajectory`
+computes, exactly up to float64 round-off; its cost is ``O(L^2 T^2 m^2)`` memory-bound work for ``L`` blocks, ``T``
+steps and ``m`` inputs (``L = 256``, ``T = 4``, ``m = 4``: a few seconds).
+
+The ``Zdot`` sums are the forward-backward coupling created by reusing ``W^l_0`` in backpropagation. They are of
+order one at every depth, not a correction that fades with ``L``: already the kernel-regime limit needs them. To
+first order in ``eta`` one step moves the outputs by ``eta/m Theta y`` with the block NTK
+``Theta = L beta^2 r^2 (1 + beta^2 w^2)^(L-1) K_0``, ``K_0 = s^2 x x^T / d``; the ``Zhat`` terms alone give a
+different kernel. ``coupling=False`` drops the ``Zdot`` terms: an ablation, not a limit, which finite networks rule
+out (tests).
+
+TP VI (Yang, Yu, Zhu & Hayou 2023, arXiv 2310.02244) takes this infinite-width limit at each depth and then
+``L -> inf`` for linear networks with one-layer blocks, and finds Depth-muP (``alpha = gamma = 1/2``) to be the
+parameterization whose updates stay of order one and nontrivial at every depth, while ``alpha + gamma > 1`` (e.g.
+``1/L`` branches with a constant learning rate) makes them vanish like ``L^(1 - alpha - gamma)``. TP VI's text
+beyond its introduction was not reachable here, so the recursion above is our own derivation from the TP rules; it
+is checked against finite networks and the closed-form kernel limit in ``tests/test_linear_resnet_training.py``.
+Measured with it (teacher task, 4 inputs, eta = 0.5, 4 steps): under Depth-muP the last block's change after the
+first step is 0.3011, 0.3060, 0.3085 at L = 64, 128, 256 (converging like 1/L); under 1/L branches it falls like
+L^-1.01 between L = 64 and 256.
+
+Convention: muP in width for the blocks (``W^l`` entries ``w^2 / n``, learning rate ``n^0``), the stem's and
+readout's constants ``s = stem_w_std``, ``r = readout_w_std``, branch ``a = branch_scale``, float64 throughout.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from theory.architectures import ResNet
+from theory.parameterizations import DepthParameterization
+
+MAX_BYTES = 4 * 2**30  # the forward vectors' coefficients are the largest array: refuse sizes that would not fit
+
+
+@dataclass(frozen=True)
+class LinearResNetTrajectory:
+    """The infinite-width trajectory (module docstring). Row ``t`` of each array is after ``t`` SGD steps (row 0:
+    init). ``rms`` / ``delta_rms`` ``(T + 1, L + 2)``: the RMS over inputs and units of the stem, of the stream after
+    each block and of the output (``sqrt(mean_j E[Z^2])``), and of their change since init, laid out as
+    ``experiments.training.TrainResult``; ``outputs`` ``(T + 1, m)``; ``loss`` ``(T + 1,)`` (the training loss
+    ``1/m sum_j 1/2 (f_j - y_j)^2``). ``dtype`` is the float type used."""
+
+    rms: np.ndarray
+    delta_rms: np.ndarray
+    outputs: np.ndarray
+    loss: np.ndarray
+    depth: int
+    coupling: bool
+    dtype: str = "float64"
+
+
+def _check_inputs(arch: ResNet, x: object, y: object) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(arch, ResNet):
+        raise ValueError(f"expected a theory.ResNet, got {arch!r}")
+    if arch.activation.name != "identity" or arch.readout != "linear" or arch.b_std != 0:
+        raise ValueError(
+            f"the exact recursion is for linear ResNets: build theory.ResNet(depth, 'identity', readout='linear', "
+            f"b_std=0), got activation {arch.activation.name!r}, readout {arch.readout!r}, b_std {arch.b_std!r}")
+    if arch.depth < 1:
+        raise ValueError(f"the ResNet needs at least one block to train, got depth {arch.depth}")
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (m, d) with m >= 1 inputs, got {x.shape}")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must hold one scalar target per input, shape ({x.shape[0]},) or ({x.shape[0]}, 1); "
+                         f"got {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("x and y must be finite")
+    return x, y
+
+
+def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, steps: int,
+               depth_parameterization: DepthParameterization | None = None,
+               coupling: bool = True) -> LinearResNetTrajectory:
+    """Infinite-width SGD trajectory of the linear ResNet ``arch`` on inputs ``x`` ``(m, d)`` and targets ``y``.
+
+    Full-batch SGD, ``steps`` steps at base learning rate ``learning_rate`` on the blocks only; the block learning
+    rate is ``learning_rate * depth_parameterization.lr_scale(L, "sgd")`` (factor 1 when ``None``, as in
+    ``experiments.training``). ``depth_parameterization.alpha`` must equal ``arch.depth_exponent``. See the module
+    docstring for the equations; ``coupling=False`` drops the forward-backward ``Zdot`` terms (an ablation).
+    """
+    x, y = _check_inputs(arch, x, y)
+    lr = learning_rate
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"learning_rate must be a finite positive number, got {lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    depth, n_steps, m = arch.depth, int(steps), x.shape[0]
+    lr_factor = 1.0
+    if depth_parameterization is not None:
+        if not isinstance(depth_parameterization, DepthParameterization):
+            raise ValueError(f"depth_parameterization must be a DepthParameterization, got {depth_parameterization!r}")
+        if abs(depth_parameterization.alpha - arch.depth_exponent) > 1e-12:
+            raise ValueError(f"the depth parameterization has alpha = {depth_parameterization.alpha:g} but the "
+                             f"ResNet's depth_exponent is {arch.depth_exponent:g}; build the ResNet with "
+                             f"depth_exponent={depth_parameterization.alpha:g}")
+        lr_factor = depth_parameterization.lr_scale(depth, "sgd")
+    nf = (n_steps + 1) * m                 # forward Zhat slots per block: one per input and step
+    nb = max(n_steps, 1)                   # backward Zhat slots per block: one per step
+    size = m + 1 + depth * (nf + nb)         # named Gaussians: stem (m), v (1), per block nf forward and nb backward
+    need = 8 * (depth * nf * size + 2 * depth * nb * size)
+    if need > MAX_BYTES:
+        raise ValueError(f"depth {depth}, {n_steps} steps and {m} inputs need {need / 2**30:.1f} GiB of "
+                         f"coefficients (it grows like (L T m)^2); use fewer inputs or steps (the limit is "
+                         f"{MAX_BYTES / 2**30:.0f} GiB)")
+    beta = arch.branch_multiplier
+    w2 = arch.w_std**2
+    r = arch.readout_w_std
+    eta = lr * lr_factor
+    k0 = arch.stem_w_std**2 * (x @ x.n_steps) / x.shape[1]
+    f0, b0 = m + 1, m + 1 + depth * nf   # first forward / backward slot
+
+    cov_f = np.zeros((depth, nf, nf))     # covariance of each block's forward Zhat (w^2 times the inputs' Gram)
+    cov_b = np.zeros((depth, nb, nb))     # ... and of its backward Zhat
+    fwd = np.zeros((depth, nf, size))       # coefficients of the inputs h^{k-1}_{j,s} of block k, slot s*m + j
+    grad = np.zeros((depth, nb, size))      # g^l_s
+    err = np.zeros((depth, nb, size))       # H^{k-1}_s
+
+    def cov(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """E[Z^a Z^b] for coefficient rows ``a`` (k, size), ``b`` (k', size)."""
+        out = a[:, :m] @ k0 @ b[:, :m].n_steps + np.outer(a[:, m], b[:, m])
+        af = a[:, f0:b0].reshape(a.shape[0], depth, nf)
+        out += np.einsum("klf,lfg->klg", af, cov_f).reshape(a.shape[0], -1) @ b[:, f0:b0].n_steps
+        ab = a[:, b0:].reshape(a.shape[0], depth, nb)
+        out += np.einsum("klf,lfg->klg", ab, cov_b).reshape(a.shape[0], -1) @ b[:, b0:].n_steps
+        return out
+
+    def sq(a: np.ndarray) -> np.ndarray:
+        return np.maximum(np.diag(cov(a, a)), 0.0)  # round-off must not make a second moment negative
+
+    rms = np.zeros((n_steps + 1, depth + 2))
+    delta = np.zeros((n_steps + 1, depth + 2))
+    outputs = np.zeros((n_steps + 1, m))
+    stem = np.zeros((m, size))
+    stem[:, :m] = np.eye(m)
+    rms[:, 0] = math.sqrt(np.mean(np.diag(k0)))
+    top0 = None
+    for t in range(n_steps + 1):
+        h = stem.copy()
+        for k in range(depth):
+            slots = t * m + np.arange(m)
+            fwd[k, slots] = h
+            filled = (t + 1) * m
+            c = w2 * cov(h, fwd[k, :filled])
+            cov_f[k, slots, :filled] = c
+            cov_f[k, :filled, slots] = c
+            new = h.copy()
+            new[np.arange(m), f0 + k * nf + slots] += beta
+            if t:
+                if coupling:
+                    new += beta * w2 * h[:, b0 + k * nb: b0 + k * nb + t] @ grad[k, :t]
+                new -= eta * beta**2 * cov(h, err[k, :t]) @ grad[k, :t]
+            h = new
+            base = fwd[k + 1, :m] if k + 1 < depth else top0
+            rms[t, k + 1] = math.sqrt(np.mean(sq(h)))
+            if t:
+                delta[t, k + 1] = math.sqrt(np.mean(sq(h - base)))
+        if t == 0:
+            top0 = h.copy()
+        outputs[t] = r * h[:, m]    # f_j = r E[Z^v Z^{h^L_j}]; Z^v is one of the named Gaussians, variance 1
+        chi = outputs[t] - y
+        if t == n_steps:
+            break
+        err[:, t] = np.einsum("j,ljn->ln", chi / m, fwd[:, t * m:(t + 1) * m])
+        g = np.zeros(size)
+        g[m] = r
+        for k in reversed(range(depth)):
+            grad[k, t] = g
+            c = w2 * cov(g[None], grad[k, :t + 1])[0]
+            cov_b[k, t, :t + 1] = c
+            cov_b[k, :t + 1, t] = c
+            new = g.copy()
+            new[b0 + k * nb + t] += beta
+            if coupling:
+                new += beta * w2 * g[f0 + k * nf: f0 + k * nf + (t + 1) * m] @ fwd[k, :(t + 1) * m]
+            if t:
+                new -= eta * beta**2 * cov(g[None], grad[k, :t])[0] @ err[k, :t]
+            g = new
+    rms[:, depth + 1] = np.sqrt(np.mean(outputs**2, axis=1))
+    delta[:, depth + 1] = np.sqrt(np.mean((outputs - outputs[0]) ** 2, axis=1))
+    loss = 0.5 * np.mean((outputs - y) ** 2, axis=1)
+    return LinearResNetTrajectory(rms, delta, outputs, loss, depth, bool(coupling))
