@@ -64,6 +64,21 @@ def test_depth_slopes_match_tp6(runs):
 
 
 @pytest.mark.experiments
+def test_linear_arms_lie_on_the_infinite_width_recursion(runs):
+    """The finite-width linear ResNets (12 seeds) agree with theory.linear_resnet_training within 4 SE at every depth
+    and step; Depth-muP's last-block change varies by less than 15% over L = 16..64 (TP VI: converges as L -> inf,
+    O(1/L) apart), the 1/L arm's falls like L^-1."""
+    linear = coord_check.linear_comparison(runs["coord-check-depth"])
+    top = linear[linear.layer_name == "last block"]
+    assert len(top) == 2 * 3 * 2 and top.seeds.min() >= 12  # arms x quick depths x steps
+    assert np.all(np.abs(linear.z) < 4), linear[np.abs(linear.z) >= 4]
+    mup = top[top.arm == "linear depth-mup"].pivot(index="depth", columns="step", values="theory")
+    assert np.all(np.abs(mup.loc[64] / mup.loc[16] - 1) < 0.15)
+    inv = top[top.arm == "linear 1/L"].pivot(index="depth", columns="step", values="theory")
+    assert np.all(np.abs(np.log(inv.loc[64] / inv.loc[16]) / np.log(4) + 1) < 0.1)
+
+
+@pytest.mark.experiments
 def test_figures_written(runs):
     for df in runs.values():
         suffixes = {str(p).rsplit(".", 1)[-1] for p in df.attrs["figures"]}

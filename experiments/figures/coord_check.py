@@ -16,6 +16,10 @@ Depth-muP analogue (TP VI) across depth.
   learning rate ``gamma = alpha + 0 = 1``, ``alpha + gamma = 2 > 1``: trivial, the change falls like ``L^-1``) and
   "depth-mup" (``alpha = gamma = 1/2``: flat in ``L``). Measured: the stem, the middle block, the last block and
   the output; and the profile of the change along the stream ``l / L`` at the last step.
+  Linear arms ("linear depth-mup", "linear 1/L": identity activation, linear readout, a few inputs, a wider
+  network) are drawn against the exact infinite-width trajectory of ``theory.linear_resnet_training`` at each depth
+  (dashed; TP VI's linear-network setting): the finite-width points must lie on it, flat under Depth-muP and
+  falling like ``L^-1`` with ``1/L`` branches.
 
 Runs that diverge (a loss or a layer's RMS non-finite or above ``explode_at``) keep their measurements up to the
 divergence, which the figures mark.
@@ -34,11 +38,13 @@ import theory
 from experiments import training
 from experiments.figures import style
 from experiments.registry import Experiment, grid
+from theory import linear_resnet_training
 from theory import parameterizations as pz
 
 LABELS = {"standard": "SP", "mup": r"$\mu$P", "sp": "SP (no branch scaling)", "1/L": "$1/L$ branches",
           "depth-mup": r"Depth-$\mu$P ($1/\sqrt{L}$)"}
 DEPTH_ARMS = {"sp": 0.0, "1/L": 1.0, "depth-mup": 0.5}  # alpha of each arm
+LINEAR = "linear "  # prefix of the linear-network arms, which have an exact infinite-width theory
 
 
 # -- width --------------------------------------------------------------------------------------------------------
@@ -175,7 +181,10 @@ def _print_slopes(name: str, slopes: pd.DataFrame, axis: str) -> None:
 class DepthConfig:
     """ResNets of ``width`` with ``depths`` blocks, one per arm in ``arms`` ("sp", "1/L", "depth-mup"), trained
     ``steps`` SGD steps at ``learning_rate`` (muP in width, blocks only) on the teacher task, ``seeds`` inits.
-    ``explode_at``: the RMS above which a run counts as diverged (float64 carries SP's exponential growth far)."""
+    ``explode_at``: the RMS above which a run counts as diverged (float64 carries SP's exponential growth far).
+    ``linear_arms`` (any of "1/L", "depth-mup") are linear ResNets of ``linear_width`` on ``linear_samples`` inputs,
+    ``linear_seeds`` inits each, compared with the infinite-width recursion (whose size grows like the square of
+    depth x steps x inputs, hence few inputs)."""
 
     depths: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
     arms: tuple[str, ...] = ("sp", "1/L", "depth-mup")
@@ -186,30 +195,74 @@ class DepthConfig:
     n_samples: int = 64
     features: int = 16
     explode_at: float = 1e30
+    linear_arms: tuple[str, ...] = ("depth-mup", "1/L")
+    linear_width: int = 512
+    linear_samples: int = 4
+    linear_seeds: int = 12
 
 
 def depth_points(c: DepthConfig) -> list[dict]:
-    bad = [a for a in c.arms if a not in DEPTH_ARMS]
+    bad = [a for a in c.arms if a not in DEPTH_ARMS] + [a for a in c.linear_arms if a not in ("1/L", "depth-mup")]
     if bad:
-        raise ValueError(f"unknown arms {bad}; choose from {sorted(DEPTH_ARMS)}")
-    return grid(arm=c.arms, depth=c.depths, seed=range(c.seeds), width=c.width, steps=c.steps,
-                learning_rate=c.learning_rate, n_samples=c.n_samples, features=c.features, explode_at=c.explode_at)
+        raise ValueError(f"unknown arms {bad}; choose arms from {sorted(DEPTH_ARMS)} and linear_arms from "
+                         f"['1/L', 'depth-mup']")
+    common = {"steps": c.steps, "learning_rate": c.learning_rate, "features": c.features, "explode_at": c.explode_at}
+    return (grid(arm=c.arms, depth=c.depths, seed=range(c.seeds), width=c.width, n_samples=c.n_samples, **common)
+            + grid(arm=tuple(LINEAR + a for a in c.linear_arms), depth=c.depths, seed=range(c.linear_seeds),
+                   width=c.linear_width, n_samples=c.linear_samples, **common))
+
+
+KEEP = ["stem", "middle block", "last block", "output"]
 
 
 def depth_compute(point: dict) -> dict:
-    alpha = DEPTH_ARMS[point["arm"]]
-    arch = theory.ResNet(point["depth"], "relu", w_std=1.0, depth_exponent=alpha, readout="activation")
-    rule = pz.depth_mup() if point["arm"] == "depth-mup" else None
+    arm = point["arm"]
+    linear = arm.startswith(LINEAR)
+    alpha = DEPTH_ARMS[arm.removeprefix(LINEAR)]
+    depth = point["depth"]
+    if linear:
+        arch = theory.ResNet(depth, "identity", w_std=1.0, depth_exponent=alpha, readout="linear")
+    else:
+        arch = theory.ResNet(depth, "relu", w_std=1.0, depth_exponent=alpha, readout="activation")
+    rule = pz.depth_mup() if arm.endswith("depth-mup") else None
     data = training.teacher(point["n_samples"], point["features"], seed=0)
     config = training.TrainConfig(learning_rate=point["learning_rate"], steps=point["steps"],
                                   frozen=("input", "output"), explode_at=point["explode_at"])
     result = training.train(arch, "mup", data, point["width"], config=config, seed=point["seed"],
                             depth_parameterization=rule)
-    depth = point["depth"]
-    values = _values(result, [0, depth // 2, depth, depth + 1])
-    values["layer_names"] = ["stem", "middle block", "last block", "output"]
+    keep = [0, depth // 2, depth, depth + 1]
+    values = _values(result, keep)
+    values["layer_names"] = KEEP
     values["profile"] = result.delta_rms[-1, 1:depth + 1].tolist()  # change along the stream, last recorded step
+    values["theory_delta_rms"] = []
+    if linear and point["seed"] == 0:  # the same for every seed: computed once per depth
+        limit = linear_resnet_training.trajectory(arch, data.x, data.y, learning_rate=point["learning_rate"],
+                                                  steps=point["steps"], depth_parameterization=rule)
+        values["theory_delta_rms"] = limit.delta_rms[:, keep].tolist()
     return values
+
+
+def linear_comparison(df: pd.DataFrame) -> pd.DataFrame:
+    """Finite-width linear arms against the infinite-width recursion: per (arm, depth, step, layer) the mean over
+    seeds of the RMS change, its SE, the theory and ``z = (mean - theory) / SE``."""
+    lin = df[df.arm.str.startswith(LINEAR)]
+    if lin.empty:
+        return pd.DataFrame(columns=["arm", "depth", "step", "layer_name", "mean", "se", "seeds", "theory", "z"])
+    data = long_frame(lin.drop(columns=["theory_delta_rms"]), "depth", "arm")
+    stats = (data[(data.step >= 1) & ~data.exploded].groupby(["arm", "depth", "step", "layer_name"], sort=False)
+             .delta_rms.agg(["mean", "std", "count"]).reset_index())
+    stats["se"] = stats["std"] / np.sqrt(stats["count"])
+    theory_rows = []
+    for rec in lin[lin.theory_delta_rms.map(len) > 0].itertuples(index=False):
+        for step, row in enumerate(rec.theory_delta_rms):
+            for name, value in zip(rec.layer_names, row, strict=True):
+                theory_rows.append({"arm": rec.arm, "depth": rec.depth, "step": step, "layer_name": name,
+                                    "theory": value})
+    out = stats.merge(pd.DataFrame(theory_rows), on=["arm", "depth", "step", "layer_name"])
+    gap = out["mean"] - out["theory"]
+    # A frozen layer (the stem) does not move in either: no spread, no gap, z = 0.
+    out["z"] = np.where(out["se"] > 0, gap / out["se"].where(out["se"] > 0, 1.0), np.where(gap == 0, 0.0, np.inf))
+    return out.rename(columns={"count": "seeds"}).drop(columns=["std"])
 
 
 def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path]:
@@ -220,7 +273,8 @@ def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path
     slopes = training.fit_slopes(top[~top.exploded & (top.arm != "sp")], "depth", "delta_rms",
                                  by=("arm", "layer_name", "step"))
     _print_slopes("coord-check-depth", slopes, "depth")
-    fig, axes = style.subplots(1, 3, panel_size=(4.3, 3.5))
+    linear = linear_comparison(df)
+    fig, axes = style.subplots(1, 4 if len(linear) else 3, panel_size=(4.3, 3.5))
     for i, arm in enumerate(a for a in DEPTH_ARMS if a in set(data.arm)):
         part = top[top.arm == arm]
         init = part[part.step == 0].groupby("depth").rms.mean()
@@ -250,12 +304,35 @@ def depth_plot(df: pd.DataFrame, config: DepthConfig, outdir: Path) -> list[Path
     axes[1].set(xlabel="depth $L$", ylabel="RMS of change since init", title="last block: change after training")
     axes[2].set(xlabel="$l / L$", ylabel=f"RMS of change after step {last}", yscale="log",
                 title="change along the stream (deepest stable $L$)")
-    for ax in axes[:2]:
+    if len(linear):
+        _linear_panel(axes[3], linear, last, config.linear_width)
+    for ax in (*axes[:2], *axes[3:]):
         ax.set_xscale("log", base=2)
         _at_least_decades(ax)
     for ax in axes:
         ax.legend(fontsize=6.5)
     return style.save(fig, outdir, "coord_check_depth")
+
+
+def _linear_panel(ax, linear: pd.DataFrame, last: int, width: int) -> None:
+    """Finite-width linear ResNets (points, SE over seeds) and the infinite-width recursion (dashed)."""
+    top = linear[linear.layer_name == "last block"]
+    print("coord-check-depth, linear ResNets: last block's RMS change, finite width (mean ± SE) vs infinite width")
+    for rec in top.itertuples(index=False):
+        print(f"  {rec.arm:>16}  L = {rec.depth:>4}  step {rec.step}:  {rec.mean:.4f} ± {rec.se:.4f}  "
+              f"theory {rec.theory:.4f}  (z = {rec.z:+.1f})")
+    arms = list(DEPTH_ARMS)
+    for arm in dict.fromkeys(top.arm):
+        i = arms.index(arm.removeprefix(LINEAR))  # the same colour as the arm's ReLU version
+        for step in sorted({1, last}):
+            part = top[(top.arm == arm) & (top.step == step)].sort_values("depth")
+            name = f"{LABELS[arm.removeprefix(LINEAR)]}, step {step}"
+            style.errorbar_loglog(ax, part.depth, part["mean"], part["se"].to_numpy(), label=name, index=i,
+                                  fillstyle="full" if step == last else "none")
+            ax.plot(part.depth, part.theory, color=style.color(i), linestyle="--", linewidth=1)
+    ax.plot([], [], "k--", linewidth=1, label="infinite width (exact recursion)")
+    ax.set(xlabel="depth $L$", ylabel="RMS of change since init",
+           title=f"linear ResNets: width {width} vs $n = \\infty$")
 
 
 EXPERIMENTS = (
@@ -273,8 +350,8 @@ EXPERIMENTS = (
         paper="Yang, Yu, Zhu & Hayou 2023 (TP VI); Bordelon et al. 2023",
         summary="ResNet, SGD: block updates against depth for no branch scaling, 1/L and Depth-muP (1/sqrt(L))",
         config=DepthConfig(),
-        quick_config=DepthConfig(depths=(4, 16, 64), width=64, steps=2, seeds=1),
-        points=depth_points, compute=depth_compute, plot=depth_plot, depends=("experiments.training",
-                                                                               "theory.parameterizations"),
+        quick_config=DepthConfig(depths=(4, 16, 64), width=64, steps=2, seeds=1, linear_width=256, linear_seeds=12),
+        points=depth_points, compute=depth_compute, plot=depth_plot,
+        depends=("experiments.training", "theory.parameterizations", "theory.linear_resnet_training"),
     ),
 )
