@@ -319,8 +319,8 @@ def _linear_panel(ax, linear: pd.DataFrame, last: int, width: int) -> None:
     top = linear[linear.layer_name == "last block"]
     print("coord-check-depth, linear ResNets: last block's RMS change, finite width (mean ± SE) vs infinite width")
     for rec in top.itertuples(index=False):
-        print(f"  {rec.arm:>16}  L = {rec.depth:>4}  step {rec.step}:  {rec.mean:.4f} ± {rec.se:.4f}  "
-              f"theory {rec.theory:.4f}  (z = {rec.z:+.1f})")
+        print(f"  {rec.arm:>16}  L = {rec.depth:>4}  step {rec.step}:  {rec.mean:.4g} ± {rec.se:.2g}  "
+              f"theory {rec.theory:.4g}  (z = {rec.z:+.1f})")
     arms = list(DEPTH_ARMS)
     for arm in dict.fromkeys(top.arm):
         i = arms.index(arm.removeprefix(LINEAR))  # the same colour as the arm's ReLU version
