@@ -136,9 +136,9 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
                              f"ResNet's depth_exponent is {arch.depth_exponent:g}; build the ResNet with "
                              f"depth_exponent={depth_parameterization.alpha:g}")
         lr_factor = depth_parameterization.lr_scale(depth, "sgd")
-    nf = (n_steps + 1) * m                 # forward Zhat slots per block: one per input and step
-    nb = max(n_steps, 1)                   # backward Zhat slots per block: one per step
-    size = m + 1 + depth * (nf + nb)         # named Gaussians: stem (m), v (1), per block nf forward and nb backward
+    nf = (n_steps + 1) * m  # forward Zhat slots per block: one per input and step
+    nb = max(n_steps, 1)  # backward Zhat slots per block: one per step
+    size = m + 1 + depth * (nf + nb)  # named Gaussians: stem (m), v (1), per block nf forward and nb backward
     need = 8 * (depth * nf * size + 2 * depth * nb * size)
     if need > MAX_BYTES:
         raise ValueError(f"depth {depth}, {n_steps} steps and {m} inputs need {need / 2**30:.1f} GiB of "
@@ -148,7 +148,7 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
     w2 = arch.w_std**2
     r = arch.readout_w_std
     eta = lr * lr_factor
-    k0 = arch.stem_w_std**2 * (x @ x.n_steps) / x.shape[1]
+    k0 = arch.stem_w_std**2 * (x @ x.T) / x.shape[1]
     f0, b0 = m + 1, m + 1 + depth * nf   # first forward / backward slot
 
     cov_f = np.zeros((depth, nf, nf))     # covariance of each block's forward Zhat (w^2 times the inputs' Gram)
@@ -159,11 +159,11 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
 
     def cov(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """E[Z^a Z^b] for coefficient rows ``a`` (k, size), ``b`` (k', size)."""
-        out = a[:, :m] @ k0 @ b[:, :m].n_steps + np.outer(a[:, m], b[:, m])
+        out = a[:, :m] @ k0 @ b[:, :m].T + np.outer(a[:, m], b[:, m])
         af = a[:, f0:b0].reshape(a.shape[0], depth, nf)
-        out += np.einsum("klf,lfg->klg", af, cov_f).reshape(a.shape[0], -1) @ b[:, f0:b0].n_steps
+        out += np.einsum("klf,lfg->klg", af, cov_f).reshape(a.shape[0], -1) @ b[:, f0:b0].T
         ab = a[:, b0:].reshape(a.shape[0], depth, nb)
-        out += np.einsum("klf,lfg->klg", ab, cov_b).reshape(a.shape[0], -1) @ b[:, b0:].n_steps
+        out += np.einsum("klf,lfg->klg", ab, cov_b).reshape(a.shape[0], -1) @ b[:, b0:].T
         return out
 
     def sq(a: np.ndarray) -> np.ndarray:
