@@ -95,12 +95,27 @@ def test_deterministic_and_prefix_consistent():
     assert np.all(np.diff(b.loss) < 0)  # a small learning rate on a linear model: the loss falls every step
 
 
+def test_divergence_is_recorded_at_the_step_finite_networks_diverge():
+    """eta = 50 under Depth-muP (L = 8): the limit and width-512 networks (3 seeds) both explode at step 2."""
+    arch, rule = _arch(8), pz.depth_mup()
+    out = lrt.trajectory(arch, DATA.x, DATA.y, learning_rate=50.0, steps=8, depth_parameterization=rule)
+    assert out.diverged_step == 2 and out.loss.shape == (3,) and out.rms.shape == (3, 10)
+    assert np.all(np.isfinite(out.rms[:2])) and out.loss[1] > out.loss[0]
+    config = training.TrainConfig(learning_rate=50.0, steps=8, frozen=("input", "output"))
+    for seed in range(3):
+        run = training.train(arch, "mup", DATA, 512, config=config, seed=seed, depth_parameterization=rule)
+        assert run.diverged_step == 2
+    assert lrt.trajectory(arch, DATA.x, DATA.y, learning_rate=0.5, steps=8,
+                          depth_parameterization=rule).diverged_step is None
+
+
 @pytest.mark.parametrize("arch, kwargs, match", [
     (theory.ResNet(4, "relu", readout="linear"), {}, "linear ResNets"),
     (theory.ResNet(4, "identity", readout="activation"), {}, "linear ResNets"),
     (theory.MLP(4, "identity"), {}, "theory.ResNet"),
     (theory.ResNet(4, "identity", readout="linear"), {"learning_rate": -1.0}, "learning_rate"),
     (theory.ResNet(4, "identity", readout="linear"), {"steps": 1.5}, "steps"),
+    (theory.ResNet(4, "identity", readout="linear"), {"explode_at": 0}, "explode_at"),
     (theory.ResNet(4, "identity", readout="linear", depth_exponent=1.0),
      {"depth_parameterization": pz.depth_mup()}, "depth_exponent"),
     (theory.ResNet(4000, "identity", readout="linear"), {"steps": 10}, "GiB"),

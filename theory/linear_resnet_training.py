@@ -76,7 +76,9 @@ class LinearResNetTrajectory:
     init). ``rms`` / ``delta_rms`` ``(T + 1, L + 2)``: the RMS over inputs and units of the stem, of the stream after
     each block and of the output (``sqrt(mean_j E[Z^2])``), and of their change since init, laid out as
     ``experiments.training.TrainResult``; ``outputs`` ``(T + 1, m)``; ``loss`` ``(T + 1,)`` (the training loss
-    ``1/m sum_j 1/2 (f_j - y_j)^2``). ``dtype`` is the float type used."""
+    ``1/m sum_j 1/2 (f_j - y_j)^2``). ``diverged_step``: ``None``, or the step after which an RMS or an error
+    ``|f_j - y_j|`` was non-finite or above ``explode_at`` (the arrays then end with that row, as
+    ``experiments.training.TrainResult`` does). ``dtype`` is the float type used."""
 
     rms: np.ndarray
     delta_rms: np.ndarray
@@ -84,6 +86,7 @@ class LinearResNetTrajectory:
     loss: np.ndarray
     depth: int
     coupling: bool
+    diverged_step: int | None = None
     dtype: str = "float64"
 
 
@@ -112,13 +115,15 @@ def _check_inputs(arch: ResNet, x: object, y: object) -> tuple[np.ndarray, np.nd
 
 def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, steps: int,
                depth_parameterization: DepthParameterization | None = None,
-               coupling: bool = True) -> LinearResNetTrajectory:
+               coupling: bool = True, explode_at: float = 1e8) -> LinearResNetTrajectory:
     """Infinite-width SGD trajectory of the linear ResNet ``arch`` on inputs ``x`` ``(m, d)`` and targets ``y``.
 
     Full-batch SGD, ``steps`` steps at base learning rate ``learning_rate`` on the blocks only; the block learning
     rate is ``learning_rate * depth_parameterization.lr_scale(L, "sgd")`` (factor 1 when ``None``, as in
     ``experiments.training``). ``depth_parameterization.alpha`` must equal ``arch.depth_exponent``. See the module
     docstring for the equations; ``coupling=False`` drops the forward-backward ``Zdot`` terms (an ablation).
+    A learning rate too large for the limit stops the recursion at the step that exploded (``diverged_step``)
+    and keeps everything before it.
     """
     x, y = _check_inputs(arch, x, y)
     lr = learning_rate
@@ -126,6 +131,8 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
         raise ValueError(f"learning_rate must be a finite positive number, got {lr!r}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(explode_at, bool) or not isinstance(explode_at, numbers.Real) or not explode_at > 0:
+        raise ValueError(f"explode_at must be a positive number, got {explode_at!r}")
     depth, n_steps, m = arch.depth, int(steps), x.shape[0]
     lr_factor = 1.0
     if depth_parameterization is not None:
@@ -149,13 +156,13 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
     r = arch.readout_w_std
     eta = lr * lr_factor
     k0 = arch.stem_w_std**2 * (x @ x.T) / x.shape[1]
-    f0, b0 = m + 1, m + 1 + depth * nf   # first forward / backward slot
+    f0, b0 = m + 1, m + 1 + depth * nf  # first forward / backward slot
 
-    cov_f = np.zeros((depth, nf, nf))     # covariance of each block's forward Zhat (w^2 times the inputs' Gram)
-    cov_b = np.zeros((depth, nb, nb))     # ... and of its backward Zhat
-    fwd = np.zeros((depth, nf, size))       # coefficients of the inputs h^{k-1}_{j,s} of block k, slot s*m + j
-    grad = np.zeros((depth, nb, size))      # g^l_s
-    err = np.zeros((depth, nb, size))       # H^{k-1}_s
+    cov_f = np.zeros((depth, nf, nf))  # covariance of each block's forward Zhat (w^2 times the inputs' Gram)
+    cov_b = np.zeros((depth, nb, nb))  # ... and of its backward Zhat
+    fwd = np.zeros((depth, nf, size))  # coefficients of the inputs h^{k-1}_{j,s} of block k, slot s*m + j
+    grad = np.zeros((depth, nb, size))  # g^k_s
+    err = np.zeros((depth, nb, size))  # H^{k-1}_s
 
     def cov(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """E[Z^a Z^b] for coefficient rows ``a`` (k, size), ``b`` (k', size)."""
@@ -175,7 +182,7 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
     stem = np.zeros((m, size))
     stem[:, :m] = np.eye(m)
     rms[:, 0] = math.sqrt(np.mean(np.diag(k0)))
-    top0 = None
+    top0, diverged = None, None
     for t in range(n_steps + 1):
         h = stem.copy()
         for k in range(depth):
@@ -198,8 +205,12 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
                 delta[t, k + 1] = math.sqrt(np.mean(sq(h - base)))
         if t == 0:
             top0 = h.copy()
-        outputs[t] = r * h[:, m]    # f_j = r E[Z^v Z^{h^L_j}]; Z^v is one of the named Gaussians, variance 1
+        outputs[t] = r * h[:, m]  # f_j = r E[Z^v Z^{h^L_j}]; Z^v is one of the named Gaussians, variance 1
         chi = outputs[t] - y
+        scale = np.concatenate([rms[t, :depth + 1], np.abs(chi)])
+        if not (np.all(np.isfinite(scale)) and scale.max() <= explode_at):
+            diverged = t
+            break
         if t == n_steps:
             break
         err[:, t] = np.einsum("j,ljn->ln", chi / m, fwd[:, t * m:(t + 1) * m])
@@ -217,7 +228,9 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
             if t:
                 new -= eta * beta**2 * cov(g[None], grad[k, :t])[0] @ err[k, :t]
             g = new
+    rows = n_steps + 1 if diverged is None else diverged + 1
+    rms, delta, outputs = rms[:rows], delta[:rows], outputs[:rows]
     rms[:, depth + 1] = np.sqrt(np.mean(outputs**2, axis=1))
     delta[:, depth + 1] = np.sqrt(np.mean((outputs - outputs[0]) ** 2, axis=1))
     loss = 0.5 * np.mean((outputs - y) ** 2, axis=1)
-    return LinearResNetTrajectory(rms, delta, outputs, loss, depth, bool(coupling))
+    return LinearResNetTrajectory(rms, delta, outputs, loss, depth, bool(coupling), diverged)
