@@ -165,18 +165,7 @@ def network_scales(arch: Architecture, parameterization: str | pz.AbcParameteriz
         n_hidden, branch = arch.depth, arch.branch_multiplier
         sig_in, sig_out = arch.stem_w_std / math.sqrt(features), arch.readout_w_std
         readout_act = arch.readout == "activation"
-        depth_lr = 1.0
-        if depth_parameterization is not None:
-            if not isinstance(depth_parameterization, pz.DepthParameterization):
-                raise ValueError(f"depth_parameterization must be a DepthParameterization, got "
-                                 f"{depth_parameterization!r}")
-            if abs(depth_parameterization.alpha - arch.depth_exponent) > 1e-12:
-                raise ValueError(
-                    f"the depth parameterization has alpha = {depth_parameterization.alpha:g} but the ResNet's "
-                    f"depth_exponent is {arch.depth_exponent:g}; build the ResNet with "
-                    f"depth_exponent={depth_parameterization.alpha:g} (the architecture owns the branch multiplier)")
-            if arch.depth >= 1:
-                depth_lr = depth_parameterization.lr_scale(arch.depth, optimizer)
+        depth_lr = pz.block_lr_factor(depth_parameterization, arch.depth_exponent, arch.depth, optimizer)
     hidden = None
     if n_hidden:
         h = p.layer_scale("hidden", width, arch.w_std, n_hidden)

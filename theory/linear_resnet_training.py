@@ -65,7 +65,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from theory.architectures import ResNet
-from theory.parameterizations import DepthParameterization
+from theory.parameterizations import DepthParameterization, block_lr_factor
 
 MAX_BYTES = 4 * 2**30  # the forward vectors' coefficients are the largest array: refuse sizes that would not fit
 
@@ -134,15 +134,7 @@ def trajectory(arch: ResNet, x: object, y: object, *, learning_rate: float, step
     if isinstance(explode_at, bool) or not isinstance(explode_at, numbers.Real) or not explode_at > 0:
         raise ValueError(f"explode_at must be a positive number, got {explode_at!r}")
     depth, n_steps, m = arch.depth, int(steps), x.shape[0]
-    lr_factor = 1.0
-    if depth_parameterization is not None:
-        if not isinstance(depth_parameterization, DepthParameterization):
-            raise ValueError(f"depth_parameterization must be a DepthParameterization, got {depth_parameterization!r}")
-        if abs(depth_parameterization.alpha - arch.depth_exponent) > 1e-12:
-            raise ValueError(f"the depth parameterization has alpha = {depth_parameterization.alpha:g} but the "
-                             f"ResNet's depth_exponent is {arch.depth_exponent:g}; build the ResNet with "
-                             f"depth_exponent={depth_parameterization.alpha:g}")
-        lr_factor = depth_parameterization.lr_scale(depth, "sgd")
+    lr_factor = block_lr_factor(depth_parameterization, arch.depth_exponent, depth, "sgd")
     nf = (n_steps + 1) * m  # forward Zhat slots per block: one per input and step
     nb = max(n_steps, 1)  # backward Zhat slots per block: one per step
     size = m + 1 + depth * (nf + nb)  # named Gaussians: stem (m), v (1), per block nf forward and nb backward

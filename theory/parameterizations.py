@@ -431,6 +431,22 @@ def classify_depth(alpha: float, gamma: float) -> DepthClassification:
     return DepthClassification(stable, nontrivial and stable, diversity, phase, 1 - alpha - gamma, tuple(failed))
 
 
+def block_lr_factor(rule: object, depth_exponent: float, depth: int, optimizer: str) -> float:
+    """The block learning-rate factor a depth rule gives a ResNet with ``depth_exponent`` and ``depth`` blocks
+    (1 for ``rule=None`` or ``depth = 0``). Raises ``ValueError`` unless ``rule`` is a :class:`DepthParameterization`
+    whose ``alpha`` equals ``depth_exponent`` (the architecture owns the branch multiplier)."""
+    if rule is None:
+        return 1.0
+    if not isinstance(rule, DepthParameterization):
+        raise ValueError(f"depth_parameterization must be a DepthParameterization, got {rule!r}")
+    if abs(rule.alpha - depth_exponent) > 1e-12:
+        raise ValueError(
+            f"the depth parameterization has alpha = {rule.alpha:g} but the ResNet's depth_exponent is "
+            f"{depth_exponent:g}; build the ResNet with depth_exponent={rule.alpha:g} (the architecture owns the "
+            f"branch multiplier)")
+    return rule.lr_scale(depth, optimizer) if depth >= 1 else 1.0
+
+
 def depth_mup() -> DepthParameterization:
     """Depth-muP (TP VI; Bordelon et al. 2023): ``alpha = gamma = 1/2``: branch ``a / sqrt(L)``, SGD learning rate
     ``eta``, Adam ``eta / sqrt(L)``."""
