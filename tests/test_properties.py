@@ -8,7 +8,6 @@ comes from a fixed list that covers every activation and both architectures, and
 everything else. All tests are derandomized: the same examples every run.
 """
 
-import inspect
 import warnings
 
 import numpy as np
@@ -293,17 +292,14 @@ def test_float32_agrees_with_float64(structure, data):
 
 def test_blocks_that_do_not_divide_the_rows(monkeypatch):
     """Budgets between 1 and "everything": blocks of 2, 3, ... rows, with a padded last block."""
-    kernels_module = inspect.getmodule(theory.kernels)
     blocks = []
-    original = getattr(kernels_module, "_block_rows", None)
-    if original is None:
-        pytest.skip("theory.kernels._block_rows is gone; update this spy")
+    original = theory.recursion.block_rows
 
     def spy(*args, **kwargs):
         blocks.append(original(*args, **kwargs))
         return blocks[-1]
 
-    monkeypatch.setattr(kernels_module, "_block_rows", spy)
+    monkeypatch.setattr(theory.recursion, "block_rows", spy)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(7, 3))
     net = theory.ResNet(3, "erf", w_std=1.3, b_std=0.2, readout="linear")

@@ -13,32 +13,107 @@ import pytest
 
 import theory
 from theory import activations
+from theory import layers as nn
 
 DATA = Path(__file__).parent / "data"
-FIXTURES = sorted(DATA.glob("nt_*.npz"))
+FIXTURES = sorted(f for f in DATA.glob("nt_*.npz") if f.stem != "nt_empirical_cnn")
 
 
-def _architecture(config: dict) -> theory.MLP | theory.ResNet:
-    act = dict(config["activation"])
+def _activation(spec: dict, degree: int | None):
+    act = dict(spec)
     name = act.pop("name")
-    if config.get("quadrature_degree"):
+    if degree:
         # Same Gauss-Hermite degree as NT's ElementwiseNumerical (our own implementation of the rule).
-        act["quadrature_degree"] = config["quadrature_degree"]
-    activation = activations.get(name, **act)
-    fields = {k: v for k, v in config.items() if k not in ("arch", "activation", "quadrature_degree")}
+        act["quadrature_degree"] = degree
+    return activations.get(name, **act)
+
+
+def program_layers(specs: list, config: dict) -> list:
+    """theory.layers from the fixture schema of tests/reference/make_nt_fixtures.py."""
+    scaling = config["weight_scaling"]
+
+    def weights(spec: dict) -> dict:
+        w, b = spec["w_std"], spec["b_std"]
+        if scaling == "standard":
+            return {"w_std": w, "b_std": b, "scaling": nn.WeightScaling.standard(w, b, config["width"])}
+        return {"w_std": w, "b_std": b}
+
+    out = []
+    for spec in specs:
+        kind = spec["layer"]
+        if kind == "Dense":
+            out.append(nn.Dense(**weights(spec)))
+        elif kind == "Conv":
+            out.append(nn.Conv(tuple(spec["filter_shape"]), spec["strides"], spec["padding"], **weights(spec)))
+        elif kind == "Elementwise":
+            out.append(nn.Elementwise(_activation(spec["activation"], spec["quadrature_degree"])))
+        elif kind == "AvgPool":
+            out.append(nn.AvgPool(tuple(spec["window_shape"]), spec["strides"], spec["padding"]))
+        elif kind == "GlobalAvgPool":
+            out.append(nn.GlobalAvgPool())
+        elif kind == "Flatten":
+            out.append(nn.Flatten())
+        elif kind == "LayerNorm":
+            out.append(nn.LayerNorm(spec["eps"]))
+        elif kind == "Identity":
+            out.append(nn.Identity())
+        elif kind == "Residual":
+            out.append(nn.Residual(*program_layers(spec["branch"], config), scale=spec["scale"]))
+        else:
+            raise AssertionError(f"unknown layer {kind!r} in a fixture")
+    return out
+
+
+def _architecture(config: dict):
+    if config["arch"] == "program":
+        return theory.serial(*program_layers(config["layers"], config))
+    fields = {k: v for k, v in config.items() if k not in ("arch", "activation", "quadrature_degree",
+                                                           "parameterization")}
     cls = {"MLP": theory.MLP, "ResNet": theory.ResNet}[config["arch"]]
-    return cls(activation=activation, **fields)
+    return cls(activation=_activation(config["activation"], config.get("quadrature_degree")),
+               weight_scaling=config["parameterization"], **fields)
+
+
+def _walk(specs: list):
+    for spec in specs:
+        yield spec
+        if spec["layer"] == "Residual":
+            yield from _walk(spec["branch"])
 
 
 def test_enough_fixtures_cover_the_issue():
     configs = [json.loads(str(np.load(f)["config"])) for f in FIXTURES]
-    assert len(configs) >= 50
+    programs = [c for c in configs if c["arch"] == "program"]
+    configs = [c for c in configs if c["arch"] != "program"]
+    assert len(configs) >= 50 and len(programs) >= 30
     names = {c["activation"]["name"] for c in configs}
     assert {"relu", "leaky_relu", "abs", "erf", "identity", "sign", "gelu", "sin", "cos", "tanh"} <= names
     assert {c["depth"] for c in configs if c["arch"] == "MLP"} >= {1, 3, 10}
     assert {c["depth"] for c in configs if c["arch"] == "ResNet"} >= {4, 16, 64}
     assert {c["parameterization"] for c in configs} == {"ntk", "standard"}
     assert any(c["b_std"] > 0 for c in configs) and any(c["b_std"] == 0 for c in configs)
+    layers = [spec for c in programs for spec in _walk(c["layers"])]
+    convs = [spec for spec in layers if spec["layer"] == "Conv"]
+    assert {(len(c["filter_shape"]), c["padding"]) for c in convs} >= {
+        (nd, p) for nd in (1, 2) for p in ("SAME", "VALID", "CIRCULAR")}
+    assert any(c["strides"] and max(c["strides"]) > 1 for c in convs)
+    pools = [spec for spec in layers if spec["layer"] == "AvgPool"]
+    assert {p["padding"] for p in pools} == {"SAME", "VALID", "CIRCULAR"} and any(p["strides"] for p in pools)
+    kinds = {spec["layer"] for spec in layers}
+    assert {"GlobalAvgPool", "Flatten", "LayerNorm", "Residual", "Identity", "Dense"} <= kinds
+    assert any(c["input_shape"] and len(c["input_shape"]) == 1 and any(s["layer"] == "LayerNorm" for s in
+                                                                       _walk(c["layers"])) for c in programs)
+    assert any(s["layer"] == "Residual" and any(b["layer"] == "Conv" for b in s["branch"]) for s in layers)
+    acts = {s["activation"]["name"] for s in layers if s["layer"] == "Elementwise"}
+    assert {"relu", "erf", "tanh"} <= acts
+    assert {c["weight_scaling"] for c in programs} == {"ntk", "standard"}
+
+
+def _all_layers(net):
+    for layer in net.layers:
+        yield layer
+        if isinstance(layer, nn.Residual):
+            yield from layer.branch
 
 
 def _parallel(x1, x2):
@@ -58,13 +133,14 @@ def test_kernels_equal_neural_tangents(path):
     arch = _architecture(config)
     # Closed forms must agree to 1e-6 relative; quadrature (tanh, NT's ElementwiseNumerical vs our
     # rule at the fixture's degree) to 1e-4.
-    rtol = 1e-6 if arch.activation.has_closed_form else 1e-4
+    closed = all(getattr(layer, "activation", activations.relu()).has_closed_form for layer in _all_layers(arch))
+    rtol = 1e-6 if closed else 1e-4
     x1, x2 = data["x1"], data["x2"]
     cross = theory.kernels(arch, x1, x2)
     same = theory.kernels(arch, x1)
     checks = [(cross.nngp, "nngp_12", x2), (cross.ntk, "ntk_12", x2), (same.nngp, "nngp_11", x1),
               (same.ntk, "ntk_11", x1)]
-    if "nngp_layers_11" in data:
+    if "nngp_layers_11" in data:  # (MLPs)
         layers = theory.kernels(arch, x1, per_layer=True)
         checks += [(layers.nngp, "nngp_layers_11", x1), (layers.ntk, "ntk_layers_11", x1)]
     for ours, key, other in checks:
@@ -72,7 +148,7 @@ def test_kernels_equal_neural_tangents(path):
         if key.endswith("layers_11"):  # the first Dense layer reads x itself: no activation yet
             np.testing.assert_allclose(ours[0], ref[0], rtol=rtol, err_msg=key)
             ours, ref = ours[1:], ref[1:]
-        if arch.activation.name == "sign":
+        if config.get("activation", {}).get("name") == "sign":
             # Correlation 1 is an unstable fixed point of the sign network's correlation map (arcsin
             # has infinite slope at 1), so pairs that are parallel only up to rounding have no
             # well-conditioned kernel, and NT, which forms rho from rounded quantities, drifts away

@@ -17,6 +17,8 @@ from theory import (
     activations,
     depth_diffusion,
     finite_width,
+    kernels,
+    layers,
     linear_resnet_training,
     parameterizations,
     signal_propagation,
@@ -25,7 +27,8 @@ from theory import (
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
 from theory.depth_limits import residual_stream_limit, resnet_limit
-from theory.kernels import Kernels, QuadratureAccuracyWarning, kernels
+from theory.kernels import Kernels, QuadratureAccuracyWarning
+from theory.layers import Serial, serial
 from theory.signal_propagation import critical_line, criticality, edge_of_chaos
 
 __version__ = "0.1.0"
@@ -36,6 +39,7 @@ __all__ = [
     "Kernels",
     "QuadratureAccuracyWarning",
     "ResNet",
+    "Serial",
     "__version__",
     "activations",
     "critical_line",
@@ -44,10 +48,12 @@ __all__ = [
     "edge_of_chaos",
     "finite_width",
     "kernels",
+    "layers",
     "linear_resnet_training",
     "parameterizations",
     "residual_stream_limit",
     "resnet_limit",
+    "serial",
     "signal_propagation",
     "training_dynamics",
 ]

@@ -1,22 +1,30 @@
-"""Architecture descriptions: the single source of truth handed to theory and experiments.
+"""``MLP`` and ``ResNet``: constructors of layer programs with the fields the depth and width theories read.
 
-Dense convention (neural-tangents' "ntk" parameterization, Jacot et al. 2018): a Dense layer
-with ``w_std``, ``b_std`` maps ``h -> w_std / sqrt(fan_in) * W h + b_std * b`` with
-``W, b ~ N(0, 1)``. ``parameterization="standard"`` puts the scale into the initialisation,
-``W ~ N(0, w_std^2 / fan_in)``, ``b ~ N(0, b_std^2)``, ``h -> W h + b``: same NNGP, but an NTK
-that depends on the layer widths (``width``), as in neural-tangents. ``b_std = 0`` means the
-layer has no bias at all (in both parameterizations).
+Dense convention (neural-tangents' "ntk" parameterization, Jacot et al. 2018): a Dense layer with ``w_std``,
+``b_std`` maps ``h -> w_std / sqrt(fan_in) * W h + b_std * b`` with ``W, b ~ N(0, 1)``.
+``weight_scaling="standard"`` puts the scale into the initialisation, ``W ~ N(0, w_std^2 / fan_in)``,
+``b ~ N(0, b_std^2)``: same NNGP, an NTK that depends on the hidden ``width`` (neural-tangents' "standard").
+``b_std = 0`` means no bias. (The abc-parameterizations of ``theory.parameterizations`` are a different
+thing: exponents of the width that a training run follows.)
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import numbers
-from dataclasses import dataclass
+import warnings
+from functools import cached_property
+from typing import Any
 
 from theory.activations import Activation, get
+from theory.layers.base import Layer, WeightScaling, check_scale
+from theory.layers.elementwise import Elementwise
+from theory.layers.program import Program
+from theory.layers.residual import Residual
+from theory.layers.weighted import Dense
 
-PARAMETERIZATIONS = ("ntk", "standard")
+WEIGHT_SCALINGS = ("ntk", "standard")
+PARAMETERIZATIONS = WEIGHT_SCALINGS  # the old name of the choice, kept for compatibility
 READOUTS = ("activation", "linear")
 
 
@@ -28,60 +36,99 @@ def _check_depth(depth: object) -> int:
     return int(depth)
 
 
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}; it is a standard deviation or scale")
-    return value
+def _weight_scaling(weight_scaling: str | None, parameterization: str | None, cls: str) -> str:
+    if parameterization is not None:
+        warnings.warn(f"{cls}(parameterization=...) is deprecated: the neural-tangents choice of where the weight "
+                      f"scale sits is now {cls}(weight_scaling=...); 'parameterization' names the "
+                      "abc-parameterizations of theory.parameterizations", DeprecationWarning, stacklevel=4)
+        if weight_scaling is not None and weight_scaling != parameterization:
+            raise ValueError(f"weight_scaling={weight_scaling!r} and parameterization={parameterization!r} disagree")
+        weight_scaling = parameterization
+    keyword = "weight_scaling" if parameterization is None else "parameterization"
+    weight_scaling = "ntk" if weight_scaling is None else weight_scaling
+    if weight_scaling not in WEIGHT_SCALINGS:
+        raise ValueError(f"unknown {keyword} {weight_scaling!r}; choose one of {WEIGHT_SCALINGS} (neural-tangents' "
+                         "choice of where the weight scale sits); for muP and other abc-parameterizations use "
+                         f"theory.parameterize({cls.lower()}, 'mup', width=...)")
+    return weight_scaling
 
 
-def _check_common(arch: MLP | ResNet) -> None:
-    set_ = object.__setattr__  # frozen dataclasses normalise their fields once, here
-    set_(arch, "depth", _check_depth(arch.depth))
-    set_(arch, "activation", get(arch.activation))
-    for name in ("w_std", "b_std"):
-        set_(arch, name, _check_scale(name, getattr(arch, name)))
-    if arch.parameterization not in PARAMETERIZATIONS:
-        raise ValueError(
-            f"unknown parameterization {arch.parameterization!r}; choose one of {PARAMETERIZATIONS}"
-        )
-    width = arch.width
+def _check_width(width: object, weight_scaling: str, keyword: str) -> int | None:
     if width is not None:
         if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
             raise ValueError(f"width must be a positive integer or None, got {width!r}")
-        set_(arch, "width", int(width))
-    elif arch.parameterization == "standard":
-        raise ValueError(
-            "parameterization='standard' has a width-dependent NTK: pass width=<hidden width> "
-            "(as neural-tangents' Dense(out_dim, parameterization='standard') does)"
-        )
+        return int(width)
+    if weight_scaling == "standard":
+        raise ValueError(f"{keyword}='standard' has a width-dependent NTK: pass width=<hidden width> "
+                         "(as neural-tangents' Dense(out_dim, parameterization='standard') does)")
+    return None
 
 
-@dataclass(frozen=True)
-class MLP:
-    """A fully connected network: ``depth`` hidden layers (Dense then ``activation``), then a
-    Dense readout with one output. Every Dense (first, hidden, readout) has ``w_std``, ``b_std``.
+class _Architecture(Program):
+    """What MLP and ResNet share: the deprecated ``parameterization`` name and the Dense factory."""
 
-    The kernels of an MLP are those of its readout; ``per_layer`` kernels are those of the
-    pre-activations after each Dense layer (``depth + 1`` of them, the last is the readout).
-    ``width`` is the hidden width; only the standard parameterization's NTK depends on it.
+    weight_scaling: str
+    width: int | None
+
+    @property
+    def parameterization(self) -> str:
+        """Deprecated alias of ``weight_scaling``."""
+        warnings.warn("'.parameterization' of an MLP / ResNet is deprecated: use '.weight_scaling'",
+                      DeprecationWarning, stacklevel=2)
+        return self.weight_scaling
+
+    def _dense(self, w_std: Any, b_std: Any) -> Dense:
+        if self.weight_scaling == "standard":
+            return Dense(w_std, b_std, WeightScaling.standard(w_std, b_std, self.width))
+        return Dense(w_std, b_std)
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(layer for repeats in self.segments() for unit in repeats for layer in unit)
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class MLP(_Architecture):
+    """A fully connected network: ``depth`` hidden layers (Dense then ``activation``), then a Dense readout.
+
+    As a program: ``Dense, (Elementwise(activation), Dense) x depth``, every Dense with ``w_std``, ``b_std``.
+    Its kernels are the readout's; ``per_layer`` kernels are those after each Dense (``depth + 1``).
     """
 
     depth: int
-    activation: str | Activation = "relu"
-    w_std: float = 1.0
-    b_std: float = 0.0
-    parameterization: str = "ntk"
-    width: int | None = None
+    activation: Activation
+    w_std: Any
+    b_std: Any
+    weight_scaling: str
+    width: int | None
 
-    def __post_init__(self) -> None:
-        _check_common(self)
+    def __init__(self, depth: int, activation: str | Activation = "relu", w_std: Any = 1.0, b_std: Any = 0.0,
+                 weight_scaling: str | None = None, width: int | None = None, *,
+                 parameterization: str | None = None) -> None:
+        set_ = object.__setattr__  # frozen: fields are normalised once, here
+        set_(self, "depth", _check_depth(depth))
+        set_(self, "activation", get(activation))
+        set_(self, "w_std", check_scale("w_std", w_std))
+        set_(self, "b_std", check_scale("b_std", b_std))
+        scaling = _weight_scaling(weight_scaling, parameterization, "MLP")
+        set_(self, "weight_scaling", scaling)
+        set_(self, "width", _check_width(width, scaling, "weight_scaling" if parameterization is None
+                                         else "parameterization"))
+
+    @cached_property
+    def _segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        dense = self._dense(self.w_std, self.b_std)
+        if self.depth == 0:
+            return (((dense,),),)
+        unit = (Elementwise(self.activation), dense)
+        hidden = ((unit,) * (self.depth - 1),) if self.depth > 1 else ()
+        return (((dense,),), *hidden, (unit,))
+
+    def segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        return self._segments
 
     @property
-    def n_layers(self) -> int:
-        """Number of Dense layers, readout included."""
+    def n_recorded(self) -> int:
         return self.depth + 1
 
     def layer_name(self, index: int) -> str:
@@ -90,50 +137,90 @@ class MLP:
             return f"the readout (Dense layer {index + 1} of {self.n_layers})"
         return f"hidden layer {index + 1} of {self.depth}"
 
+    def recorded_names(self) -> tuple[str, ...]:
+        return (*(f"layer {i + 1}" for i in range(self.depth)), "output")
 
-@dataclass(frozen=True)
-class ResNet:
+
+@dataclasses.dataclass(frozen=True, init=False)
+class ResNet(_Architecture):
     """A residual network whose branches are scaled with depth (Hayou & Yang 2023; Depth-muP).
 
-    ``h_0 = Dense_stem(x)``, then ``depth`` blocks
-    ``h_l = h_{l-1} + branch_scale / depth**depth_exponent * Dense(phi(h_{l-1}))`` (the branch
-    Dense has ``w_std``, ``b_std``), then the readout ``Dense(phi(h_L))`` (``readout="activation"``)
-    or ``Dense(h_L)`` (``readout="linear"``) with one output. The stem and the readout have
-    weight std ``stem_w_std`` / ``readout_w_std`` and no bias. All weights are trainable and enter
-    the NTK. ``per_layer`` kernels: the stem, each block's output, the readout (``depth + 2``).
-    ``depth_exponent = 1/2`` is the scaling whose large-depth limit is an ODE in ``t = l / L``.
+    ``h_0 = Dense_stem(x)``, then ``depth`` blocks ``h_l = h_{l-1} + branch_scale / depth**depth_exponent *
+    Dense(phi(h_{l-1}))`` (the branch Dense has ``w_std``, ``b_std``), then the readout ``Dense(phi(h_L))``
+    (``readout="activation"``) or ``Dense(h_L)`` (``"linear"``). Stem and readout have weight std
+    ``stem_w_std`` / ``readout_w_std`` and no bias. As a program: ``Dense, Residual(Elementwise, Dense) x depth,
+    [Elementwise], Dense``. ``per_layer`` kernels: the stem, each block's output, the readout (``depth + 2``).
     """
 
     depth: int
-    activation: str | Activation = "relu"
-    w_std: float = 1.0
-    b_std: float = 0.0
-    branch_scale: float = 1.0
-    depth_exponent: float = 0.5
-    readout: str = "activation"
-    stem_w_std: float = 1.0
-    readout_w_std: float = 1.0
-    parameterization: str = "ntk"
-    width: int | None = None
+    activation: Activation
+    w_std: Any
+    b_std: Any
+    branch_scale: Any
+    depth_exponent: Any
+    readout: str
+    stem_w_std: Any
+    readout_w_std: Any
+    weight_scaling: str
+    width: int | None
 
-    def __post_init__(self) -> None:
-        _check_common(self)
-        for name in ("branch_scale", "depth_exponent", "stem_w_std", "readout_w_std"):
-            object.__setattr__(self, name, _check_scale(name, getattr(self, name)))
-        if self.readout not in READOUTS:
-            raise ValueError(f"unknown readout {self.readout!r}; choose one of {READOUTS}")
+    def __init__(self, depth: int, activation: str | Activation = "relu", w_std: Any = 1.0, b_std: Any = 0.0,
+                 branch_scale: Any = 1.0, depth_exponent: Any = 0.5, readout: str = "activation",
+                 stem_w_std: Any = 1.0, readout_w_std: Any = 1.0, weight_scaling: str | None = None,
+                 width: int | None = None, *, parameterization: str | None = None) -> None:
+        set_ = object.__setattr__
+        set_(self, "depth", _check_depth(depth))
+        set_(self, "activation", get(activation))
+        for name, value in (("w_std", w_std), ("b_std", b_std), ("branch_scale", branch_scale),
+                            ("depth_exponent", depth_exponent), ("stem_w_std", stem_w_std),
+                            ("readout_w_std", readout_w_std)):
+            set_(self, name, check_scale(name, value))
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; choose one of {READOUTS}")
+        set_(self, "readout", readout)
+        scaling = _weight_scaling(weight_scaling, parameterization, "ResNet")
+        set_(self, "weight_scaling", scaling)
+        set_(self, "width", _check_width(width, scaling, "weight_scaling" if parameterization is None
+                                         else "parameterization"))
 
     @property
-    def n_layers(self) -> int:
-        """Stem, blocks and readout."""
-        return self.depth + 2
-
-    @property
-    def branch_multiplier(self) -> float:
+    def branch_multiplier(self) -> Any:
         """``branch_scale / depth**depth_exponent`` (the factor in front of every branch)."""
         if self.depth == 0:
             return self.branch_scale
         return self.branch_scale / self.depth**self.depth_exponent
+
+    @property
+    def stem(self) -> Dense:
+        return self._dense(self.stem_w_std, 0.0)
+
+    @property
+    def block(self) -> Residual:
+        """One residual block, ``Residual(Elementwise(phi), Dense(w_std, b_std), scale=branch_multiplier)``."""
+        return Residual(Elementwise(self.activation), self._dense(self.w_std, self.b_std),
+                        scale=self.branch_multiplier)
+
+    @property
+    def head(self) -> tuple[Layer, ...]:
+        """What follows the blocks: ``[Elementwise(phi)], Dense(readout_w_std)``."""
+        readout = self._dense(self.readout_w_std, 0.0)
+        return (Elementwise(self.activation), readout) if self.readout == "activation" else (readout,)
+
+    @cached_property
+    def _segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        segments: list[tuple[tuple[Layer, ...], ...]] = [((self.stem,),)]
+        if self.depth:
+            block = self.block
+            segments.append(((block,),) * self.depth)
+        segments += [((layer,),) for layer in self.head]
+        return tuple(segments)
+
+    def segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        return self._segments
+
+    @property
+    def n_recorded(self) -> int:
+        return self.depth + 2
 
     def layer_name(self, index: int) -> str:
         """Human name of layer ``index`` (0-based, as on axis 0 of ``per_layer`` kernels)."""
@@ -142,6 +229,9 @@ class ResNet:
         if index == self.depth + 1:
             return f"the readout (layer {index + 1} of {self.n_layers})"
         return f"residual block {index} of {self.depth}"
+
+    def recorded_names(self) -> tuple[str, ...]:
+        return ("stem", *(f"block {i + 1}" for i in range(self.depth)), "output")
 
 
 Architecture = MLP | ResNet

@@ -23,28 +23,18 @@ and there is no finite limit (``resnet_limit`` raises, naming the regime).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.activations import Activation
+from theory import recursion
 from theory.architectures import ResNet
 from theory.inputs import validate_inputs
-from theory.kernels import (
-    DEFAULT_MEMORY_BUDGET,
-    KERNEL_NAMES,
-    Kernels,
-    _block_rows,
-    _Dense,
-    _dense,
-    _input_kernel,
-    _layer,
-    _layers,
-    _State,
-    _warn_quadrature_accuracy,
-)
+from theory.kernels import DEFAULT_MEMORY_BUDGET, KERNEL_NAMES, Kernels, check_get, warn_quadrature
+from theory.layers.program import analyse
 from theory.ode import dopri5
 
 Array = jax.Array
@@ -69,51 +59,47 @@ def limit_regime(res: ResNet) -> str:
     return "ode"
 
 
-def _rate(res: ResNet) -> _Dense:
-    # d/dt of the block map: the block's coefficients with branch_scale^2 in place of s^2 and no skip.
-    return _dense(res, res.w_std, res.b_std, res.width, gamma=0.0, scale=res.branch_scale)
-
-
 def _default_tolerances(dtype: np.dtype) -> tuple[float, float]:
     return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (1e-5, 1e-7)
 
 
-def _solve_block(sq_rows, cross, sq_cols, coeffs, act, last_post, with_ntk, times, rtol, atol, max_steps):
-    stem, rate, readout = coeffs
-    zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
-    state = _State(sq_rows, cross, sq_cols, zeros(sq_rows), zeros(cross), zeros(sq_cols))
-    state = _layer(act, stem, "input", state, with_ntk)
+def _solve_block(xr, x2, parts, coeffs, with_ntk, readout, times, rtol, atol, max_steps):
+    stem, block, head = parts
+    c_stem, (gain, c_branch), c_head = coeffs
+    k = recursion.input_kernel(xr, x2, False, with_ntk)
+    watch = recursion.new_watch(xr.shape[0], xr.dtype)
+    k, _, _ = recursion.apply_plan(stem, c_stem, k, watch)
 
-    def rhs(s: _State) -> _State:
-        return _layer(act, rate, "activation", s, with_ntk)
+    def rhs(s):
+        # d/dt of the blocks: the branch's kernel map with branch_scale^2 in place of scale^2, no skip.
+        out, _, _ = recursion.apply_plan(block.branch, c_branch, s, watch)
+        return jax.tree.map(lambda a: gain * a, out)
 
     outputs, steps, reached, t_prev = [], jnp.int32(0), jnp.bool_(True), 0.0
     for t in times:
         if t > t_prev:
-            sol = dopri5(rhs, state, t - t_prev, rtol=rtol, atol=atol, max_steps=max_steps)
-            state, steps, reached = sol.y, steps + sol.steps, reached & sol.reached
+            sol = dopri5(rhs, k, t - t_prev, rtol=rtol, atol=atol, max_steps=max_steps)
+            k, steps, reached = sol.y, steps + sol.steps, reached & sol.reached
         t_prev = t
-        outputs.append(state)
-    if last_post is not None:
-        outputs = [_layer(act, readout, last_post, s, with_ntk) for s in outputs]
+        outputs.append(k)
+    if readout:
+        outputs = [recursion.apply_plan(head, c_head, s, watch)[0] for s in outputs]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
     return (stacked.q12, stacked.t12, jnp.max(stacked.q11)), steps, reached
 
 
-@jax.jit(static_argnames=("act", "last_post", "with_ntk", "times", "max_steps", "block"))
-def _solve(x1, x2, coeffs, rtol, atol, *, act, last_post, with_ntk, times, max_steps, block):
-    sq1, cross, sq2 = _input_kernel(x1, x2)
+@jax.jit(static_argnames=("parts", "with_ntk", "readout", "times", "max_steps", "block"))
+def _solve(x1, x2, coeffs, rtol, atol, *, parts, with_ntk, readout, times, max_steps, block):
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
     pad = n_blocks * block - n1
-    sq1 = jnp.concatenate([sq1, jnp.broadcast_to(sq1[:1], (pad,))]).reshape(n_blocks, block)
-    cross = jnp.concatenate([cross, jnp.broadcast_to(cross[:1], (pad, cross.shape[1]))])
-    cross = cross.reshape(n_blocks, block, -1)
+    rows = jnp.concatenate([x1, jnp.broadcast_to(x1[:1], (pad, *x1.shape[1:]))])
+    rows = rows.reshape(n_blocks, block, *x1.shape[1:])
 
-    def one(rows):
-        return _solve_block(rows[0], rows[1], sq2, coeffs, act, last_post, with_ntk, times, rtol, atol, max_steps)
+    def one(xr):
+        return _solve_block(xr, x2, parts, coeffs, with_ntk, readout, times, rtol, atol, max_steps)
 
-    (q, t, max_var), steps, reached = jax.lax.map(one, (sq1, cross))
+    (q, t, max_var), steps, reached = jax.lax.map(one, rows)
 
     def unblock(a):  # (blocks, times, block, N) -> (times, N1, N)
         if a is None:
@@ -122,6 +108,22 @@ def _solve(x1, x2, coeffs, rtol, atol, *, act, last_post, with_ntk, times, max_s
         return a.reshape(a.shape[0], n_blocks * block, -1)[:, :n1]
 
     return unblock(q), unblock(t), jnp.max(max_var), jnp.max(steps), jnp.all(reached)
+
+
+def _parts(res: ResNet, shape, dtype):
+    """The stem, one block and the head of ``res`` as plan pieces with their coefficient arrays (a
+    one-block proxy: the ODE does not depend on the depth); the block's with ``branch_scale^2``."""
+    proxy = dataclasses.replace(res, depth=1)
+    plan = analyse(proxy, shape).plan
+    layers = proxy.layers
+    stem, blocks, head = plan[:1], plan[1], plan[2:]
+    block_step = blocks.steps[0]
+    rate = recursion.residual_coefficients(block_step, layers[1], res.branch_scale**2)
+    coeffs = (recursion.coefficients(stem, layers[:1]), rate, recursion.coefficients(head, layers[2:]))
+    arrays = (recursion.as_arrays(coeffs[0], stem, dtype),
+              (jnp.asarray(rate[0], dtype), recursion.as_arrays(rate[1], block_step.branch, dtype)),
+              recursion.as_arrays(coeffs[2], head, dtype))
+    return (stem, block_step, head), arrays
 
 
 def _check_times(times: object) -> tuple[float, ...]:
@@ -142,9 +144,7 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
             "depth -> inf and has no finite limit (the exploding regime); use depth_exponent = 0.5 for the ODE "
             "limit, or > 0.5 for the identity limit"
         )
-    wanted = (get,) if isinstance(get, str) else tuple(get)
-    if not wanted or any(g not in KERNEL_NAMES for g in wanted):
-        raise ValueError(f"get must name kernels among {KERNEL_NAMES}, got {get!r}")
+    wanted = check_get(get)
     symmetric = x2 is None
     x1, x2 = validate_inputs(x1, x2)
     x2 = x1 if symmetric else x2
@@ -158,16 +158,14 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     if regime == "identity":
         times = tuple(0.0 for _ in times)  # nothing moves: every time is the stem's kernel
-    _, (stem, _, readout_coeffs) = _layers(res, x1.shape[1])
-    coeffs = tuple(_Dense(*(jnp.asarray(c, dtype) for c in layer)) for layer in (stem, _rate(res), readout_coeffs))
-    act: Activation = res.activation
-    last_post = ("activation" if res.readout == "activation" else "identity") if readout else None
     with_ntk = "ntk" in wanted
-    block = _block_rows(x1.shape[0], x2.shape[0], act, len(times) + 2, dtype.itemsize, with_ntk, True,
-                        memory_budget)
+    parts, arrays = _parts(res, recursion.shape_of(x1), dtype)
+    plan_for_memory = (*parts[0], *parts[2])
+    block = recursion.block_rows(x1.shape[0], x2.shape[0], plan_for_memory, len(times) + 2, dtype.itemsize,
+                                 with_ntk, True, memory_budget)
     q, t, max_var, steps, reached = _solve(
-        x1, x2, coeffs, jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype), act=act, last_post=last_post,
-        with_ntk=with_ntk, times=times, max_steps=max_steps, block=block,
+        x1, x2, arrays, jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype), parts=parts, with_ntk=with_ntk,
+        readout=readout, times=times, max_steps=max_steps, block=block,
     )
     if not bool(reached):
         raise ValueError(
@@ -177,8 +175,9 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
         )
     if not (np.isfinite(np.asarray(q)).all() and (t is None or np.isfinite(np.asarray(t)).all())):
         raise ValueError(f"the depth limit of {res!r} overflows {dtype.name}: reduce branch_scale, w_std or b_std")
+    act = res.activation
     if not act.has_closed_form:
-        _warn_quadrature_accuracy(act, float(max_var))
+        warn_quadrature(act, float(max_var))
     if symmetric:
         q = (q + jnp.swapaxes(q, -1, -2)) / 2
         t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2

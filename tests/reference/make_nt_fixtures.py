@@ -24,12 +24,16 @@ Usage, from the repository root (``VENV/bin/python``: the pinned interpreter)::
     # print the case names
     .venv-nt/bin/python tests/reference/make_nt_fixtures.py --list
 
-Generation takes about 3 minutes on 2 CPU cores (mostly the tanh cases).  The
+Generation takes about 4 minutes on 2 CPU cores (mostly the tanh cases).  The
 output is deterministic: fixed seeds and fixed zip timestamps, so rerunning
 ``--out`` in the same environment rewrites byte-identical files.
 
-Every case is a fully connected network (an MLP or a ResNet, see the config
-schema below) evaluated in float64 on fixed inputs ``x1`` (5, 4) and ``x2``
+There are three kinds of fixtures, all float64: fully connected MLP / ResNet
+cases (``nt_mlp_*``, ``nt_resnet_*``), layer programs (``nt_prog_*``: CNNs,
+pooling, LayerNorm, residual blocks; see "Layer programs" below) and one
+finite network's empirical NTK (``nt_empirical_cnn``, see the end).
+
+MLP / ResNet cases are evaluated on fixed inputs ``x1`` (5, 4) and ``x2``
 (3, 4).  Each ``.npz`` holds:
 
 ``config``
@@ -91,6 +95,99 @@ Conventions realised with NT (the project's definitions):
   Gelu(approximate=False), Sin(1, 1, 0), Cos(1, 1, 0) (= cos x) and, for
   tanh, ``ElementwiseNumerical(jnp.tanh, deg=quadrature_degree)``.
 
+Layer programs (``nt_prog_<description>.npz``)
+----------------------------------------------
+
+Config schema (JSON, sorted keys; every key listed is always present)::
+
+    {"arch": "program",
+     "input_shape": [H, W, C] (images) | [L, C] (sequences) | [D] (vectors),
+     "weight_scaling": "ntk" | "standard",   # NT's parameterization, every Dense/Conv
+     "width": int | null,                    # hidden channels: 16 for "standard",
+                                             # null for "ntk" (NT gets 8, ignored)
+     "layers": [layer, ...]}
+
+    {"layer": "Dense", "w_std", "b_std"}
+    {"layer": "Conv", "filter_shape": [..], "strides": [..] | null,
+     "padding": "SAME" | "VALID" | "CIRCULAR", "w_std", "b_std"}
+    {"layer": "Elementwise", "activation": {"name"[, "slope"]},
+     "quadrature_degree": int | null}
+    {"layer": "AvgPool", "window_shape": [..], "strides": [..] | null,
+     "padding": "VALID" | "SAME" | "CIRCULAR"}
+    {"layer": "GlobalAvgPool"}   {"layer": "Flatten"}   {"layer": "Identity"}
+    {"layer": "LayerNorm", "eps"}
+    {"layer": "Residual", "scale", "branch": [layer, ...]}
+
+NT realisation: Dense -> ``stax.Dense`` (as above, ``b_std == 0`` -> no
+bias; on images / sequences it acts on the channel axis); Conv ->
+``stax.Conv(hidden, filter_shape, strides, padding, W_std, b_std)``
+(channels last, NHWC / NWC and HWIO; strides null = 1; 1-D or 2-D by
+``len(filter_shape)``; SAME pads like ``lax``, the odd extra zero after, which
+NT's kernels follow: checked against a direct computation for linear CNNs
+with even filters and strides); Elementwise -> the activations below (tanh by
+``ElementwiseNumerical(jnp.tanh, deg=quadrature_degree)``); AvgPool ->
+``stax.AvgPool(window_shape, strides, padding)`` (``normalize_edges=False``:
+SAME divides by the full window size, zero padding counted); GlobalAvgPool,
+Flatten, Identity -> the NT layers; LayerNorm -> ``stax.LayerNorm(axis=-1,
+eps)`` (over channels; all cases use eps = 1e-12); Residual -> ``h + scale *
+branch(h)`` = ``serial(FanOut(2), parallel(Identity(), serial(*branch,
+DotGeneral(rhs=scale))), FanInSum())`` (no DotGeneral when scale == 1).  The
+last top-level layer is the Dense readout with 1 output unit; every other
+Dense/Conv (residual branches included) has the hidden width.  Every
+image / sequence program ends with Flatten or GlobalAvgPool before the
+readout, so the kernels have no spatial axes (checked: NT silently returns
+kernels with spatial axes, e.g. (4, 3, W, W, H, H), when a Dense readout reads
+an image).
+
+Inputs: ``x1`` (4, *input_shape), ``x2`` (3, *input_shape), with H, W, C = 5,
+4, 3 (non-square on purpose), L, C = 7, 2 and D = 6; standard normal from
+``np.random.default_rng(crc32(case name))`` (e.g. "prog_cnn2d_relu_same_flat"),
+each example rescaled to a mean square per entry uniform in [0.5, 2]; by the
+name-derived variant (as for the MLPs): nothing more, ``x1[3] = c * x1[1]``
+(c > 0), ``x2[1] = x1[2]``, or both plus ``x2[2] = c' * x1[0]``.  NT
+normalises the input kernel by the channel count: ``x . x' / C`` per pair of
+positions.  In the "standard" scaling the NTK grows with the width (NT adds
+fan_in x the input NNGP per Dense/Conv, fan_in = channels x filter size), so
+the stored width (16) matters.  Each file holds ``config``, ``x1``, ``x2``, ``nngp_12``,
+``ntk_12`` (4, 3), ``nngp_11``, ``ntk_11`` (4, 4), ``nt_version``,
+``jax_version`` (no per-layer kernels).
+
+What NT accepts (the cases are built accordingly): every activation and
+LayerNorm must read a Gaussian input, i.e. the output of a Dense/Conv, possibly
+through AvgPool, GlobalAvgPool, Identity, LayerNorm, DotGeneral or a FanInSum
+of Gaussian terms; otherwise NT raises ``ValueError: The input to the
+activation function must be Gaussian ...`` (e.g. relu -> relu, relu ->
+AvgPool -> relu, Flatten -> relu, an activation on the raw input, or
+``Residual(relu, Conv)`` applied to an activation's output) or
+``NotImplementedError: LayerNorm only implemented for Gaussian inputs``.
+Flatten marks its output non-Gaussian, GlobalAvgPool does not.  FanInSum
+rejects non-Gaussian summands (the ABRelu note above) and inputs of different
+channel counts (a residual block on the raw input).  Flatten readouts let NT
+keep only spatially diagonal kernels (cheap, hence the tanh programs use
+them); GlobalAvgPool needs the full (N1, N2, H, H, W, W) covariances, which
+for ElementwiseNumerical would cost deg**2 times that.  Quadrature accuracy
+of the tanh programs: see PROG_TANH_DEGREE.
+
+Empirical NTK (``nt_empirical_cnn.npz``)
+----------------------------------------
+
+A finite CNN given by a program config (plus ``"n_out": 2``; ``"width": 6``
+hidden channels, "ntk" weight scaling): Conv(3x3, SAME, 1.5, 0.1) -> relu ->
+Conv(2x2, strides (2, 1), VALID, sqrt 2) -> Residual(relu, Conv(3x3, SAME,
+1.0, 0.2), scale 0.5) -> relu -> GlobalAvgPool -> Dense(2 outputs, 1.0, 0.1).
+NT's ``init_fn`` with ``jax.random.PRNGKey(20240)`` (float64 parameters),
+inputs ``x1`` (3, 5, 4, 3), ``x2`` (2, 5, 4, 3) (as above, with ``x2[1] =
+x1[2]``).  Arrays: ``config``, ``x1``, ``x2``, ``ntk_12`` (3, 2, 2, 2) and
+``ntk_11`` (3, 3, 2, 2) from ``nt.empirical_ntk_fn(apply_fn, trace_axes=(),
+vmap_axes=0)`` (indices: example 1, example 2, output 1, output 2),
+``outputs_1`` = ``apply_fn(params, x1)`` (3, 2), ``n_weight_layers`` (int)
+and the parameters of the Dense/Conv layers in program order (depth-first,
+a residual branch's layers where the branch sits): ``W_i`` (Conv:
+(*filter_shape, in, out); Dense: (in, out)) and ``b_i`` (out,) (absent for a
+layer without bias; NT's (1, .., 1, out) reshaped).  NT's "ntk" forward pass:
+``w_std / sqrt(fan_in) * (x * W) + b_std * b`` with fan_in = in channels x
+filter size.  ``--check`` compares it like the others.
+
 Known NT behaviour baked into the fixtures: Sign's NTK is zero (the
 derivative is taken as 0 almost everywhere, no delta term); for pairs with
 correlation exactly 1 NT evaluates ``sqrt(q1 q2 - q12**2)`` of a rounding-level
@@ -144,6 +241,23 @@ TANH_DEGREE_HIGH = 700
 MAX_LAYER_DEPTH = 3  # per-layer kernels stored for MLP depth <= 3
 RTOL, ATOL = 1e-10, 1e-14  # --check tolerances
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: byte-identical files
+
+# Layer programs ("program" cases): x1 (PROG_N1, *input_shape), x2 (PROG_N2, *input_shape).
+PROG_N1, PROG_N2 = 4, 3
+PROG_INPUT_SHAPES = {"image": (5, 4, 3), "seq": (7, 2), "vec": (6,)}  # (H, W, C), (L, C), (D,)
+PROG_MEAN_SQ = (0.5, 2.0)  # per-example mean square per entry, uniform in this range
+PROG_STANDARD_WIDTH = 16  # hidden channels of "standard" programs
+PROG_NTK_OUT_DIM = 8  # hidden channels of "ntk" programs (ignored by kernel_fn)
+# Gauss-Hermite degrees of the tanh programs (diagonal-spatial networks: cheap).
+# Entrywise relative error against deg=1000/2000: prog_cnn2d_tanh_same_flat (w_std 1,
+# per-position variances q <~ 2) deg=200 <= 2e-11; prog_cnn1d_tanh_valid_flat
+# (w_std 1.5, q up to 6.2) deg=200 1e-5, deg=400 2e-8, deg=600 <= 1e-10;
+# prog_mlp_ln_tanh_bias (after LayerNorm q = 1) deg=200 <= 3e-14.
+PROG_TANH_DEGREE = 200
+PROG_TANH_DEGREE_HIGH = 600
+LN_EPS = 1e-12
+# Empirical NTK fixture: a finite "ntk"-scaled CNN.
+EMP_N1, EMP_N2, EMP_WIDTH, EMP_N_OUT, EMP_SEED = 3, 2, 6, 2, 20240
 
 SQRT2 = math.sqrt(2.0)
 LEAKY_SLOPE = 0.1
@@ -250,7 +364,69 @@ def network_layers(cfg):
         return mlp_layers(cfg)[0]
     if cfg["arch"] == "ResNet":
         return resnet_layers(cfg)
+    if cfg["arch"] == "program":
+        return program_layers(cfg)
     raise ValueError(cfg["arch"])
+
+
+def _tuple_or_none(v):
+    return None if v is None else tuple(int(i) for i in v)
+
+
+def _program_layer(layer, cfg, out_dim):
+    """One NT layer of a program; ``out_dim``: output channels of a Dense/Conv."""
+    kind, p = layer["layer"], cfg["weight_scaling"]
+    if kind == "Dense":
+        return _dense(out_dim, layer["w_std"], layer["b_std"], p)
+    if kind == "Conv":
+        return stax.Conv(
+            out_dim,
+            _tuple_or_none(layer["filter_shape"]),
+            strides=_tuple_or_none(layer["strides"]),
+            padding=layer["padding"],
+            W_std=float(layer["w_std"]),
+            b_std=None if layer["b_std"] == 0 else float(layer["b_std"]),
+            parameterization=p,
+        )
+    if kind == "Elementwise":
+        return _nt_activation(layer["activation"], layer["quadrature_degree"])
+    if kind == "AvgPool":
+        return stax.AvgPool(
+            _tuple_or_none(layer["window_shape"]),
+            strides=_tuple_or_none(layer["strides"]),
+            padding=layer["padding"],
+        )
+    if kind == "GlobalAvgPool":
+        return stax.GlobalAvgPool()
+    if kind == "Flatten":
+        return stax.Flatten()
+    if kind == "LayerNorm":
+        return stax.LayerNorm(axis=-1, eps=float(layer["eps"]))
+    if kind == "Identity":
+        return stax.Identity()
+    if kind == "Residual":
+        hidden = _program_hidden_dim(cfg)
+        branch = [_program_layer(sub, cfg, hidden) for sub in layer["branch"]]
+        if layer["scale"] != 1:
+            # A constant, non-trainable factor (see the ResNet notes above).
+            branch.append(stax.DotGeneral(rhs=float(layer["scale"])))
+        return stax.serial(stax.FanOut(2), stax.parallel(stax.Identity(), stax.serial(*branch)), stax.FanInSum())
+    raise ValueError(f"unknown layer {layer!r}")
+
+
+def _program_hidden_dim(cfg):
+    return PROG_NTK_OUT_DIM if cfg["width"] is None else cfg["width"]
+
+
+def program_layers(cfg):
+    """NT layers of a layer program; the last top-level layer is the Dense readout."""
+    layers = cfg["layers"]
+    if not layers or layers[-1]["layer"] != "Dense":
+        raise ValueError("a program must end with its Dense readout")
+    hidden = _program_hidden_dim(cfg)
+    out = [_program_layer(layer, cfg, hidden) for layer in layers[:-1]]
+    out.append(_program_layer(layers[-1], cfg, cfg.get("n_out", 1)))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -334,6 +510,222 @@ def resnet_case(
     return name, cfg
 
 
+# Layer-program builders (config dicts; every key always present).
+def _Dense(w, b=0.0):
+    return {"layer": "Dense", "w_std": float(w), "b_std": float(b)}
+
+
+def _Conv(filter_shape, padding="SAME", w=1.0, b=0.0, strides=None):
+    return {
+        "layer": "Conv",
+        "filter_shape": list(filter_shape),
+        "strides": None if strides is None else list(strides),
+        "padding": padding,
+        "w_std": float(w),
+        "b_std": float(b),
+    }
+
+
+def _Act(name, quadrature_degree=PROG_TANH_DEGREE):
+    return {
+        "layer": "Elementwise",
+        "activation": _act_config(name),
+        "quadrature_degree": int(quadrature_degree) if name == "tanh" else None,
+    }
+
+
+def _AvgPool(window_shape, strides=None, padding="VALID"):
+    return {
+        "layer": "AvgPool",
+        "window_shape": list(window_shape),
+        "strides": None if strides is None else list(strides),
+        "padding": padding,
+    }
+
+
+def _Res(branch, scale=1.0):
+    return {"layer": "Residual", "scale": float(scale), "branch": list(branch)}
+
+
+_GAP = {"layer": "GlobalAvgPool"}
+_FLAT = {"layer": "Flatten"}
+_LN = {"layer": "LayerNorm", "eps": LN_EPS}
+_ID = {"layer": "Identity"}
+
+
+def program_config(input_kind, layers, weight_scaling="ntk", width=None):
+    if width is None and weight_scaling == "standard":
+        width = PROG_STANDARD_WIDTH
+    return {
+        "arch": "program",
+        "input_shape": list(PROG_INPUT_SHAPES[input_kind]),
+        "weight_scaling": weight_scaling,
+        "width": width,
+        "layers": list(layers),
+    }
+
+
+def program_cases():
+    """(name, config) of the layer-program cases (names: prog_<description>)."""
+    S2 = SQRT2
+    relu, erf = _Act("relu"), _Act("erf")
+    c33 = (3, 3)
+    P = []
+
+    def add(name, kind, layers, weight_scaling="ntk"):
+        P.append(("prog_" + name, program_config(kind, layers, weight_scaling)))
+
+    # fmt: off
+    # 1. 2-D convolutions: paddings, strides, filter (2, 3), Flatten / GAP readouts.
+    add("cnn2d_relu_same_flat", "image",
+        [_Conv(c33, "SAME", S2), relu, _Conv(c33, "SAME", S2, 0.1), relu, _FLAT, _Dense(1.0)])
+    add("cnn2d_erf_valid_f23_gap", "image",
+        [_Conv(c33, "SAME", 1.5, 0.2), erf, _Conv((2, 3), "VALID", 1.0), erf, _GAP, _Dense(1.0, 0.1)])
+    add("cnn2d_relu_circular_gap", "image",
+        [_Conv(c33, "CIRCULAR", S2, 0.1), relu, _Conv(c33, "CIRCULAR", S2), relu, _GAP, _Dense(1.0)])
+    add("cnn2d_relu_same_s21_flat", "image",
+        [_Conv(c33, "SAME", S2, strides=(2, 1)), relu, _Conv(c33, "SAME", 1.5, 0.2), relu, _FLAT,
+         _Dense(1.0)])
+    add("cnn2d_erf_valid_s22_gap", "image",
+        [_Conv(c33, "VALID", 1.0, 0.3, strides=(2, 2)), erf, _GAP, _Dense(1.5)])
+    add("cnn2d_relu_circular_s22_f23_flat", "image",
+        [_Conv(c33, "CIRCULAR", S2, 0.1, strides=(2, 2)), relu, _Conv((2, 3), "CIRCULAR", S2), relu,
+         _FLAT, _Dense(1.0)])
+    add("cnn2d_erf_same_f23_s21_gap", "image",
+        [_Conv((2, 3), "SAME", 1.5, strides=(2, 1)), erf, _Conv((2, 3), "SAME", 1.0, 0.1), erf, _GAP,
+         _Dense(1.0)])
+    # 4. Flatten readout reading a Conv directly (no activation in between).
+    add("cnn2d_relu_same_flat_after_conv", "image",
+        [_Conv(c33, "SAME", S2), relu, _Conv((2, 3), "SAME", S2, 0.2), _FLAT, _Dense(1.0)])
+    add("cnn2d_conv_gap_linear", "image", [_Conv(c33, "VALID", 1.0, 0.1), _GAP, _Dense(1.0)])
+    # 2. 1-D convolutions (sequences).
+    add("cnn1d_relu_same_gap", "seq",
+        [_Conv((3,), "SAME", S2, 0.1), relu, _Conv((3,), "SAME", S2), relu, _GAP, _Dense(1.0)])
+    add("cnn1d_erf_valid_flat", "seq",
+        [_Conv((3,), "VALID", 1.5), erf, _Conv((2,), "VALID", 1.0, 0.2), erf, _FLAT, _Dense(1.0)])
+    add("cnn1d_relu_circular_gap", "seq",
+        [_Conv((5,), "CIRCULAR", S2), relu, _Conv((3,), "CIRCULAR", S2, 0.1), relu, _GAP, _Dense(1.0)])
+    add("cnn1d_relu_same_s2_flat", "seq",
+        [_Conv((3,), "SAME", S2, strides=(2,)), relu, _Conv((3,), "VALID", S2, 0.3), relu, _FLAT,
+         _Dense(1.0)])
+    add("cnn1d_erf_circular_s2_gap", "seq",
+        [_Conv((4,), "CIRCULAR", 1.0, 0.2, strides=(2,)), erf, _Conv((2,), "SAME", 1.5), erf, _GAP,
+         _Dense(1.0, 0.1)])
+    # 3. Average pooling after a Conv (and once after an activation).
+    add("cnn2d_avgpool2_valid_gap", "image",
+        [_Conv(c33, "SAME", S2), _AvgPool((2, 2)), relu, _Conv(c33, "SAME", S2, 0.1), relu, _GAP,
+         _Dense(1.0)])
+    add("cnn2d_avgpool2s2_same_flat", "image",
+        [_Conv(c33, "SAME", 1.5, 0.2), _AvgPool((2, 2), (2, 2), "SAME"), erf, _Conv((2, 2), "SAME", 1.0),
+         erf, _FLAT, _Dense(1.0)])
+    add("cnn2d_avgpool2_circular_gap", "image",
+        [_Conv(c33, "CIRCULAR", S2, 0.1), _AvgPool((2, 2), None, "CIRCULAR"), relu,
+         _Conv(c33, "CIRCULAR", S2), relu, _GAP, _Dense(1.0)])
+    add("cnn2d_avgpool2s2_valid_after_relu_flat", "image",
+        [_Conv(c33, "SAME", S2), relu, _AvgPool((2, 2), (2, 2), "VALID"), _Conv(c33, "SAME", S2, 0.1),
+         relu, _FLAT, _Dense(1.0)])
+    add("cnn1d_avgpool2_same_gap", "seq",
+        [_Conv((3,), "SAME", S2, 0.1), _AvgPool((2,), None, "SAME"), relu, _Conv((3,), "SAME", S2),
+         relu, _GAP, _Dense(1.0)])
+    # 5. LayerNorm (channel axis) in MLPs and CNNs.
+    add("mlp_ln_relu_ln_erf", "vec",
+        [_Dense(S2), _LN, relu, _Dense(1.5), _LN, erf, _Dense(1.0)])
+    add("mlp_ln_relu_bias", "vec",
+        [_Dense(S2, 0.2), _LN, relu, _Dense(S2, 0.1), _LN, relu, _Dense(1.0, 0.1)])
+    add("mlp_ln_gelu_ln_sin", "vec",
+        [_Dense(1.5, 0.3), _LN, _Act("gelu"), _Dense(1.0), _LN, _Act("sin"), _Dense(1.0, 0.2)])
+    add("cnn2d_ln_relu_gap", "image",
+        [_Conv(c33, "SAME", S2), _LN, relu, _Conv(c33, "SAME", S2, 0.1), _LN, relu, _GAP, _Dense(1.0)])
+    add("cnn2d_ln_erf_valid_flat", "image",
+        [_Conv(c33, "VALID", 1.5, 0.2), _LN, erf, _Conv((2, 2), "SAME", 1.0), _LN, erf, _FLAT,
+         _Dense(1.0)])
+    add("cnn1d_ln_relu_gap", "seq",
+        [_Conv((3,), "SAME", 1.0, 0.1), _LN, relu, _Conv((3,), "SAME", S2), relu, _GAP, _Dense(1.0)])
+    # 6. Residual networks: h + s * branch(h), blocks reading Gaussian h.
+    def block(s, b=0.0):
+        return _Res([relu, _Conv(c33, "SAME", S2, b)], s)
+
+    add("rescnn2d_relu_3blk_s1_gap", "image",
+        [_Conv(c33, "SAME", 1.0)] + [block(1.0)] * 3 + [relu, _GAP, _Dense(1.0)])
+    add("rescnn2d_relu_2blk_s0.5_flat", "image",
+        [_Conv(c33, "SAME", 1.5, 0.1)] + [block(0.5, 0.1)] * 2 + [relu, _FLAT, _Dense(1.0)])
+    add("rescnn2d_preln_4blk_s0.7_gap", "image",
+        [_Conv(c33, "SAME", 1.0)]
+        + [_Res([_LN, relu, _Conv(c33, "SAME", S2)], 0.7)] * 4
+        + [_LN, relu, _GAP, _Dense(1.0)])
+    add("rescnn2d_twoconv_2blk_s0.7_gap", "image",
+        [_Conv(c33, "SAME", 1.0, 0.1)]
+        + [_Res([relu, _Conv(c33, "SAME", S2), relu, _Conv(c33, "SAME", S2, 0.1)], 0.7)] * 2
+        + [relu, _GAP, _Dense(1.0)])
+    add("rescnn1d_relu_3blk_s0.5_flat", "seq",
+        [_Conv((3,), "SAME", 1.0)] + [_Res([relu, _Conv((3,), "SAME", S2, 0.2)], 0.5)] * 3
+        + [relu, _FLAT, _Dense(1.0)])
+    add("resmlp_relu_3blk_s0.5", "vec",
+        [_Dense(1.0)] + [_Res([relu, _Dense(S2, 0.1)], 0.5)] * 3 + [relu, _Dense(1.0)])
+    add("resmlp_erf_2blk_s1_linear", "vec",
+        [_Dense(1.5, 0.1)] + [_Res([erf, _Dense(1.0)], 1.0)] * 2 + [_Dense(1.0)])
+    # 7. More activations (closed forms; tanh by quadrature, Flatten readouts).
+    add("cnn2d_abs_circular_gap", "image",
+        [_Conv(c33, "CIRCULAR", S2, 0.2), _Act("abs"), _Conv(c33, "CIRCULAR", S2), _Act("abs"), _GAP,
+         _Dense(1.0)])
+    add("cnn2d_gelu_same_s21_gap", "image",
+        [_Conv(c33, "SAME", 1.5, strides=(2, 1)), _Act("gelu"), _Conv(c33, "SAME", 1.0, 0.1),
+         _Act("gelu"), _GAP, _Dense(1.0)])
+    add("cnn1d_sin_valid_flat", "seq",
+        [_Conv((3,), "VALID", 1.5), _Act("sin"), _Conv((3,), "VALID", 1.0, 0.3), _Act("sin"), _FLAT,
+         _Dense(1.0)])
+    add("cnn2d_lrelu_same_flat", "image",
+        [_Conv(c33, "SAME", LEAKY_CRIT, 0.1), _Act("leaky_relu"), _Conv(c33, "SAME", LEAKY_CRIT),
+         _Act("leaky_relu"), _FLAT, _Dense(1.0)])
+    # 9. Identity activation and Identity layer.
+    add("cnn2d_identity_act_idlayer_gap", "image",
+        [_Conv(c33, "SAME", 1.0, 0.1), _Act("identity"), _Conv((2, 3), "VALID", 1.5), _ID, _GAP,
+         _Dense(1.0)])
+    add("cnn2d_tanh_same_flat", "image",
+        [_Conv(c33, "SAME", 1.0), _Act("tanh"), _Conv(c33, "SAME", 1.0, 0.1), _Act("tanh"), _FLAT,
+         _Dense(1.0)])
+    add("cnn1d_tanh_valid_flat", "seq",
+        [_Conv((3,), "VALID", 1.5, 0.2), _Act("tanh", PROG_TANH_DEGREE_HIGH), _FLAT, _Dense(1.0)])
+    add("mlp_ln_tanh_bias", "vec",
+        [_Dense(1.5, 0.1), _LN, _Act("tanh"), _Dense(1.0, 0.2), _LN, _Act("tanh"), _Dense(1.0, 0.1)])
+    # 8. "standard" weight scaling, width 16.
+    add("cnn2d_relu_same_gap_std16", "image",
+        [_Conv(c33, "SAME", S2), relu, _Conv(c33, "SAME", S2), relu, _GAP, _Dense(1.0)], "standard")
+    add("cnn2d_erf_valid_flat_bias_std16", "image",
+        [_Conv(c33, "VALID", 1.5, 0.2), erf, _Conv((2, 3), "SAME", 1.0, 0.1), erf, _FLAT,
+         _Dense(1.0, 0.1)], "standard")
+    add("rescnn2d_relu_2blk_s0.5_gap_std16", "image",
+        [_Conv(c33, "SAME", 1.0)] + [block(0.5)] * 2 + [relu, _GAP, _Dense(1.0)], "standard")
+    # 9. Dense on images (acts on the channel axis).
+    add("cnn2d_dense_chan_then_conv_gap", "image",
+        [_Dense(1.0, 0.1), relu, _Conv(c33, "SAME", S2), relu, _GAP, _Dense(1.0)])
+    add("cnn2d_conv_dense_chan_flat", "image",
+        [_Conv(c33, "SAME", S2), relu, _Dense(S2, 0.1), erf, _FLAT, _Dense(1.0)])
+    # 10. Deeper: 6 identical blocks.
+    add("cnn2d_relu_deep6_flat", "image",
+        [_Conv(c33, "SAME", 1.0)] + [relu, _Conv(c33, "SAME", S2, 0.1)] * 6 + [_FLAT, _Dense(1.0)])
+    add("rescnn2d_relu_deep6_s0.5_gap", "image",
+        [_Conv(c33, "SAME", 1.0)] + [block(0.5)] * 6 + [relu, _GAP, _Dense(1.0)])
+    # fmt: on
+    return P
+
+
+def empirical_cases():
+    """(name, config) of the finite-network (empirical NTK) fixtures."""
+    layers = [
+        _Conv((3, 3), "SAME", 1.5, 0.1),
+        _Act("relu"),
+        _Conv((2, 2), "VALID", SQRT2, strides=(2, 1)),
+        _Res([_Act("relu"), _Conv((3, 3), "SAME", 1.0, 0.2)], 0.5),
+        _Act("relu"),
+        _GAP,
+        _Dense(1.0, 0.1),
+    ]
+    cfg = program_config("image", layers, "ntk", width=EMP_WIDTH)
+    cfg["n_out"] = EMP_N_OUT
+    return [("empirical_cnn", cfg)]
+
+
 def build_cases():
     """Ordered list of (name, config)."""
     cases = []
@@ -407,6 +799,10 @@ def build_cases():
         resnet_case("tanh", 16, 1.0, "linear", 1.0, 0.1, "standard"),
         resnet_case("erf", 4, 0.0, "activation", 1.0, 0.1, "standard", branch_scale=0.5),
     ]
+    # Layer programs (CNNs, pooling, LayerNorm, residual blocks), then the
+    # empirical-NTK fixture(s).
+    cases += program_cases()
+    cases += empirical_cases()
     names = [n for n, _ in cases]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -446,6 +842,28 @@ def make_inputs(seed, variant):
     return x1, x2
 
 
+def make_program_inputs(seed, variant, input_shape, n1=PROG_N1, n2=PROG_N2):
+    """x1 (n1, *input_shape), x2 (n2, *input_shape); mean square of each example ~ U(PROG_MEAN_SQ)."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal((n1, *input_shape))
+    x2 = rng.standard_normal((n2, *input_shape))
+    m1 = rng.uniform(*PROG_MEAN_SQ, size=n1)
+    m2 = rng.uniform(*PROG_MEAN_SQ, size=n2)
+
+    def rescale(x, m):
+        ms = np.mean(x.reshape(len(x), -1) ** 2, axis=1)
+        return x * np.sqrt(m / ms).reshape((-1,) + (1,) * (x.ndim - 1))
+
+    x1, x2 = rescale(x1, m1), rescale(x2, m2)
+    if variant in ("parallel", "both"):
+        x1[3] = x1[1] * math.sqrt(m1[3] / m1[1])  # positive multiple of example 1
+    if variant in ("shared", "both"):
+        x2[1] = x1[2]  # identical example in x1 and x2
+    if variant == "both":
+        x2[2] = x1[0] * math.sqrt(m2[2] / m1[0])  # cross pair, positive multiple
+    return x1, x2
+
+
 def _kernels(layers, x1, x2):
     kernel_fn = stax.serial(*layers)[2]
     k = kernel_fn(x1, x2, ("nngp", "ntk"))
@@ -456,8 +874,85 @@ def case_variant(name):
     return _VARIANTS[case_seed(name) % len(_VARIANTS)]
 
 
+def _check_finite(name, arrays):
+    for key, val in arrays.items():
+        if val.dtype == np.float64 and not np.all(np.isfinite(val)):
+            raise FloatingPointError(f"{name}: non-finite values in {key}")
+
+
+def _versions():
+    return {"nt_version": np.array(nt.__version__), "jax_version": np.array(jax.__version__)}
+
+
+def _weight_params(layers, params):
+    """[(W, b or None)] of the Dense/Conv layers of a program, in program order."""
+    out = []
+    # params[len(layers):]: the DotGeneral closing a scaled residual branch (no params).
+    for layer, p in zip(layers, params[: len(layers)], strict=True):
+        kind = layer["layer"]
+        if kind in ("Dense", "Conv"):
+            W, b = p
+            out.append((np.asarray(W), None if b is None else np.asarray(b).reshape(-1)))
+        elif kind == "Residual":
+            # serial(FanOut, parallel(Identity, serial(*branch[, DotGeneral])), FanInSum)
+            out += _weight_params(layer["branch"], p[1][1])
+    return out
+
+
+def compute_empirical_case(name, cfg):
+    """Finite network: NT's init_fn / apply_fn / empirical NTK (full output axes)."""
+    shape = tuple(cfg["input_shape"])
+    x1, x2 = make_program_inputs(case_seed(name), "shared", shape, EMP_N1, EMP_N2)
+    init_fn, apply_fn, _ = stax.serial(*program_layers(cfg))
+    _, params = init_fn(jax.random.PRNGKey(EMP_SEED), (-1, *shape))
+    ntk_fn = nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0)
+    out = {
+        "config": np.array(json.dumps(cfg, sort_keys=True)),
+        "x1": x1,
+        "x2": x2,
+        "ntk_12": np.asarray(ntk_fn(x1, x2, params), dtype=np.float64),
+        "ntk_11": np.asarray(ntk_fn(x1, None, params), dtype=np.float64),
+        "outputs_1": np.asarray(apply_fn(params, x1), dtype=np.float64),
+    }
+    weights = _weight_params(cfg["layers"], params)
+    for i, (W, b) in enumerate(weights):
+        out[f"W_{i}"] = W.astype(np.float64)
+        if b is not None:
+            out[f"b_{i}"] = b.astype(np.float64)
+    _check_finite(name, out)
+    out["n_weight_layers"] = np.array(len(weights))
+    out.update(_versions())
+    return out
+
+
+def compute_program_case(name, cfg):
+    x1, x2 = make_program_inputs(case_seed(name), case_variant(name), tuple(cfg["input_shape"]))
+    layers = program_layers(cfg)
+    nngp_12, ntk_12 = _kernels(layers, x1, x2)
+    nngp_11, ntk_11 = _kernels(layers, x1, None)
+    if nngp_12.shape != (len(x1), len(x2)) or nngp_11.shape != (len(x1), len(x1)):
+        # e.g. no Flatten / GlobalAvgPool before the readout: NT keeps the spatial axes.
+        raise ValueError(f"{name}: kernels of shape {nngp_12.shape}, expected (N1, N2)")
+    out = {
+        "config": np.array(json.dumps(cfg, sort_keys=True)),
+        "x1": x1,
+        "x2": x2,
+        "nngp_12": nngp_12,
+        "ntk_12": ntk_12,
+        "nngp_11": nngp_11,
+        "ntk_11": ntk_11,
+    }
+    _check_finite(name, out)
+    out.update(_versions())
+    return out
+
+
 def compute_case(name, cfg):
     """All arrays of one fixture (dict name -> np.ndarray)."""
+    if name.startswith("empirical_"):
+        return compute_empirical_case(name, cfg)
+    if cfg["arch"] == "program":
+        return compute_program_case(name, cfg)
     x1, x2 = make_inputs(case_seed(name), case_variant(name))
     layers = network_layers(cfg)
     nngp_12, ntk_12 = _kernels(layers, x1, x2)

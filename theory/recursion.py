@@ -1,0 +1,293 @@
+"""The shared kernel recursion: a program's plan applied to a :class:`~theory.layers.KernelState`.
+
+``theory.kernels`` and ``theory.depth_limits`` both run programs through here. A plan
+(:func:`theory.layers.analyse`) is a sequence of segments; a segment of ``count`` identical units is one
+``lax.scan`` over the units' coefficients (stacked on the host), so compile time does not grow with depth.
+Coefficients (``w_std^2``, ``b_std^2``, a residual ``scale^2`` folded into its branch's last weight layer, ...)
+are computed on the host in double precision when they are concrete, and passed as arrays: the compiled
+program depends only on the plan's structure, not on its numbers.
+
+The diagonal ``q(x, x)`` obeys the same maps as the pairs, so a block of rows needs only its own and the
+columns' diagonals: the kernels of large input sets are computed in blocks of rows (``block_rows``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.layers.base import KernelState, Layer, Shape, is_concrete
+from theory.layers.program import Segment, Step
+
+Array = jax.Array
+
+
+class Watch(NamedTuple):
+    """Per row input: the first recorded layer whose diagonal kernels are not finite (-1 if none), and the
+    largest pre-activation variance met by a quadrature activation (which bounds the quadrature's accuracy)."""
+
+    first_bad: Array
+    max_variance: Array
+
+
+def new_watch(n_rows: int, dtype: Any) -> Watch:
+    return Watch(jnp.full((n_rows,), -1, jnp.int32), jnp.zeros((n_rows,), dtype))
+
+
+# -- inputs ----------------------------------------------------------------------------------------------------
+def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool) -> KernelState:
+    """The kernels of the raw inputs: ``x.x' / channels`` at every pair of positions (``full``) or at equal
+    positions, with zero NTK. Identical examples get exactly their own kernel.
+
+    The matmul and the sums of squares round differently, so an input paired with itself would get a
+    correlation a few ulps below 1; relu-type duals have infinite slope there (and sign networks are
+    chaotic). Identical examples are found by comparing their squared norms and two fixed projections (the
+    same reduction for both sets, so equal examples give bitwise equal values) and get ``q12 = q11``.
+    """
+    n1, n2 = x1.shape[0], x2.shape[0]
+    spatial = tuple(x1.shape[1:-1])
+    channels = x1.shape[-1]
+    size = int(np.prod(x1.shape[1:]))
+    f1, f2 = x1.reshape(n1, size), x2.reshape(n2, size)
+    if not spatial:
+        q11, q22 = jnp.sum(x1**2, axis=1) / channels, jnp.sum(x2**2, axis=1) / channels
+        q12 = x1 @ x2.T / channels
+    else:
+        positions = int(np.prod(spatial))
+        p1, p2 = x1.reshape(n1, positions, channels), x2.reshape(n2, positions, channels)
+        if full:
+            q11 = jnp.einsum("iac,ibc->iab", p1, p1) / channels
+            q22 = jnp.einsum("iac,ibc->iab", p2, p2) / channels
+            q12 = jnp.einsum("iac,jbc->ijab", p1, p2) / channels
+            shape = spatial + spatial
+        else:
+            q11, q22 = jnp.sum(p1**2, axis=-1) / channels, jnp.sum(p2**2, axis=-1) / channels
+            q12 = jnp.einsum("iac,jac->ija", p1, p2) / channels
+            shape = spatial
+        q11, q22 = q11.reshape(n1, *shape), q22.reshape(n2, *shape)
+        q12 = q12.reshape(n1, n2, *shape)
+    features = f1.shape[1]
+    probes = jnp.stack([jnp.sin(jnp.arange(1.0, features + 1)), jnp.cos(jnp.arange(features) * 0.7)])
+    probes = probes.astype(x1.dtype)
+    sq1, sq2 = jnp.sum(f1**2, axis=1), jnp.sum(f2**2, axis=1)
+    proj1 = jnp.sum(f1[:, None, :] * probes, axis=-1)
+    proj2 = jnp.sum(f2[:, None, :] * probes, axis=-1)
+    same = (sq1[:, None] == sq2[None, :]) & jnp.all(proj1[:, None, :] == proj2[None, :, :], axis=-1)
+    same = same.reshape(n1, n2, *(1,) * (q12.ndim - 2))
+    q12 = jnp.where(same, q11[:, None], q12)
+    zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
+    return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial))
+
+
+# -- coefficients ----------------------------------------------------------------------------------------------
+def _as_array(value: Any, dtype: Any) -> Any:
+    return np.asarray(value, dtype) if is_concrete(value) else jnp.asarray(value, dtype)
+
+
+def _stack(values: Sequence[Any], dtype: Any) -> Any:
+    if all(is_concrete(v) for v in values):
+        return np.asarray(np.array(values, dtype=np.float64), dtype)
+    return jnp.stack([jnp.asarray(v, dtype) for v in values])
+
+
+def step_coefficients(step: Step, layer: Layer, gain: Any = 1.0) -> Any:
+    """Host-side numbers of one step (a Residual: ``(combine gain, branch coefficients)``)."""
+    if step.branch is None:
+        return layer.coefficients(step.shape_in, gain)
+    return residual_coefficients(step, layer, gain * layer.scale**2)
+
+
+def residual_coefficients(step: Step, layer: Layer, gain: Any) -> tuple[Any, Any]:
+    """``(combine gain, branch coefficients)`` of a Residual whose branch kernel is multiplied by ``gain``
+    (``scale^2``; ``branch_scale^2`` for the depth-limit ODE): folded into the branch's last weight layer
+    when only scale-commuting layers follow it, so that no intermediate overflows."""
+    if step.fold >= 0:
+        return 1.0, coefficients(step.branch, layer.branch, gains={step.fold: gain})
+    return gain, coefficients(step.branch, layer.branch)
+
+
+def _unit_coefficients(steps: Sequence[Step], repeat: Sequence[Layer], base: int, gains: dict[int, Any],
+                       cache: dict[int, Any]) -> tuple:
+    values = []
+    for j, (step, layer) in enumerate(zip(steps, repeat, strict=True)):
+        if base + j in gains:
+            values.append(step_coefficients(step, layer, gains[base + j]))
+            continue
+        key = (id(layer), step.shape_in)  # MLP / ResNet repeat one layer object: its numbers once
+        if key not in cache:
+            cache[key] = step_coefficients(step, layer)
+        values.append(cache[key])
+    return tuple(values)
+
+
+def coefficients(plan: Sequence[Segment], layers: Sequence[Layer], gains: dict[int, Any] | None = None) -> Any:
+    """Coefficients of every step of ``plan`` as Python numbers (or tracers), a run's as lists over its
+    repeats. ``layers`` are the plan's layers in order; ``gains`` multiply the kernel map of the layer at a
+    given index (a residual branch's folded ``scale^2``)."""
+    gains = gains or {}
+    cache: dict[int, Any] = {}
+    out = []
+    position = 0
+    for segment in plan:
+        width = len(segment.steps)
+        repeats = [layers[position + r * width:position + (r + 1) * width] for r in range(segment.count)]
+        per_repeat = [_unit_coefficients(segment.steps, rep, position + r * width, gains, cache)
+                      for r, rep in enumerate(repeats)]
+        if segment.count == 1:
+            out.append(per_repeat[0])
+        else:
+            out.append(jax.tree.map(lambda *xs: list(xs), *per_repeat))
+        position += segment.count * width
+    return tuple(out)
+
+
+def as_arrays(coeffs: Any, plan: Sequence[Segment], dtype: Any) -> Any:
+    """Coefficients as arrays of ``dtype`` (a run's as ``(count,)`` arrays)."""
+    out = []
+    for segment, values in zip(plan, coeffs, strict=True):
+        if segment.count == 1:
+            out.append(jax.tree.map(lambda v: _as_array(v, dtype), values))
+        else:
+            out.append(jax.tree.map(lambda v: _stack(v, dtype), values, is_leaf=lambda v: isinstance(v, list)))
+    return tuple(out)
+
+
+# -- the recursion -----------------------------------------------------------------------------------------------
+def skeleton(step: Step) -> Layer:
+    """The step's layer with its numbers stripped (the kernel maps read numbers from the coefficients)."""
+    return jax.tree.unflatten(step.treedef, [None] * step.treedef.num_leaves)
+
+
+def _finite_rows(k: KernelState) -> Array:
+    axes = tuple(range(1, k.q11.ndim))
+    ok = jnp.all(jnp.isfinite(k.q11), axis=axes) if axes else jnp.isfinite(k.q11)
+    if k.t11 is not None:
+        ok &= jnp.all(jnp.isfinite(k.t11), axis=axes) if axes else jnp.isfinite(k.t11)
+    return ok
+
+
+def _watch_record(w: Watch, k: KernelState, index: Array) -> Watch:
+    bad = (w.first_bad < 0) & ~_finite_rows(k)
+    return w._replace(first_bad=jnp.where(bad, index, w.first_bad))
+
+
+def _watch_variance(w: Watch, k: KernelState) -> Watch:
+    v, _ = k.position_variances()
+    v = jnp.max(v, axis=tuple(range(1, v.ndim))) if v.ndim > 1 else v
+    return w._replace(max_variance=jnp.maximum(w.max_variance, jnp.where(jnp.isfinite(v), v, 0)))
+
+
+def _pairs(k: KernelState) -> tuple[Array, Array | None]:
+    mean = k.spatial_mean()
+    return mean.q12, mean.t12
+
+
+def apply_steps(steps: Sequence[Step], coeffs: Sequence[Any], k: KernelState, watch: Watch, offset: Any,
+                per_layer: bool) -> tuple[KernelState, Watch, list]:
+    """Apply one unit's steps; ``offset`` is added to the recorded-layer indices (a run's iteration)."""
+    records = []
+    for step, c in zip(steps, coeffs, strict=True):
+        if k.full and not step.full_in:
+            k = k.to_diagonal()
+        layer = skeleton(step)
+        if step.quadrature:
+            watch = _watch_variance(watch, k)
+        if step.branch is not None:
+            gain, inner = c
+            branch_k, watch, _ = apply_plan(step.branch, inner, k, watch, per_layer=False)
+            k = layer.combine(k, branch_k, gain)
+        else:
+            k = layer.kernel(k, c)
+        if step.record >= 0:
+            watch = _watch_record(watch, k, jnp.int32(step.record) + offset)
+            if per_layer:
+                records.append(_pairs(k))
+    return k, watch, records
+
+
+def apply_plan(plan: Sequence[Segment], coeffs: Sequence[Any], k: KernelState, watch: Watch,
+               per_layer: bool = False) -> tuple[KernelState, Watch, list]:
+    """Run ``plan`` on ``k``; return the final state, the watch and (``per_layer``) the recorded layers'
+    pair kernels ``[(q12, t12), ...]``, each with a leading layer axis."""
+    records: list = []
+    for segment, c in zip(plan, coeffs, strict=True):
+        per_unit = sum(1 for s in segment.steps if s.record >= 0)
+        if segment.count == 1:
+            k, watch, recs = apply_steps(segment.steps, c, k, watch, jnp.int32(0), per_layer)
+            records += [jax.tree.map(lambda a: a[None], r) for r in recs]
+            continue
+
+        def body(carry: tuple, xs: Any, steps: tuple[Step, ...] = segment.steps, per_unit: int = per_unit):
+            state, w, i = carry
+            state, w, recs = apply_steps(steps, xs, state, w, i * per_unit, per_layer)
+            return (state, w, i + 1), tuple(recs)
+
+        (k, watch, _), ys = jax.lax.scan(body, (k, watch, jnp.int32(0)), c)
+        if per_layer and ys:
+            # ys: per recorded step of the unit, (count, ...) arrays; interleave them in layer order.
+            stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *ys)
+            records.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stacked))
+    return k, watch, records
+
+
+def concatenate_records(records: list) -> tuple[Array, Array | None]:
+    q = jnp.concatenate([r[0] for r in records], axis=0)
+    t = None if records[0][1] is None else jnp.concatenate([r[1] for r in records], axis=0)
+    return q, t
+
+
+# -- memory ------------------------------------------------------------------------------------------------------
+def pair_elements(plan: Sequence[Segment]) -> tuple[int, int]:
+    """Per pair of inputs: the largest number of kernel entries a layer holds, and the largest
+    ``entries * degree^2`` of a quadrature activation (its temporaries)."""
+    largest, quad = 1, 0
+    for segment in plan:
+        for step in segment.steps:
+            n = int(np.prod(step.shape_in.spatial)) if step.shape_in.spatial else 1
+            n = n * n if step.full_in else n
+            largest = max(largest, n)
+            if step.quadrature:
+                quad = max(quad, n * skeleton(step).activation.quadrature_degree ** 2)
+            if step.branch is not None:
+                a, b = pair_elements(step.branch)
+                largest, quad = max(largest, a), max(quad, b)
+    return largest, quad
+
+
+def block_rows(n_rows: int, n_cols: int, plan: Sequence[Segment], n_recorded: int, itemsize: int,
+               with_ntk: bool, per_layer: bool, budget: int) -> int:
+    """Rows per block so that one block's temporaries stay within ``budget`` bytes (equal blocks)."""
+    entries, quad = pair_elements(plan)
+    # Bytes held per (row, column) pair: the activation's temporaries (degree^2 node values for quadrature)
+    # and the state, and, per layer if stacked, the output.
+    per_pair = max(64 * entries, 6 * quad)
+    per_pair += (n_recorded if per_layer else 1) * (2 if with_ntk else 1) * 2
+    rows = max(1, budget // max(1, n_cols * per_pair * itemsize))
+    n_blocks = -(-n_rows // rows)
+    return -(-n_rows // n_blocks)
+
+
+def shape_of(x: Array) -> Shape:
+    """Per-example shape of raw inputs ``x``: ``(batch, *spatial, channels)``."""
+    return Shape(tuple(int(s) for s in x.shape[1:-1]), int(x.shape[-1]), False)
+
+
+__all__ = [
+    "Watch",
+    "apply_plan",
+    "apply_steps",
+    "as_arrays",
+    "block_rows",
+    "coefficients",
+    "concatenate_records",
+    "input_kernel",
+    "new_watch",
+    "residual_coefficients",
+    "shape_of",
+    "skeleton",
+    "step_coefficients",
+]
