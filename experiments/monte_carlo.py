@@ -136,7 +136,7 @@ NNGP_ESTIMATORS = ("outputs", "readout_kernel")
 @partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out", "get", "nngp_from"))
 def _kernel_samples(keys, x1, x2, *, arch, width, weights, n_out, get, nngp_from):
     def one(key):
-        params = networks.init(arch, width, key, weights, features=x1.shape[1], n_out=n_out, dtype=x1.dtype)
+        params = networks.init(arch, width, key, weights, features=x1.shape[1:], n_out=n_out, dtype=x1.dtype)
         out = []
         if "nngp" in get and nngp_from == "readout_kernel":
             out.append(networks.readout_kernel(arch, params, x1, x2))
@@ -259,7 +259,7 @@ def median(values: np.ndarray, *, n_boot: int = 400, seed: int = 0) -> Estimate:
 @partial(jax.jit, static_argnames=("arch", "width", "weights", "n_out"))
 def _moment_samples(keys, x, *, arch, width, weights, n_out):
     def one(key):
-        params = networks.init(arch, width, key, weights, features=x.shape[1], n_out=n_out, dtype=x.dtype)
+        params = networks.init(arch, width, key, weights, features=x.shape[1:], n_out=n_out, dtype=x.dtype)
         _, layers = networks.apply(arch, params, x, per_layer=True)
         second = jnp.stack([jnp.mean(h**2, axis=-1) for h in layers])
         fourth = jnp.stack([jnp.mean(h**4, axis=-1) for h in layers])
@@ -315,7 +315,7 @@ def preactivation_moments(
 @partial(jax.jit, static_argnames=("arch", "width", "weights"))
 def _correlation_samples(keys, x, *, arch, width, weights):
     def one(key):
-        params = networks.init(arch, width, key, weights, features=x.shape[1], n_out=1, dtype=x.dtype)
+        params = networks.init(arch, width, key, weights, features=x.shape[1:], n_out=1, dtype=x.dtype)
         _, layers = networks.apply(arch, params, x, per_layer=True)
         out = []
         for h in layers[:-1]:  # hidden layers (the readout has one unit)

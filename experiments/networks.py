@@ -1,58 +1,39 @@
-"""Finite networks built from the same architecture description that ``theory.kernels`` takes.
+"""Finite networks built from the same layer program that ``theory.kernels`` takes.
 
-``init(arch, width, key)`` samples the parameters of a width-``width`` network, ``apply`` runs it,
-``empirical_ntk`` computes its exact NTK. Conventions are those of :mod:`theory.architectures`:
+``init(net, width, key, features=...)`` samples the parameters of the network whose hidden layers all have
+``width`` channels (the readout has ``n_out``), ``apply`` runs it, ``empirical_ntk`` computes its exact
+tangent kernel. Each layer's finite map is its own (:mod:`theory.layers`): neural-tangents' conventions, the
+NTK parameterization unless a layer carries a :class:`~theory.layers.WeightScaling` (the standard one, or an
+abc-parameterization from ``theory.parameterize``). Consecutive identical units of layers are stored stacked
+and applied by one ``lax.scan`` (init, apply and the empirical NTK alike), so compile time does not grow with
+depth.
 
-* Dense, "ntk" parameterization: ``z = w_std / sqrt(fan_in) * h @ W + b_std * b``, ``W, b ~ N(0, 1)``;
-  "standard": ``z = h @ W + b``, ``W ~ N(0, w_std^2 / fan_in)``, ``b ~ N(0, b_std^2)``. A layer with
-  ``b_std = 0`` has no bias.
-* MLP: ``depth`` hidden Dense layers each followed by the activation, then a Dense readout with
-  ``n_out`` outputs. ResNet: a Dense stem, ``depth`` blocks ``h + branch_multiplier * Dense(phi(h))``,
-  then ``Dense(phi(h))`` or ``Dense(h)`` with ``n_out`` outputs.
-
-Weight ensembles: ``"gaussian"`` (iid N(0, 1) entries) and ``"orthogonal"`` (Haar-distributed matrices
-with orthonormal rows or columns, scaled by ``sqrt(max(fan_in, fan_out))`` so that entries have
-variance 1, as in "Beyond IID weights"). Each ensemble is one function in ``WEIGHT_ENSEMBLES``.
+Weight ensembles: ``"gaussian"`` (iid N(0, 1) entries) and ``"orthogonal"`` (Haar-distributed matrices with
+orthonormal rows or columns, scaled by ``sqrt(max(fan_in, fan_out))`` so that entries have variance 1, as in
+"Beyond IID weights"; Dense layers only). Weight layer ``i`` (in program order, residual branches where they
+sit) draws from ``jax.random.split(key, n_weight_layers)[i]``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import MLP, ResNet
-from theory.architectures import Architecture
+from theory.inputs import validate_inputs
+from theory.layers import Program, Residual, Shape, WeightLayer, Weights, analyse
+from theory.layers.program import expected_spatial_dims
 
 Array = jax.Array
+Dense = Weights  # the old name of one weight layer's parameters
 
 
-class Dense(NamedTuple):
-    """One Dense layer's trainable parameters: ``W`` is ``(fan_in, fan_out)``; ``b`` is ``None``
-    when the layer has no bias (``b_std = 0``)."""
-
-    W: Array
-    b: Array | None
-
-
-class LayerSpec(NamedTuple):
-    """Static description of one Dense layer of a finite network."""
-
-    fan_in: int
-    fan_out: int
-    w_std: float
-    b_std: float
-    post: str  # what feeds this layer: "input", "activation" or "identity"
-    residual: bool  # a residual block: h <- h + multiplier * Dense(...)
-    multiplier: float = 1.0
-
-
-def gaussian_weights(key: Array, shape: tuple[int, int], dtype: jnp.dtype) -> Array:
+def gaussian_weights(key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
     """iid standard normal entries."""
     return jax.random.normal(key, shape, dtype)
 
@@ -60,6 +41,9 @@ def gaussian_weights(key: Array, shape: tuple[int, int], dtype: jnp.dtype) -> Ar
 def orthogonal_weights(key: Array, shape: tuple[int, int], dtype: jnp.dtype) -> Array:
     """Haar-orthogonal ``(fan_in, fan_out)`` matrix (orthonormal columns if fan_in >= fan_out,
     rows otherwise) scaled by ``sqrt(max(fan_in, fan_out))``: entries of variance 1."""
+    if len(shape) != 2:
+        raise ValueError(f"orthogonal weights are defined for Dense layers ((fan_in, fan_out) matrices), got a "
+                         f"weight of shape {shape} (a Conv); use weights='gaussian'")
     fan_in, fan_out = shape
     big, small = max(shape), min(shape)
     z = jax.random.normal(key, (big, small), dtype)
@@ -88,7 +72,7 @@ def _haar_qr(z: Array) -> Array:
     return jax.pure_callback(_signed_q, shape, z, vmap_method="broadcast_all")
 
 
-WEIGHT_ENSEMBLES: dict[str, Callable[[Array, tuple[int, int], jnp.dtype], Array]] = {
+WEIGHT_ENSEMBLES: dict[str, Callable[[Array, tuple[int, ...], jnp.dtype], Array]] = {
     "gaussian": gaussian_weights,
     "orthogonal": orthogonal_weights,
 }
@@ -107,7 +91,7 @@ def check_width(width: object) -> int:
 def check_weights(weights: object) -> str:
     if weights not in WEIGHT_ENSEMBLES:
         raise ValueError(f"unknown weights {weights!r}; choose one of {sorted(WEIGHT_ENSEMBLES)}")
-    return weights
+    return weights  # type: ignore[return-value]
 
 
 def check_key(key: object) -> Array:
@@ -120,213 +104,431 @@ def check_key(key: object) -> Array:
     )
 
 
-def layer_specs(arch: Architecture, features: int, width: int, n_out: int = 1) -> tuple[LayerSpec, ...]:
-    """The Dense layers of the finite network, in order (the same list as ``per_layer`` kernels)."""
-    if isinstance(arch, MLP):
-        specs = [LayerSpec(features, width, arch.w_std, arch.b_std, "input", False)]
-        specs += [LayerSpec(width, width, arch.w_std, arch.b_std, "activation", False)] * (arch.depth - 1)
-        if arch.depth:
-            specs.append(LayerSpec(width, n_out, arch.w_std, arch.b_std, "activation", False))
-        else:
-            specs = [LayerSpec(features, n_out, arch.w_std, arch.b_std, "input", False)]
-        return tuple(specs)
-    if isinstance(arch, ResNet):
-        specs = [LayerSpec(features, width, arch.stem_w_std, 0.0, "input", False)]
-        block = LayerSpec(width, width, arch.w_std, arch.b_std, "activation", True, arch.branch_multiplier)
-        specs += [block] * arch.depth
-        post = "activation" if arch.readout == "activation" else "identity"
-        specs.append(LayerSpec(width, n_out, arch.readout_w_std, 0.0, post, False))
-        return tuple(specs)
-    raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
+def check_program(net: object) -> Program:
+    if not isinstance(net, Program):
+        raise ValueError(f"expected a layer program (a theory.MLP or theory.ResNet, or theory.serial(...)), "
+                         f"got {net!r}")
+    return net
+
+
+# -- the parameters ------------------------------------------------------------------------------------------
+class _Where(NamedTuple):
+    segment: int
+    repeat: int | None  # index along a run's stacked axis (None: a single unit)
+    path: tuple[int, ...]  # unit layer, then residual-branch layers
+
+
+@jax.tree_util.register_pytree_node_class
+class NetworkParams:
+    """A network's parameters: per segment of the program, per unit layer, a :class:`Weights` (``None`` for a
+    layer without parameters, a tuple for a residual branch), stacked on a leading axis for a run of ``count``
+    identical units. ``params[i]`` is weight layer ``i``'s ``Weights`` (program order), ``len(params)`` their
+    number; iterate for all of them."""
+
+    def __init__(self, segments: tuple, counts: tuple[int, ...], index: tuple[_Where, ...]) -> None:
+        self.segments = segments
+        self.counts = counts
+        self.index = index
+
+    def tree_flatten(self) -> tuple[tuple, tuple]:
+        return (self.segments,), (self.counts, self.index)
+
+    @classmethod
+    def tree_unflatten(cls, static: tuple, children: tuple) -> NetworkParams:
+        return cls(children[0], *static)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _get(self, where: _Where) -> Weights:
+        node: Any = self.segments[where.segment]
+        for step in where.path:
+            node = node[step]
+        if where.repeat is not None:
+            node = jax.tree.map(lambda a: a[where.repeat], node)
+        return node
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return tuple(self._get(w) for w in self.index[i])
+        return self._get(self.index[i])
+
+    def __iter__(self):
+        return (self._get(w) for w in self.index)
+
+    def __repr__(self) -> str:
+        return f"NetworkParams({len(self)} weight layers, segments of {self.counts})"
+
+
+def _weight_paths(layers: Sequence[Any], prefix: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, Residual):
+            out += _weight_paths(layer.branch, (*prefix, i))
+        elif layer.weight_layer:
+            out.append((*prefix, i))
+    return out
+
+
+class _Layout(NamedTuple):
+    """The finite network's structure: per segment, every repeat's layers and the shape entering each layer
+    of the unit (spatial sizes are symbolic unless a Flatten needs them)."""
+
+    repeats: tuple[tuple[tuple[Any, ...], ...], ...]
+    shapes: tuple[tuple[Shape, ...], ...]
+
+    @property
+    def units(self) -> tuple[tuple[Any, ...], ...]:
+        return tuple(reps[0] for reps in self.repeats)
+
+
+_SYMBOLIC = 2**20  # spatial size used to plan a network when the input size does not matter
+
+
+def _needs_spatial_size(net: Program) -> bool:
+    return bool(expected_spatial_dims(net.layers)) and any(type(layer).__name__ == "Flatten" for layer in net.layers)
+
+
+def _plan_shape(net: Program, shape: Shape) -> Shape:
+    """The shape the network is planned with: the real one when a Flatten makes sizes matter, else symbolic
+    sizes (so that init, which may know only the channels, and apply segment the program the same way)."""
+    if _needs_spatial_size(net):
+        return shape
+    return Shape((_SYMBOLIC,) * len(shape.spatial), shape.channels, False)
+
+
+def _input_shape(net: Program, features: object) -> Shape:
+    if isinstance(features, numbers.Integral) and not isinstance(features, bool):
+        channels = check_positive_int("features", features)
+        if _needs_spatial_size(net):
+            raise ValueError("the network has a Flatten after spatial layers, so the Dense after it has "
+                             "prod(spatial) * channels inputs: pass features=(height, width, channels) (the "
+                             "per-example input shape) instead of the channel count")
+        nd = expected_spatial_dims(net.layers)
+        return Shape((_SYMBOLIC,) * (nd or 0), channels, False)
+    try:
+        dims = tuple(check_positive_int("features", f) for f in features)  # type: ignore[union-attr]
+    except TypeError:
+        raise ValueError(f"features must be the number of input channels or the per-example input shape "
+                         f"(e.g. (8, 8, 3)), got {features!r}") from None
+    if not dims:
+        raise ValueError("features must not be empty")
+    return Shape(dims[:-1], dims[-1], False)
+
+
+def _layout(net: Program, shape: Shape, n_out: int) -> _Layout:
+    analysis = analyse(net, _plan_shape(net, shape), n_out)
+    repeats, shapes = [], []
+    if analysis.prefix:  # parameter-free leading layers, applied to the raw inputs: a segment of their own
+        repeats.append((analysis.prefix,))
+        shapes.append(tuple(shape for _ in analysis.prefix))
+    for segment, reps in zip(analysis.plan, analysis.layers, strict=True):
+        repeats.append(reps)
+        shapes.append(tuple(step.shape_in for step in segment.steps))
+    return _Layout(tuple(repeats), tuple(shapes))
 
 
 def init(
-    arch: Architecture,
+    net: Program,
     width: int,
     key: Array,
     weights: str = "gaussian",
     *,
-    features: int,
+    features: int | tuple[int, ...],
     n_out: int = 1,
     dtype: jnp.dtype | None = None,
-) -> tuple[Dense, ...]:
-    """Sample the parameters of the width-``width`` network that ``arch`` describes.
+) -> NetworkParams:
+    """Sample the parameters of the network ``net`` with ``width`` hidden channels.
 
-    ``features`` is the input dimension. In the standard parameterization ``W`` and ``b`` carry
-    their scales (``w_std / sqrt(fan_in)``, ``b_std``); in the NTK one they are standard normal.
+    ``features`` is the number of input channels (features of vector inputs), or the per-example input shape
+    (needed when a Flatten feeds a Dense). Each weight layer's ``W`` and ``b`` carry the initial scale of its
+    :class:`~theory.layers.WeightScaling` (standard normal in the NTK parameterization).
     """
+    net = check_program(net)
     width = check_width(width)
     key = check_key(key)
     check_weights(weights)
     n_out = check_positive_int("n_out", n_out)
-    features = check_positive_int("features", features)
-    if arch.parameterization == "standard" and arch.width not in (None, width):
-        raise ValueError(
-            f"the architecture says width={arch.width} (its standard-parameterization NTK uses it) "
-            f"but the finite network has width {width}; make them equal"
-        )
+    shape = _input_shape(net, features)
+    for layer in _all_weight_layers(net.layers):
+        scaling = layer.scaling
+        if scaling is not None and scaling.width is not None and scaling.width != width:
+            raise ValueError(f"the program's weights were scaled for width={scaling.width} (its 'standard' or abc "
+                             f"parameterization uses it) but the finite network has width {width}; make them equal")
     dtype = dtype or jnp.result_type(float)
     sample = WEIGHT_ENSEMBLES[weights]
-    specs = layer_specs(arch, features, width, n_out)
-    keys = jax.random.split(key, len(specs))
-    params: list[Dense] = []
-    for start, stop in _runs(specs):
-        spec = specs[start]
+    layout = _layout(net, shape, n_out)
+    n_weights = [len(_weight_paths(unit)) for unit in layout.units]
+    keys = jax.random.split(key, sum(n * len(reps) for n, reps in zip(n_weights, layout.repeats, strict=True)))
+    segments, counts, index = [], [], []
+    offset = 0
+    last = len(layout.repeats) - 1
+    for s, (reps, shapes, n_w) in enumerate(zip(layout.repeats, layout.shapes, n_weights, strict=True)):
+        count, unit = len(reps), reps[0]
+        seg_keys = keys[offset:offset + count * n_w]
 
-        def one(layer_key: Array, spec: LayerSpec = spec) -> Dense:
-            w_key, b_key = jax.random.split(layer_key)
-            w = sample(w_key, (spec.fan_in, spec.fan_out), dtype)
-            b = jax.random.normal(b_key, (spec.fan_out,), dtype) if spec.b_std > 0 else None
-            if arch.parameterization == "standard":
-                w = w * (spec.w_std / math.sqrt(spec.fan_in))
-                b = None if b is None else b * spec.b_std
-            return Dense(w, b)
+        def one(unit_keys: Array, unit: tuple = unit, shapes: tuple = shapes, readout: bool = s == last) -> tuple:
+            return _init_unit(unit, shapes, unit_keys, width, n_out if readout else None, sample, dtype)
 
-        if stop - start == 1:
-            params.append(one(keys[start]))
-            continue
-        # Identical layers are sampled in one batched call (the same numbers as one call per key):
-        # a program with one RNG op per layer takes minutes to compile at depth ~1000.
-        stacked = jax.vmap(one)(keys[start:stop])
-        params.extend(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(stop - start))
+        if count == 1:
+            segments.append(one(seg_keys))
+        else:
+            # Identical units are sampled in one batched call (the same numbers as one call per key): a
+            # program with one RNG op per layer takes minutes to compile at depth ~1000.
+            segments.append(jax.vmap(one)(seg_keys.reshape(count, n_w, *seg_keys.shape[1:])))
+        counts.append(count)
+        for r in range(count):
+            index += [_Where(s, None if count == 1 else r, path) for path in _weight_paths(unit)]
+        offset += count * n_w
+    return NetworkParams(tuple(segments), tuple(counts), tuple(index))
+
+
+def _all_weight_layers(layers: Sequence[Any]) -> list[WeightLayer]:
+    out = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            out += _all_weight_layers(layer.branch)
+        elif layer.weight_layer:
+            out.append(layer)
+    return out
+
+
+def _init_unit(unit: tuple, shapes: tuple[Shape, ...], keys: Array, width: int, n_out: int | None,
+               sample: Callable, dtype: Any) -> tuple:
+    """One unit's parameters; ``n_out`` is given for the program's last unit (its last layer is the readout)."""
+    params = []
+    k = 0
+    for i, (layer, shape) in enumerate(zip(unit, shapes, strict=True)):
+        if isinstance(layer, Residual):
+            n = len(_weight_paths(layer.branch))
+            params.append(_init_unit(layer.branch, _branch_shapes(layer, shape), keys[k:k + n], width, None,
+                                     sample, dtype))
+            k += n
+        elif layer.weight_layer:
+            out = n_out if (n_out is not None and i == len(unit) - 1) else width
+            params.append(layer.init(keys[k], shape, out, sample, dtype, width))
+            k += 1
+        else:
+            params.append(None)
     return tuple(params)
 
 
-def _runs(specs: tuple[LayerSpec, ...]) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of consecutive identical layers (the hidden layers, the blocks)."""
-    runs, start = [], 0
-    for i in range(1, len(specs) + 1):
-        if i == len(specs) or specs[i] != specs[start]:
-            runs.append((start, i))
-            start = i
-    return runs
+def _branch_shapes(layer: Residual, shape: Shape) -> tuple[Shape, ...]:
+    shapes, current = [], shape
+    for i, inner in enumerate(layer.branch):
+        shapes.append(current)
+        current = current if isinstance(inner, Residual) else inner.output_shape(current, f"branch layer {i + 1}")
+    return tuple(shapes)
 
 
-def _dense(arch: Architecture, spec: LayerSpec, layer: Dense, h: Array) -> Array:
-    if arch.parameterization == "ntk":
-        z = (spec.w_std / math.sqrt(spec.fan_in)) * (h @ layer.W)
-        return z if layer.b is None else z + spec.b_std * layer.b
-    z = h @ layer.W
-    return z if layer.b is None else z + layer.b
+# -- apply ---------------------------------------------------------------------------------------------------
+def _apply_unit(unit: tuple, params: tuple, probes: tuple | None, h: Array, top: bool
+                ) -> tuple[Array, list, list, tuple]:
+    """Apply one unit: output, recorded outputs (top level), weight-layer inputs (program order) and the
+    weight layers' outputs in the structure of ``params`` (``None`` where there are no parameters)."""
+    recorded, inputs, outs = [], [], []
+    for i, (layer, p) in enumerate(zip(unit, params, strict=True)):
+        probe = None if probes is None else probes[i]
+        if isinstance(layer, Residual):
+            branch, _, inner, z = _apply_unit(layer.branch, p, probe, h, False)
+            inputs += inner
+            outs.append(z)
+            h = h + layer.scale * branch
+        elif layer.weight_layer:
+            if p.W.shape[-2] != h.shape[-1]:
+                raise ValueError(f"{layer.name} has parameters for {p.W.shape[-2]} input channels but its input has "
+                                 f"{h.shape[-1]} (shape {tuple(h.shape)}): the parameters were made for other "
+                                 "inputs or another program; call networks.init with this program and features="
+                                 "<the per-example input shape>")
+            inputs.append(h)
+            h = layer.apply(p, h)
+            if probe is not None:
+                h = h + probe
+            outs.append(h)
+        else:
+            h = layer.apply(p, h)
+            outs.append(None)
+        if top and (layer.weight_layer or isinstance(layer, Residual)):
+            recorded.append(h)
+    return h, recorded, inputs, tuple(outs)
+
+
+class _Trace(NamedTuple):
+    out: Array
+    recorded: list  # per recorded unit position, ``(count, batch, ...)`` (a run's in layer order)
+    inputs: list  # per weight layer position, ``(count, batch, ...)``
+    outputs: tuple  # weight layers' outputs in the structure of ``params.segments``
+
+
+def _forward(net: Program, params: NetworkParams, x: Array, probes: tuple | None = None) -> _Trace:
+    layout = _layout_for(net, params, x)
+    recorded, inputs, outputs = [], [], []
+    h = x
+    for s, reps in enumerate(layout.repeats):
+        unit, count = reps[0], params.counts[s]
+        seg_probes = None if probes is None else probes[s]
+        if count == 1:
+            h, rec, inp, z = _apply_unit(unit, params.segments[s], seg_probes, h, True)
+            recorded += [r[None] for r in rec]
+            inputs += [a[None] for a in inp]
+            outputs.append(z)
+            continue
+
+        def body(h: Array, xs: tuple, unit: tuple = unit) -> tuple[Array, tuple]:
+            p, pr = xs
+            h, rec, inp, z = _apply_unit(unit, p, pr, h, True)
+            return h, (tuple(rec), tuple(inp), z)
+
+        h, (rec, inp, z) = jax.lax.scan(body, h, (params.segments[s], seg_probes))
+        recorded += _interleave(rec)
+        inputs += list(inp)
+        outputs.append(z)
+    return _Trace(h, recorded, inputs, tuple(outputs))
+
+
+def _interleave(stacks: tuple) -> list:
+    """A run's recorded outputs, one ``(count, ...)`` stack per recorded layer of the unit -> one stack in
+    layer order."""
+    if len(stacks) <= 1:
+        return list(stacks)
+    stacked = jnp.stack(stacks, axis=1)
+    return [stacked.reshape(-1, *stacked.shape[2:])]
+
+
+def _layout_for(net: Program, params: NetworkParams, x: Array) -> _Layout:
+    if not isinstance(params, NetworkParams):
+        raise ValueError(f"params must be the NetworkParams returned by networks.init, got {type(params).__name__}")
+    layout = _layout(net, Shape(tuple(x.shape[1:-1]), int(x.shape[-1]), False), _n_out(params))
+    if tuple(len(r) for r in layout.repeats) != params.counts:
+        raise ValueError(f"the parameters do not belong to this program (their segments have {params.counts} "
+                         f"units, the program's {tuple(len(r) for r in layout.repeats)}); call networks.init with "
+                         "this program")
+    return layout
+
+
+def _n_out(params: NetworkParams) -> int:
+    return int(params[len(params) - 1].W.shape[-1])
+
+
+def _check_x(net: Program, x: object) -> Array:
+    check_program(net)
+    x, _ = validate_inputs(x, spatial_dims=expected_spatial_dims(net.layers))
+    return x
 
 
 def apply(
-    arch: Architecture,
-    params: tuple[Dense, ...],
+    net: Program,
+    params: NetworkParams,
     x: Array,
     per_layer: bool = False,
     *,
-    probes: tuple[Array, ...] | None = None,
+    probes: tuple | None = None,
 ) -> Array | tuple[Array, list[Array]]:
-    """Outputs ``(batch, n_out)`` of the network; with ``per_layer`` also every Dense layer's
-    pre-activations (MLP: the Dense outputs; ResNet: the stem, the residual stream after each
-    block, and the readout), the quantities whose kernels ``theory.kernels(per_layer=True)`` gives.
+    """Outputs ``(batch, n_out)`` of the network; with ``per_layer`` also every recorded layer's outputs (the
+    top-level Dense / Conv outputs and residual blocks: MLP, each Dense's pre-activations; ResNet, the stem,
+    the residual stream after each block, and the readout), the quantities whose kernels
+    ``theory.kernels(per_layer=True)`` gives.
 
-    ``probes`` (zeros shaped like each Dense output) are added to the Dense outputs; the gradient
-    with respect to them is ``dF / d(Dense output)``, used by :func:`empirical_ntk`.
+    ``probes`` (zeros shaped like each weight layer's output, in the structure of ``params.segments``) are
+    added to the weight layers' outputs; the gradient with respect to them is ``dF / d(output)``.
     """
-    specs = layer_specs(arch, x.shape[-1], params[0].W.shape[1], params[-1].W.shape[1])
-    if len(specs) != len(params):
-        raise ValueError(f"params have {len(params)} layers but {arch!r} has {len(specs)}")
-    phi = arch.activation.fn
-
-    def layer_map(spec: LayerSpec, layer: Dense, probe: Array | None, h: Array) -> Array:
-        inputs = phi(h) if spec.post == "activation" else h
-        z = _dense(arch, spec, layer, inputs)
-        if probe is not None:
-            z = z + probe
-        return h + spec.multiplier * z if spec.residual else z
-
-    h = x
-    layers: list[Array] = []
-    for start, stop in _runs(specs):
-        spec = specs[start]
-        if stop - start <= 2:
-            for i in range(start, stop):
-                h = layer_map(spec, params[i], None if probes is None else probes[i], h)
-                layers.append(h)
-            continue
-        # A run of identical layers is one lax.scan: compile time and memory stay flat in depth
-        # (unrolled, depth ~256 already exhausts LLVM's code memory).
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *params[start:stop])
-        stacked_probes = None if probes is None else jnp.stack(probes[start:stop])
-
-        def body(h: Array, xs: tuple, spec: LayerSpec = spec) -> tuple[Array, Array | None]:
-            layer, probe = xs
-            h = layer_map(spec, layer, probe, h)
-            return h, (h if per_layer else None)
-
-        h, hs = jax.lax.scan(body, h, (stacked, stacked_probes))
-        if per_layer:
-            layers.extend(hs[i] for i in range(stop - start))
-    return (h, layers) if per_layer else h
+    x = _check_x(net, x)
+    trace = _forward(net, params, x, probes)
+    if not per_layer:
+        return trace.out
+    return trace.out, [a[i] for a in trace.recorded for i in range(a.shape[0])]
 
 
-def readout_kernel(arch: Architecture, params: tuple[Dense, ...], x1: Array, x2: Array | None = None) -> Array:
+def forward(net: Program, params: NetworkParams, x: Array) -> tuple[Array, list[Array]]:
+    """Outputs and the recorded layers' outputs stacked per segment (``(count, batch, ...)`` arrays): what
+    ``apply(..., per_layer=True)`` returns without splitting runs (for deep networks under ``jit``)."""
+    x = _check_x(net, x)
+    trace = _forward(net, params, x)
+    return trace.out, trace.recorded
+
+
+def readout_kernel(net: Program, params: NetworkParams, x1: Array, x2: Array | None = None) -> Array:
     """The covariance of the outputs given everything below the readout, ``(batch1, batch2)``.
 
-    With readout ``f = c h @ W + c_b b`` (``W, b`` iid over output units, ``h`` the readout's input),
-    ``E[f_k(x) f_k(x') | h] = c^2 <h(x), h(x')> + c_b^2``: the finite network's last-layer kernel
-    (``c = w_std / sqrt(fan_in)``, ``c_b = b_std``; 0 without bias). Its mean over networks equals
-    the output covariance ``E[f(x) f(x')]`` exactly, with the readout's own sampling noise removed.
+    With readout ``f = m_W h @ W + m_b b`` (``W, b`` iid over output units with stds ``s_W``, ``s_b``; ``h``
+    the readout's input), ``E[f_k(x) f_k(x') | h] = m_W^2 s_W^2 <h(x), h(x')> + m_b^2 s_b^2``: the finite
+    network's last-layer kernel. Its mean over networks equals the output covariance ``E[f(x) f(x')]``
+    exactly, with the readout's own sampling noise removed.
     """
-    specs = layer_specs(arch, x1.shape[-1], params[0].W.shape[1], params[-1].W.shape[1])
-    phi = arch.activation.fn
-
-    def readout_input(x: Array) -> Array:
-        if len(specs) == 1:
-            return x
-        _, hs = apply(arch, params, x, per_layer=True)
-        return phi(hs[-2]) if specs[-1].post == "activation" else hs[-2]
-
-    spec = specs[-1]
-    h1 = readout_input(x1)
-    h2 = h1 if x2 is None else readout_input(x2)
-    bias = spec.b_std**2 if params[-1].b is not None else 0.0
-    return (spec.w_std**2 / spec.fan_in) * (h1 @ h2.T) + bias
+    x1 = _check_x(net, x1)
+    x2 = None if x2 is None else _check_x(net, x2)
+    readout = net.layers[-1]
+    h1 = _forward(net, params, x1).inputs[-1][0]
+    h2 = h1 if x2 is None else _forward(net, params, x2).inputs[-1][0]
+    m_w, s_w, m_b, s_b = readout.weight_scaling.multipliers(h1.shape[-1])
+    bias = (m_b * s_b) ** 2 if readout.bias else 0.0
+    return (m_w * s_w) ** 2 * (h1 @ h2.T) + bias
 
 
-def empirical_ntk(arch: Architecture, params: tuple[Dense, ...], x1: Array, x2: Array | None = None) -> Array:
-    """Exact NTK of one finite network, ``(n_out, batch1, batch2)`` (one kernel per output unit).
+def empirical_ntk(net: Program, params: NetworkParams, x1: Array, x2: Array | None = None) -> Array:
+    """Exact tangent kernel of one finite network, ``(n_out, batch1, batch2)`` (one kernel per output unit):
+    ``sum_p lr_p <dF_k(x)/dp, dF_k(x')/dp>`` over every parameter ``p``, weighted by its learning-rate factor
+    (1 unless a scaling sets one: then it is the kernel of gradient descent with those rates, the finite
+    counterpart of ``theory.kernels``' NTK).
 
-    Uses the layer-wise identity: for every Dense layer with output ``z = c h @ W + c_b b``,
-    ``Theta_k(x, x') += <dF_k/dz(x), dF_k/dz(x')> (c^2 <h(x), h(x')> + c_b^2)`` (``c = w_std/sqrt(fan_in)``,
-    ``c_b = b_std`` in the NTK parameterization; ``c = c_b = 1`` in the standard one; ``c_b = 0``
-    without bias). One forward and one backward pass per input and output unit, instead of a
-    Jacobian over all parameters.
+    Layer-wise identity: for a weight layer ``z = m_W W * h + m_b b`` with ``g = dF_k/dz``,
+    ``<dF_k/dW(x), dF_k/dW(x')> = m_W^2 sum_{s, s'} P(s, s') <g(s), g'(s')>`` with ``P`` the inner product of
+    the two inputs' patches at output positions ``s, s'`` (``<h(x), h(x')>`` for a Dense on vectors); the bias
+    adds ``m_b^2 sum_{s, s'} <g(s), g'(s')>``. One forward and one backward pass per input and output unit.
     """
-    specs = layer_specs(arch, x1.shape[-1], params[0].W.shape[1], params[-1].W.shape[1])
-    phi = arch.activation.fn
+    x1 = _check_x(net, x1)
+    x2 = None if x2 is None else _check_x(net, x2)
+    layout = _layout_for(net, params, x1)
+    layers = [layer for unit in layout.units for layer in _all_weight_layers(unit)]
 
-    def layer_inputs(x: Array) -> list[Array]:
-        _, hs = apply(arch, params, x, per_layer=True)
-        prev = [x, *hs[:-1]]
-        return [phi(h) if s.post == "activation" else h for h, s in zip(prev, specs, strict=True)]
+    def trace(x: Array) -> tuple[list, list]:
+        shapes = jax.eval_shape(lambda: _forward(net, params, x).outputs)
+        probes = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        inputs = _forward(net, params, x, probes).inputs
 
-    def output_grads(x: Array) -> list[Array]:
-        # (n_out, batch, fan_out) per layer: dF_k / dz for each output unit k.
-        probes = tuple(jnp.zeros((x.shape[0], s.fan_out), x.dtype) for s in specs)
-
-        def outputs(p):
-            return apply(arch, params, x, probes=p)
+        def outputs(p: tuple) -> Array:
+            return _forward(net, params, x, p).out
 
         out, pullback = jax.vjp(outputs, probes)
         eye = jnp.eye(out.shape[-1], dtype=x.dtype)
         cotangents = jnp.broadcast_to(eye[:, None, :], (out.shape[-1], *out.shape))
         (grads,) = jax.vmap(pullback)(cotangents)
-        return list(grads)
+        return inputs, _weight_leaves(grads, layout, params.counts)
 
-    x2_ = x1 if x2 is None else x2
-    in1, in2 = layer_inputs(x1), (None if x2 is None else layer_inputs(x2_))
-    g1, g2 = output_grads(x1), (None if x2 is None else output_grads(x2_))
-    in2 = in1 if in2 is None else in2
-    g2 = g1 if g2 is None else g2
+    in1, g1 = trace(x1)
+    in2, g2 = (in1, g1) if x2 is None else trace(x2)
     ntk = 0.0
-    for spec, layer, a1, a2, d1, d2 in zip(specs, params, in1, in2, g1, g2, strict=True):
-        if arch.parameterization == "ntk":
-            w2, b2 = spec.w_std**2 / spec.fan_in, (spec.b_std**2 if layer.b is not None else 0.0)
-        else:
-            w2, b2 = 1.0, (1.0 if layer.b is not None else 0.0)
-        # d1, d2 are dF/dz for the Dense output z (a block's multiplier is inside them).
-        ntk = ntk + jnp.einsum("kia,kja->kij", d1, d2) * (w2 * (a1 @ a2.T) + b2)
+    for layer, a1, a2, d1, d2 in zip(layers, in1, in2, g1, g2, strict=True):
+        ntk = ntk + _layer_ntk(layer, a1, a2, d1, d2)
     return ntk
+
+
+def _weight_leaves(grads: tuple, layout: _Layout, counts: tuple[int, ...]) -> list:
+    """Per weight layer (program order within each unit), the probe gradients ``(n_out, count, batch, ...)``."""
+    out = []
+    for s, unit in enumerate(layout.units):
+        for path in _weight_paths(unit):
+            node = grads[s]
+            for step in path:
+                node = node[step]
+            out.append(node[:, None] if counts[s] == 1 else node)
+    return out
+
+
+def _layer_ntk(layer: WeightLayer, a1: Array, a2: Array, d1: Array, d2: Array) -> Array:
+    """One weight layer's contribution, summed over a run's ``count`` layers; ``a``: inputs
+    ``(count, batch, *S_in, C)``, ``d``: output gradients ``(n_out, count, batch, *S_out, C_out)``."""
+    nd = a1.ndim - 3
+    fan_in = a1.shape[-1] * math.prod(layer.window)
+    m_w, _, m_b, _ = layer.weight_scaling.multipliers(fan_in)
+    s = layer.weight_scaling
+    c_w = s.w_lr * m_w**2
+    c_b = s.b_lr * m_b**2 if layer.bias else 0.0
+    if nd == 0:
+        p = jnp.einsum("ria,rja->rij", a1, a2)
+        gg = jnp.einsum("kria,krja->krij", d1, d2)
+        return jnp.einsum("krij,rij->kij", gg, c_w * p + c_b)
+    left, right = "stuv"[:nd], "wxyz"[:nd]
+    p = layer.patch_gram(jnp.einsum(f"ri{left}c,rj{right}c->rij{left}{right}", a1, a2), 3)
+    gg = jnp.einsum(f"kri{left}c,krj{right}c->krij{left}{right}", d1, d2)
+    return jnp.sum(gg * (c_w * p + c_b), axis=(1, *range(4, 4 + 2 * nd)))
