@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory.inputs import validate_inputs
-from theory.layers import Program, Residual, Shape, WeightLayer, Weights, analyse
+from theory.layers import Program, Residual, Shape, WeightLayer, Weights, analyse, weight_layers
 from theory.layers.program import expected_spatial_dims
+from theory.parameterizations import weight_groups
 
 Array = jax.Array
 Dense = Weights  # the old name of one weight layer's parameters
@@ -532,3 +533,54 @@ def _layer_ntk(layer: WeightLayer, a1: Array, a2: Array, d1: Array, d2: Array) -
     p = layer.patch_gram(jnp.einsum(f"ri{left}c,rj{right}c->rij{left}{right}", a1, a2), 3)
     gg = jnp.einsum(f"kri{left}c,krj{right}c->krij{left}{right}", d1, d2)
     return jnp.sum(gg * (c_w * p + c_b), axis=(1, *range(4, 4 + 2 * nd)))
+
+
+def weight_tree(net: Program, params: NetworkParams, fn: Callable[[WeightLayer, str], tuple[float, float]]
+                ) -> NetworkParams:
+    """A tree shaped like ``params`` whose ``W`` and ``b`` leaves are ``fn(layer, group)`` of their weight layer
+    (``group``: "input", "hidden" or "output", as :func:`theory.parameterizations.weight_groups`), broadcastable
+    against the parameters (a run's values stacked on its leading axis): per-parameter learning rates, masks."""
+    layers = weight_layers(net.layers)
+    groups = weight_groups(net)
+    if len(layers) != len(params):
+        raise ValueError(f"params have {len(params)} weight layers but the program has {len(layers)}")
+    values: dict[tuple, list] = {}
+    for (w, layer, group) in zip(params.index, layers, groups, strict=True):
+        values.setdefault((w.segment, w.path), []).append(fn(layer, group))
+    segments = list(params.segments)
+    for (s, path), vals in values.items():
+        node: Any = segments[s]
+        for step in path:
+            node = node[step]
+        count = params.counts[s]
+
+        def leaf(v: list, ref: Array | None, count: int = count) -> Any:
+            if ref is None:
+                return None
+            if count == 1:
+                return jnp.asarray(v[0], ref.dtype)
+            return jnp.asarray(np.array(v), ref.dtype).reshape(count, *(1,) * (ref.ndim - 1))
+
+        new = Weights(leaf([v[0] for v in vals], node.W), leaf([v[1] for v in vals], node.b))
+        segments[s] = _set(segments[s], path, new)
+    return NetworkParams(tuple(segments), params.counts, params.index)
+
+
+def _set(tree: tuple, path: tuple[int, ...], value: Any) -> tuple:
+    if len(path) == 1:
+        return (*tree[:path[0]], value, *tree[path[0] + 1:])
+    return (*tree[:path[0]], _set(tree[path[0]], path[1:], value), *tree[path[0] + 1:])
+
+
+def recorded_groups(net: Program) -> tuple[str, ...]:
+    """The group of every recorded layer: a weight layer's own, "hidden" for a residual block."""
+    groups = iter(weight_groups(net))
+    out = []
+    for layer in net.layers:
+        if isinstance(layer, Residual):
+            out.append("hidden")
+            for _ in weight_layers(layer.branch):
+                next(groups)
+        elif layer.weight_layer:
+            out.append(next(groups))
+    return tuple(out)

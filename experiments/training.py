@@ -43,10 +43,11 @@ import numpy as np
 import optax
 import pandas as pd
 
+from experiments import networks
 from experiments.networks import check_positive_int
-from theory import MLP, ResNet
+from theory import MLP
 from theory import parameterizations as pz
-from theory.architectures import Architecture
+from theory.layers import Program
 
 Array = jax.Array
 LOSSES = ("mse", "cross_entropy")
@@ -99,146 +100,33 @@ def digits(*, one_hot: bool = False, n_samples: int | None = None) -> Dataset:
 
 
 # -- the finite network ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NetworkScales:
-    """The concrete numbers of a width-``width`` network: per group ``(multiplier, init_std, lr_scale)``.
-
-    ``bias`` is ``None`` without biases; ``hidden`` is ``None`` without ``n x n`` layers. ``branch`` is the ResNet
-    branch multiplier (1 for an MLP). ``hidden_bias_lr`` is the blocks' bias learning-rate factor (a ResNet's
-    depth rule applies to it too).
-    """
-
-    kind: str  # "mlp" or "resnet"
-    features: int
-    width: int
-    n_out: int
-    n_hidden: int
-    input: pz.LayerScale
-    hidden: pz.LayerScale | None
-    output: pz.LayerScale
-    bias: pz.LayerScale | None
-    hidden_bias_lr: float
-    branch: float
-    activation: Any
-    readout_activation: bool
-
-    @property
-    def n_layers(self) -> int:
-        """Recorded layers: the input layer, the hidden layers / blocks, the output."""
-        return self.n_hidden + 2
-
-    def layer_names(self) -> tuple[str, ...]:
-        if self.kind == "mlp":
-            return (*(f"layer {i + 1}" for i in range(self.n_hidden + 1)), "output")
-        return ("stem", *(f"block {i + 1}" for i in range(self.n_hidden)), "output")
-
-    def layer_groups(self) -> tuple[str, ...]:
-        return ("input", *("hidden",) * self.n_hidden, "output")
+def scaled_network(arch: Program, parameterization: str | pz.AbcParameterization | None, width: int, *,
+                   optimizer: str = "sgd", depth_parameterization: pz.DepthParameterization | None = None) -> Program:
+    """The program ``arch`` under an abc-parameterization at ``width`` (``theory.parameterize``); ``None`` takes
+    the member named like the architecture's ``weight_scaling`` ("ntk" or "standard")."""
+    if not isinstance(arch, Program):
+        raise ValueError(f"expected a layer program (theory.MLP, theory.ResNet, theory.serial(...)), got {arch!r}")
+    if isinstance(arch, MLP) and arch.depth < 1:
+        raise ValueError("training an MLP needs at least one hidden layer (depth >= 1); depth 0 has no width")
+    if parameterization is None:
+        parameterization = getattr(arch, "weight_scaling", "ntk")
+    return pz.parameterize(arch, parameterization, check_positive_int("width", width), optimizer=optimizer,
+                           depth_rule=depth_parameterization)
 
 
-def network_scales(arch: Architecture, parameterization: str | pz.AbcParameterization | None, width: int, *,
-                   features: int, n_out: int = 1, optimizer: str = "sgd",
-                   depth_parameterization: pz.DepthParameterization | None = None) -> NetworkScales:
-    """Per-group multipliers, init stds and learning-rate factors of ``arch`` at ``width`` (module docstring).
-
-    ``parameterization`` is a name (``"standard"``, ``"ntk"``, ``"mean_field"``, ``"mup"``), an
-    :class:`~theory.parameterizations.AbcParameterization`, or ``None`` for the architecture's own
-    ``parameterization`` ("ntk" or "standard"). ``depth_parameterization`` (ResNets only) must have
-    ``alpha == arch.depth_exponent``: the architecture owns the forward pass, the depth rule adds the
-    learning-rate factor of the blocks.
-    """
-    if not isinstance(arch, MLP | ResNet):
-        raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
-    width = check_positive_int("width", width)
-    features = check_positive_int("features", features)
-    n_out = check_positive_int("n_out", n_out)
-    p = pz.get(arch.parameterization if parameterization is None else parameterization, optimizer)
-    if isinstance(arch, MLP):
-        if arch.depth < 1:
-            raise ValueError("training an MLP needs at least one hidden layer (depth >= 1); depth 0 has no width")
-        if depth_parameterization is not None:
-            raise ValueError("a depth parameterization scales residual branches: pass a theory.ResNet, or "
-                             "depth_parameterization=None for an MLP")
-        n_hidden, branch, depth_lr = arch.depth - 1, 1.0, 1.0
-        sig_in, sig_out, readout_act = arch.w_std / math.sqrt(features), arch.w_std, True
-    else:
-        n_hidden, branch = arch.depth, arch.branch_multiplier
-        sig_in, sig_out = arch.stem_w_std / math.sqrt(features), arch.readout_w_std
-        readout_act = arch.readout == "activation"
-        depth_lr = pz.block_lr_factor(depth_parameterization, arch.depth_exponent, arch.depth, optimizer)
-    hidden = None
-    if n_hidden:
-        h = p.layer_scale("hidden", width, arch.w_std, n_hidden)
-        hidden = pz.LayerScale(h.multiplier, h.init_std, h.lr_scale * depth_lr)
-    bias = p.layer_scale("input", width, arch.b_std, n_hidden) if arch.b_std > 0 else None
-    return NetworkScales(
-        kind="mlp" if isinstance(arch, MLP) else "resnet", features=features, width=width, n_out=n_out,
-        n_hidden=n_hidden, input=p.layer_scale("input", width, sig_in, n_hidden), hidden=hidden,
-        output=p.layer_scale("output", width, sig_out, n_hidden), bias=bias,
-        hidden_bias_lr=(bias.lr_scale * depth_lr) if bias is not None else 0.0, branch=branch,
-        activation=arch.activation, readout_activation=readout_act)
-
-
-def init_params(s: NetworkScales, key: Array, dtype: Any = None) -> dict[str, dict[str, Array]]:
-    """``{"input": {"w", "b"?}, "hidden": {"w": (k, n, n), "b"?: (k, n)}, "output": {"w", "b"?}}``, ``w`` with
-    entries ``N(0, init_std^2)``. A ResNet has biases on its blocks only; weights are ``(fan_in, fan_out)``."""
-    dtype = dtype or jnp.result_type(float)
-    k_in, k_hid, k_out, kb_in, kb_hid, kb_out = jax.random.split(key, 6)
-    n = s.width
-    params: dict[str, dict[str, Array]] = {
-        "input": {"w": s.input.init_std * jax.random.normal(k_in, (s.features, n), dtype)},
-        "output": {"w": s.output.init_std * jax.random.normal(k_out, (n, s.n_out), dtype)},
-    }
-    if s.hidden is not None:
-        params["hidden"] = {"w": s.hidden.init_std * jax.random.normal(k_hid, (s.n_hidden, n, n), dtype)}
-    if s.bias is not None:
-        std = s.bias.init_std
-        if s.kind == "mlp":
-            params["input"]["b"] = std * jax.random.normal(kb_in, (n,), dtype)
-            params["output"]["b"] = std * jax.random.normal(kb_out, (s.n_out,), dtype)
-        if s.hidden is not None:
-            params["hidden"]["b"] = std * jax.random.normal(kb_hid, (s.n_hidden, n), dtype)
-    return params
-
-
-def forward(s: NetworkScales, params: dict[str, dict[str, Array]], x: Array) -> tuple[Array, list[Array]]:
-    """Outputs ``(batch, n_out)`` and the recorded layers: the input layer's pre-activations (a ResNet's stem),
-    each hidden layer's pre-activations (a ResNet's stream after each block) stacked ``(k, batch, n)``, and the
-    output."""
-    phi = s.activation.fn
-    b_mult = s.bias.multiplier if s.bias is not None else 0.0
-
-    def dense(scale: pz.LayerScale, p: dict[str, Array], h: Array) -> Array:
-        z = scale.multiplier * (h @ p["w"])
-        return z + b_mult * p["b"] if "b" in p else z
-
-    h = dense(s.input, params["input"], x)
-    layers = [h]
-    if s.hidden is not None:
-        hidden = s.hidden
-        residual = s.kind == "resnet"
-
-        def body(h: Array, p: dict[str, Array]) -> tuple[Array, Array]:
-            z = dense(hidden, p, phi(h))
-            h = h + s.branch * z if residual else z
-            return h, h
-
-        h, stack = jax.lax.scan(body, h, params["hidden"])
-        layers.append(stack)
-    out = dense(s.output, params["output"], phi(h) if s.readout_activation else h)
-    layers.append(out)
-    return out, layers
+def forward(net: Program, params: Any, x: Array) -> tuple[Array, list[Array]]:
+    """Outputs ``(batch, n_out)`` and the recorded layers' outputs, stacked per segment of the program
+    (``experiments.networks.forward``)."""
+    return networks.forward(net, jax.tree.map(jnp.asarray, params), jnp.asarray(x))
 
 
 def _layer_rms(layers: list[Array], init: list[Array] | None = None) -> Array:
-    """RMS over batch and units of each recorded layer (of its change from ``init`` if given), ``(n_layers,)``."""
-    def rms(a: Array, axes: tuple[int, ...]) -> Array:
-        return jnp.sqrt(jnp.mean(a * a, axis=axes))
-
+    """RMS over batch, positions and units of each recorded layer (of its change from ``init`` if given),
+    ``(n_recorded,)``; ``layers`` are stacked per segment."""
     out = []
     for i, a in enumerate(layers):
         d = a if init is None else a - init[i]
-        out.append(rms(d, (1, 2)) if d.ndim == 3 else rms(d, (0, 1))[None])
+        out.append(jnp.sqrt(jnp.mean(d * d, axis=tuple(range(1, d.ndim)))))
     return jnp.concatenate(out)
 
 
@@ -286,7 +174,8 @@ class TrainResult:
     """What :func:`train` measured. Arrays have one row per step ``0 .. steps_done`` (row 0 is the init):
     ``loss`` (probe loss), ``rms`` and ``delta_rms`` ``(rows, n_layers)``. ``diverged_step`` / ``diverged_layer``
     are ``None`` unless training stopped (then the last row is the step where it exploded). ``init_params`` and
-    ``params`` (after training; after the last step before a divergence) are NumPy trees as :func:`init_params`."""
+    ``params`` (after training; after the last step before a divergence) are ``experiments.networks``
+    parameters with NumPy leaves; ``network`` is the trained program (``theory.parameterize``'s)."""
 
     layer_names: tuple[str, ...]
     layer_groups: tuple[str, ...]
@@ -297,7 +186,12 @@ class TrainResult:
     diverged_layer: str | None
     init_params: Any
     params: Any
-    scales: NetworkScales
+    network: Program
+
+    @property
+    def scales(self) -> Program:
+        """The trained program (its layers carry each weight's multiplier, initial scale and learning rate)."""
+        return self.network
 
     @property
     def steps_done(self) -> int:
@@ -320,29 +214,24 @@ class TrainResult:
         return df
 
 
-def learning_rate_factors(s: NetworkScales) -> dict[str, float]:
-    """Each parameter group's factor on the base learning rate, keyed ``"group/leaf"`` (``"hidden/w"``,
-    ``"input/b"``, ...) as :func:`init_params` lays the parameters out."""
-    lrs = {"input/w": s.input.lr_scale, "output/w": s.output.lr_scale}
-    if s.hidden is not None:
-        lrs["hidden/w"] = s.hidden.lr_scale
-    if s.bias is not None:
-        lrs.update({"input/b": s.bias.lr_scale, "output/b": s.bias.lr_scale, "hidden/b": s.hidden_bias_lr})
-    return lrs
+def learning_rates(net: Program, params: Any, frozen: tuple[str, ...] = ()) -> Any:
+    """Each parameter's factor on the base learning rate (0 for a frozen group), shaped like ``params``."""
+    def factors(layer: Any, group: str) -> tuple[float, float]:
+        s = layer.weight_scaling
+        w = 0.0 if group in frozen else s.w_lr
+        b = 0.0 if (group in frozen or "bias" in frozen) else s.b_lr
+        return w, b
+
+    return networks.weight_tree(net, params, factors)
 
 
-def _optimizer(s: NetworkScales, params: dict, config: TrainConfig, eta: Array) -> optax.GradientTransformation:
-    """One optax transform per parameter group, each with its own learning rate (``optax.multi_transform``)."""
-    lrs = learning_rate_factors(s)
-    make = optax.sgd if config.optimizer == "sgd" else optax.adam
+def _scale_updates(factors: Any) -> optax.GradientTransformation:
+    """Multiply every update by its parameter's learning-rate factor (``optax.adam(eta)`` then ``* lr`` is
+    ``optax.adam(eta * lr)``; likewise for SGD)."""
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return jax.tree.map(lambda u, f: u * f, updates, factors), state
 
-    def frozen(label: str) -> bool:
-        group, leaf = label.split("/")
-        return group in config.frozen or (leaf == "b" and "bias" in config.frozen)
-
-    transforms = {label: optax.set_to_zero() if frozen(label) else make(eta * lr) for label, lr in lrs.items()}
-    labels = {g: {leaf: f"{g}/{leaf}" for leaf in p} for g, p in params.items()}
-    return optax.multi_transform(transforms, labels)
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _loss_fn(kind: str):
@@ -351,13 +240,14 @@ def _loss_fn(kind: str):
     return lambda f, y: jnp.mean(optax.softmax_cross_entropy_with_integer_labels(f, y))
 
 
-def train(arch: Architecture, parameterization: str | pz.AbcParameterization | None, data: Dataset, width: int, *,
+def train(arch: Program, parameterization: str | pz.AbcParameterization | None, data: Dataset, width: int, *,
           config: TrainConfig | None = None, seed: int = 0,
           depth_parameterization: pz.DepthParameterization | None = None, dtype: Any = None) -> TrainResult:
     """Train the width-``width`` network of ``arch`` under ``parameterization`` on ``data``; measure every step.
 
-    Deterministic given ``seed`` (init from ``fold_in(fold_in(key(seed), 0), width)``, minibatches from
-    ``fold_in(key(seed), 1)``).
+    The network is ``experiments.networks``' network of ``theory.parameterize(arch, parameterization, width)``
+    (``None``: the abc member named like ``arch.weight_scaling``). Deterministic given ``seed`` (init from
+    ``fold_in(fold_in(key(seed), 0), width)``, minibatches from ``fold_in(key(seed), 1)``).
     ``n_out`` is ``y.shape[1]`` for float targets and ``max(y) + 1`` for integer labels (cross-entropy).
     Raises ``ValueError`` for bad input; a diverging run is not an error (see :class:`TrainResult`).
     """
@@ -366,46 +256,48 @@ def train(arch: Architecture, parameterization: str | pz.AbcParameterization | N
         raise ValueError(f"config must be a TrainConfig, got {config!r}")
     x, y = _check_data(data, config.loss)
     n_out = int(y.max()) + 1 if config.loss == "cross_entropy" else y.shape[1]
-    s = network_scales(arch, parameterization, width, features=x.shape[1], n_out=n_out,
-                       optimizer=config.optimizer, depth_parameterization=depth_parameterization)
+    net = scaled_network(arch, parameterization, width, optimizer=config.optimizer,
+                         depth_parameterization=depth_parameterization)
     if config.require_stable:
-        depth = arch.depth if isinstance(arch, MLP) else arch.depth + 1
-        pz.check_stable(pz.get(arch.parameterization if parameterization is None else parameterization,
-                               config.optimizer), depth)
+        depth = 1 + pz.weight_groups(net).count("hidden")
+        name = getattr(arch, "weight_scaling", "ntk") if parameterization is None else parameterization
+        pz.check_stable(pz.get(name, config.optimizer), depth)
     dtype = dtype or jnp.result_type(float)
     x = jnp.asarray(x, dtype)
     y = jnp.asarray(y, jnp.int32 if config.loss == "cross_entropy" else dtype)
     key = jax.random.key(seed)
     # The width enters the init key: JAX draws a larger array as an extension of a smaller one's stream, which would
     # correlate networks of different widths with the same seed (and a coordinate check's errors across widths).
-    params = init_params(s, jax.random.fold_in(jax.random.fold_in(key, 0), width), dtype)
+    params = networks.init(net, width, jax.random.fold_in(jax.random.fold_in(key, 0), width),
+                           features=x.shape[1], n_out=n_out, dtype=dtype)
     # The learning rate is traced, not static: a learning-rate sweep compiles once per network shape.
     eta = jnp.asarray(config.learning_rate, dtype)
     static = dataclasses.replace(config, learning_rate=1.0)
-    loss, rms, delta, alive, final = _run(s, static, params, x, y, jax.random.fold_in(key, 1), eta)
+    loss, rms, delta, alive, final = _run(net, static, params, x, y, jax.random.fold_in(key, 1), eta)
     loss, rms, delta, alive = (np.asarray(a) for a in (loss, rms, delta, alive))
+    names = net.recorded_names()
     diverged_step = diverged_layer = None
     if not alive[-1]:
         step = int(np.argmin(alive))
         bad = ~np.isfinite(rms[step]) | (rms[step] > config.explode_at)
-        names = s.layer_names()
         diverged_layer = names[int(np.argmax(bad))] if bad.any() else "loss"
         diverged_step = step
         loss, rms, delta = loss[: step + 1], rms[: step + 1], delta[: step + 1]
-    return TrainResult(s.layer_names(), s.layer_groups(), loss, rms, delta, diverged_step, diverged_layer,
-                       jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, final), s)
+    return TrainResult(names, networks.recorded_groups(net), loss, rms, delta, diverged_step, diverged_layer,
+                       jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, final), net)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))  # one compilation per network shape and training config
-def _run(s: NetworkScales, config: TrainConfig, params: dict, x: Array, y: Array, batch_key: Array, eta: Array):
+def _run(net: Program, config: TrainConfig, params: Any, x: Array, y: Array, batch_key: Array, eta: Array):
     probe_x, probe_y = x[: config.probe_size], y[: config.probe_size]
-    opt = _optimizer(s, params, config, eta)
+    make = optax.sgd if config.optimizer == "sgd" else optax.adam
+    opt = optax.chain(make(eta), _scale_updates(learning_rates(net, params, config.frozen)))
     loss_of = _loss_fn(config.loss)
 
-    def objective(p: dict, xb: Array, yb: Array) -> Array:
-        return loss_of(forward(s, p, xb)[0], yb)
+    def objective(p: Any, xb: Array, yb: Array) -> Array:
+        return loss_of(networks.forward(net, p, xb)[0], yb)
 
-    out0, init_layers = forward(s, params, probe_x)
+    out0, init_layers = networks.forward(net, params, probe_x)
     rms0 = _layer_rms(init_layers)
     loss0 = loss_of(out0, probe_y)
 
@@ -420,7 +312,7 @@ def _run(s: NetworkScales, config: TrainConfig, params: dict, x: Array, y: Array
         grads = jax.grad(objective)(p, xb, yb)
         updates, new_state = opt.update(grads, opt_state, p)
         new_p = optax.apply_updates(p, updates)
-        out, layers = forward(s, new_p, probe_x)
+        out, layers = networks.forward(net, new_p, probe_x)
         loss = loss_of(out, probe_y)
         rms = _layer_rms(layers)
         delta = _layer_rms(layers, init_layers)
@@ -461,7 +353,7 @@ def _check_data(data: object, loss: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # -- coordinate checks ----------------------------------------------------------------------------------------
-def coord_check(arch: Architecture, parameterization: str | pz.AbcParameterization | None = "mup", *,
+def coord_check(arch: Program, parameterization: str | pz.AbcParameterization | None = "mup", *,
                 widths: tuple[int, ...] = (64, 128, 256, 512, 1024), depths: tuple[int, ...] | None = None,
                 steps: int = 3, seeds: int = 1, data: Dataset | None = None, config: TrainConfig | None = None,
                 depth_parameterization: pz.DepthParameterization | None = None, dtype: Any = None) -> pd.DataFrame:
@@ -480,7 +372,7 @@ def coord_check(arch: Architecture, parameterization: str | pz.AbcParameterizati
     widths = tuple(check_positive_int("width", w) for w in widths)
     archs = [arch] if depths is None else [dataclasses.replace(arch, depth=int(d)) for d in depths]
     name = parameterization if isinstance(parameterization, str) else (
-        arch.parameterization if parameterization is None else parameterization.name)
+        getattr(arch, "weight_scaling", "ntk") if parameterization is None else parameterization.name)
     frames = []
     for a in archs:
         for width in widths:

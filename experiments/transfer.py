@@ -8,15 +8,16 @@ r"""Learning-rate sweeps and where their optimum lies: the machinery of the ``lr
   is quadratic in ``log eta``); :func:`optimum_over_seeds` adds its standard error by a bootstrap over seeds
   (resample the seeds, average their curves, refit): the spread of the argmin that another draw of
   initialisations would give.
-* :func:`ntk_coefficients`: how each parameter group of a trained network enters its tangent kernel (for
-  ``theory.training_dynamics.mlp_ntk``); :func:`empirical_ntk`: the finite network's kernel itself.
+
+The tangent kernel of a trained network is ``theory.kernels(result.network, x).ntk`` (infinite width) and
+``experiments.networks.empirical_ntk(result.network, result.params, x)`` (the finite network's, weighted by the
+learning-rate factors).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,6 @@ import optax
 from experiments import training
 from theory import parameterizations as pz
 from theory.architectures import Architecture
-from theory.training_dynamics import NtkCoefficients
 
 Array = jax.Array
 
@@ -54,7 +54,7 @@ def final_losses(arch: Architecture, parameterization: str | pz.AbcParameterizat
             out[i] = np.inf
             continue
         params = jax.tree.map(jnp.asarray, result.params)
-        x = jnp.asarray(data.x, params["input"]["w"].dtype)
+        x = jnp.asarray(data.x, params[0].W.dtype)
         value = float(loss_of(training.forward(result.scales, params, x)[0], jnp.asarray(data.y)))
         out[i] = value if math.isfinite(value) else np.inf
     return out
@@ -136,44 +136,3 @@ def optimum_over_seeds(log2_lr: np.ndarray, losses: np.ndarray, *, n_bootstrap: 
     boot = boot[np.isfinite(boot)]
     se = float(np.std(boot, ddof=1)) if boot.size > 1 else math.nan
     return replace(point, log2_lr_se=se)
-
-
-def ntk_coefficients(scales: training.NetworkScales) -> NtkCoefficients:
-    """How each parameter group of a training network enters its tangent kernel (an MLP; see
-    ``theory.training_dynamics.NtkCoefficients``): ``lr_scale * multiplier^2 * fan_in`` for the weights
-    (fan-in ``d`` for the input layer, ``n`` otherwise) and ``lr_scale * multiplier^2`` for the biases.
-
-    Gradient descent with base learning rate ``eta`` moves a parameter ``w`` of group ``g`` by
-    ``-eta lr_g dL/dw``, so the outputs move by ``-eta sum_g lr_g (df/dw_g)(df/dw_g)^T grad_f L``: the kernel is
-    the gradients' Gram matrix weighted by the groups' learning-rate factors. Under the NTK parameterization
-    (TP IV: ``a = 0, 1/2, 1/2``, ``b = 0``, ``c = 0``) these are ``(d, 1, 1, 1)``, independent of the width.
-    """
-    if scales.kind != "mlp":
-        raise ValueError("ntk_coefficients covers MLPs (theory.training_dynamics.mlp_ntk); got a ResNet")
-
-    def c(s: pz.LayerScale | None, fan_in: int) -> float:
-        return 0.0 if s is None else s.lr_scale * s.multiplier**2 * fan_in
-
-    hidden = c(scales.hidden, scales.width) if scales.hidden is not None else 0.0
-    return NtkCoefficients(c(scales.input, scales.features), hidden, c(scales.output, scales.width),
-                           c(scales.bias, 1))
-
-
-def empirical_ntk(scales: training.NetworkScales, params: Any, x: Array) -> Array:
-    r"""The finite network's tangent kernel on ``x`` for output 0: ``sum_g lr_g J_g J_g^T``, ``(N, N)``, with
-    ``J_g = d f_0(x) / d w_g`` (the trained parameters ``w``, as ``training.init_params`` lays them out) and
-    ``lr_g`` each group's learning-rate factor (the kernel of ``ntk_coefficients``' docstring)."""
-    params = jax.tree.map(jnp.asarray, params)
-    x = jnp.asarray(x, params["input"]["w"].dtype)
-
-    def f(p: Any) -> Array:
-        return training.forward(scales, p, x)[0][:, 0]
-
-    jac = jax.jacrev(f)(params)
-    lr = training.learning_rate_factors(scales)
-    total = jnp.zeros((x.shape[0], x.shape[0]), x.dtype)
-    for group, leaves in jac.items():
-        for leaf, j in leaves.items():
-            j = j.reshape(x.shape[0], -1)
-            total = total + lr[f"{group}/{leaf}"] * (j @ j.T)
-    return total

@@ -13,48 +13,33 @@ import pytest
 import theory
 from experiments import networks
 from experiments import training as tr
+from theory import layers as nn
 from theory import parameterizations as pz
-
-
-def _effective(arch, layer: networks.Dense, spec: networks.LayerSpec):
-    """experiments.networks' effective weight and bias of one Dense layer (z = h @ W_eff + b_eff)."""
-    if arch.parameterization == "ntk":
-        w = layer.W * (spec.w_std / math.sqrt(spec.fan_in))
-        b = None if layer.b is None else layer.b * spec.b_std
-        return w, b
-    return layer.W, layer.b
 
 
 @pytest.mark.parametrize("arch", [
     theory.MLP(3, "tanh", w_std=1.3, b_std=0.2),
-    theory.MLP(2, "relu", w_std=1.4, b_std=0.1, parameterization="standard", width=32),
+    theory.MLP(2, "relu", w_std=1.4, b_std=0.1, weight_scaling="standard", width=32),
     theory.ResNet(4, "relu", w_std=1.2, b_std=0.3, branch_scale=0.7, depth_exponent=0.5, readout="linear",
                   stem_w_std=1.1, readout_w_std=0.9),
 ])
 def test_same_function_as_experiments_networks(arch):
-    # The same effective weights give the same outputs and layers: one architecture description, one network.
+    # One architecture description, one network: training's network under the abc member of the architecture's own
+    # weight scaling ("ntk" or "standard") has the same effective weights as experiments.networks' for the same key
+    # (the constants sit in the initialisation instead of the multipliers), so the same outputs and layers.
     width, d = 32, 5
     x = jax.random.normal(jax.random.key(1), (7, d))
-    ref = networks.init(arch, width, jax.random.key(2), features=d, n_out=2)
-    specs = networks.layer_specs(arch, d, width, 2)
-    s = tr.network_scales(arch, None, width, features=d, n_out=2)
-    eff = [_effective(arch, layer, spec) for layer, spec in zip(ref, specs, strict=True)]
-    b_mult = s.bias.multiplier if s.bias is not None else 1.0
-
-    def mine(w, b, scale):
-        out = {"w": w / scale.multiplier}
-        if b is not None:
-            out["b"] = b / b_mult
-        return out
-
-    params = {"input": mine(*eff[0], s.input), "output": mine(*eff[-1], s.output)}
-    hidden = [mine(w, b, s.hidden) for w, b in eff[1:-1]]
-    params["hidden"] = {k: jnp.stack([h[k] for h in hidden]) for k in hidden[0]}
-    out, layers = tr.forward(s, params, x)
+    data = tr.Dataset(np.asarray(x), np.zeros((7, 2)))
+    result = tr.train(arch, None, data, width, config=tr.TrainConfig(steps=0))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), width)  # train()'s init key for seed 0
+    ref = networks.init(arch, width, key, features=d, n_out=2)
+    out, layers = tr.forward(result.network, result.init_params, x)
     ref_out, ref_layers = networks.apply(arch, ref, x, per_layer=True)
     np.testing.assert_allclose(out, ref_out, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layers[0], ref_layers[0], rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(layers[1][-1], ref_layers[-2], rtol=1e-12, atol=1e-12)
+    mine = [a[i] for a in layers for i in range(a.shape[0])]
+    assert len(mine) == len(ref_layers) == len(result.layer_names)
+    for a, b in zip(mine, ref_layers, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("arch,parameterization", [
@@ -67,21 +52,32 @@ def test_init_output_variance_is_the_nngp(arch, parameterization):
     # mean over networks plus the O(1/n) finite-width bias bound |K| * 4 L / n.
     width, d, n_nets, chunk = 128, 3, 1000, 200
     x = np.array([[1.0, 0.5, -0.3], [0.2, -1.0, 0.7]])
-    s = tr.network_scales(arch, parameterization, width, features=d)
+    net = theory.parameterize(arch, parameterization, width)
     keys = jax.random.split(jax.random.key(0), n_nets)
-    sample = jax.jit(jax.vmap(lambda k: tr.forward(s, tr.init_params(s, k), jnp.asarray(x))[0][:, 0]))
+    sample = jax.jit(jax.vmap(lambda k: networks.apply(net, networks.init(net, width, k, features=d),
+                                                       jnp.asarray(x))[:, 0]))
     outs = np.concatenate([np.asarray(sample(keys[i:i + chunk])) for i in range(0, n_nets, chunk)])
     prods = outs[:, :, None] * outs[:, None, :]
     mean, se = prods.mean(axis=0), prods.std(axis=0) / math.sqrt(n_nets)
     nngp = np.asarray(theory.kernels(arch, x, get="nngp").nngp)
+    np.testing.assert_allclose(theory.kernels(net, x, get="nngp").nngp, nngp, rtol=1e-12)  # same NNGP
     bias = np.abs(nngp).max() * 4 * (arch.depth + 1) / width
     assert np.all(np.abs(mean - nngp) < 4 * se + bias), (mean, nngp, se)
 
 
-def _hand_step(s: tr.NetworkScales, p, x, y, eta, optimizer):
+def _scales(net):
+    """(multiplier, init std, learning-rate factor) of each weight layer of a trained program (fan-in 4, 64, 64)."""
+    out = []
+    for layer, fan_in in zip(nn.weight_layers(net.layers), (4, 64, 64), strict=True):
+        m, s, _, _ = layer.weight_scaling.multipliers(fan_in)
+        out.append((m, s, layer.weight_scaling.w_lr))
+    return out
+
+
+def _hand_step(scales, p, x, y, eta, optimizer):
     """One step of a 2-hidden-layer ReLU MLP without biases, gradients written out by hand (NumPy)."""
-    m1, m2, m3 = s.input.multiplier, s.hidden.multiplier, s.output.multiplier
-    w1, w2, w3 = p["input"]["w"], p["hidden"]["w"][0], p["output"]["w"]
+    (m1, _, l1), (m2, _, l2), (m3, _, l3) = scales
+    w1, w2, w3 = p[0].W, p[1].W, p[2].W
     h1 = m1 * x @ w1
     a1 = np.maximum(h1, 0)
     h2 = m2 * a1 @ w2
@@ -96,8 +92,7 @@ def _hand_step(s: tr.NetworkScales, p, x, y, eta, optimizer):
     def upd(g, lr):
         return -eta * lr * (g if optimizer == "sgd" else g / (np.abs(g) + 1e-8))  # Adam's first step: g / (|g| + eps)
 
-    return {"input": upd(g1, s.input.lr_scale), "hidden": upd(g2, s.hidden.lr_scale),
-            "output": upd(g3, s.output.lr_scale)}
+    return [upd(g1, l1), upd(g2, l2), upd(g3, l3)]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -111,13 +106,13 @@ def test_per_layer_learning_rates_are_applied(optimizer):
     eta = 0.05
     result = tr.train(arch, p, data, 64, config=tr.TrainConfig(optimizer=optimizer, learning_rate=eta, steps=1),
                       seed=3)
-    lrs = (result.scales.input.lr_scale, result.scales.hidden.lr_scale, result.scales.output.lr_scale)
+    scales = _scales(result.network)
+    lrs = tuple(lr for _, _, lr in scales)
     assert lrs == ((64.0, 1.0, 1 / 64) if optimizer == "sgd" else (1.0, 1 / 64, 1 / 64))
-    expected = _hand_step(result.scales, result.init_params, data.x, data.y, eta, optimizer)
-    for group in ("input", "hidden", "output"):
-        got = result.params[group]["w"] - result.init_params[group]["w"]
-        want = expected[group] if group != "hidden" else expected[group][None]
-        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-14 * np.abs(want).max())
+    expected = _hand_step(scales, result.init_params, data.x, data.y, eta, optimizer)
+    for i in range(3):
+        got = result.params[i].W - result.init_params[i].W
+        np.testing.assert_allclose(got, expected[i], rtol=1e-7, atol=1e-14 * np.abs(expected[i]).max())
 
 
 def test_deterministic_given_the_seed():
@@ -167,11 +162,15 @@ def test_digits_cross_entropy_learns():
 
 
 def test_depth_parameterization_sets_block_learning_rates():
-    arch = theory.ResNet(16, "relu", depth_exponent=0.5)
-    s = tr.network_scales(arch, "mup", 64, features=4, optimizer="adam", depth_parameterization=pz.depth_mup())
-    plain = tr.network_scales(arch, "mup", 64, features=4, optimizer="adam")
-    assert s.hidden.lr_scale == pytest.approx(plain.hidden.lr_scale / 4)  # Adam: eta / sqrt(L)
-    assert s.input.lr_scale == plain.input.lr_scale and s.branch == pytest.approx(0.25)
+    arch = theory.ResNet(16, "relu", b_std=0.1, depth_exponent=0.5)
+    ruled = theory.parameterize(arch, "mup", 64, optimizer="adam", depth_rule=pz.depth_mup())
+    plain = theory.parameterize(arch, "mup", 64, optimizer="adam")
+    lr = [(a.weight_scaling.w_lr, a.weight_scaling.b_lr, b.weight_scaling.w_lr, b.weight_scaling.b_lr)
+          for a, b in zip(nn.weight_layers(ruled.layers), nn.weight_layers(plain.layers), strict=True)]
+    for w, b, w0, b0 in lr[1:-1]:  # the blocks: Adam eta / sqrt(L), weights and biases
+        assert w == pytest.approx(w0 / 4) and b == pytest.approx(b0 / 4)
+    assert lr[0][0] == lr[0][2] and lr[-1][0] == lr[-1][2]  # stem and readout untouched
+    assert ruled.layers[1].scale == pytest.approx(0.25)
 
 
 def test_bad_input():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import theory
-from experiments import training, transfer
+from experiments import networks, training
 from theory import training_dynamics as td
 
 
@@ -82,11 +82,15 @@ def test_neural_tangents_coefficients_give_theory_kernels(arch):
     np.testing.assert_allclose(got, theory.kernels(arch, x).ntk, rtol=1e-10, atol=1e-12)
 
 
-def test_ntk_coefficients_of_the_ntk_parameterization_are_width_independent():
+def test_ntk_of_the_ntk_parameterization_is_width_independent():
+    # TP IV's NTK parameterization trains the input weights with coefficient d (no 1/sqrt(d) multiplier), the
+    # other weights and the biases with 1, at every width.
     arch = theory.MLP(2, "relu", math.sqrt(2), 0.5)
+    x = np.random.default_rng(5).standard_normal((6, 5))
+    want = td.mlp_ntk(arch, x, td.NtkCoefficients(5.0, 1.0, 1.0, 1.0))
     for width in (16, 256, 4096):
-        c = transfer.ntk_coefficients(training.network_scales(arch, "ntk", width, features=5))
-        assert (c.input, c.hidden, c.output, c.bias) == pytest.approx((5.0, 1.0, 1.0, 1.0), rel=1e-12)
+        got = theory.kernels(theory.parameterize(arch, "ntk", width), x, get="ntk").ntk
+        np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -97,10 +101,11 @@ def test_empirical_ntk_of_wide_networks_converges_to_mlp_ntk():
     data = training.teacher(8, 5, seed=3)
     errors = {}
     for width in (128, 2048):
-        s = training.network_scales(arch, "ntk", width, features=5)
-        limit = td.mlp_ntk(arch, data.x, transfer.ntk_coefficients(s))
-        errs = [float(jnp.linalg.norm(transfer.empirical_ntk(s, training.init_params(s, jax.random.key(seed)),
-                                                              data.x) - limit) / jnp.linalg.norm(limit))
+        net = theory.parameterize(arch, "ntk", width)
+        limit = theory.kernels(net, data.x, get="ntk").ntk
+        errs = [float(jnp.linalg.norm(networks.empirical_ntk(net, networks.init(net, width, jax.random.key(seed),
+                                                                                features=5), data.x)[0]
+                                      - limit) / jnp.linalg.norm(limit))
                 for seed in range(4)]
         errors[width] = np.mean(errs)
     # n^-1/2 predicts a ratio of 4 between the two widths; allow 2 either way for 4 seeds.
@@ -112,8 +117,7 @@ def test_wide_network_follows_the_linear_model():
     # Same f_0, infinite-width Theta: a width-2048 network's loss curve stays within O(n^-1/2) of the linear model's.
     arch = theory.MLP(1, "relu", math.sqrt(2))
     data = training.teacher(16, 4, seed=4)
-    s = training.network_scales(arch, "ntk", 1, features=4)
-    ntk = td.mlp_ntk(arch, data.x, transfer.ntk_coefficients(s))
+    ntk = theory.kernels(theory.parameterize(arch, "ntk", 1), data.x, get="ntk").ntk
     eta = 0.5 * 16 / float(jnp.linalg.eigvalsh(ntk)[-1])
     config = training.TrainConfig(learning_rate=eta, steps=30, probe_size=16)
     deltas = {}
@@ -121,7 +125,7 @@ def test_wide_network_follows_the_linear_model():
         out = []
         for seed in range(3):
             result = training.train(arch, "ntk", data, width, config=config, seed=seed)
-            f0 = training.forward(result.scales, jax.tree.map(jnp.asarray, result.init_params), jnp.asarray(data.x))[0]
+            f0 = training.forward(result.network, result.init_params, jnp.asarray(data.x))[0]
             linear = np.asarray(td.loss_curve(ntk, f0, data.y, eta, 30))
             np.testing.assert_allclose(result.loss[0], linear[0], rtol=1e-10)  # same start
             out.append(np.sqrt(np.mean(np.log(result.loss / linear) ** 2)))

@@ -29,6 +29,7 @@ from theory.architectures import MLP, ResNet
 from theory.depth_limits import residual_stream_limit, resnet_limit
 from theory.kernels import Kernels, QuadratureAccuracyWarning
 from theory.layers import Serial, serial
+from theory.parameterizations import parameterize
 from theory.signal_propagation import critical_line, criticality, edge_of_chaos
 
 __version__ = "0.1.0"
@@ -51,6 +52,7 @@ __all__ = [
     "layers",
     "linear_resnet_training",
     "parameterizations",
+    "parameterize",
     "residual_stream_limit",
     "resnet_limit",
     "serial",

@@ -76,9 +76,13 @@ Everything here is exact rational arithmetic on the exponents (floats compared t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
+from typing import Any
+
+from theory.layers import Program, Residual, Serial, WeightScaling, weight_layers
 
 OPTIMIZERS = ("sgd", "adam")
 GROUPS = ("input", "hidden", "output")
@@ -461,3 +465,95 @@ def check_stable(p: AbcParameterization, depth: int = 2) -> Classification:
                          + "; ".join(verdict.failed)
                          + ". Scale the learning rate (c) or the initialisation (b) as TP IV Theorem 3.3 requires")
     return verdict
+
+
+# -- parameterizations as transforms of a layer program -----------------------------------------------------------
+def weight_groups(net: Any) -> list[str]:
+    """The group ("input", "hidden" or "output") of every Dense / Conv of the program ``net``, in program order:
+    the readout is "output", a weight layer reading the raw inputs' channels "input", every other "hidden"."""
+    groups: list[str] = []
+
+    def walk(layers: Any, hidden: bool) -> bool:
+        for layer in layers:
+            if isinstance(layer, Residual):
+                walk(layer.branch, hidden)
+            elif layer.weight_layer:
+                groups.append("hidden" if hidden else "input")
+                hidden = True
+        return hidden
+
+    walk(net.layers, False)
+    groups[-1] = "output"
+    return groups
+
+
+def _blocks(net: Any) -> tuple[int, set[int]]:
+    """Number of top-level residual blocks and the program-order indices of the weight layers inside them."""
+    inside, index, count = set(), 0, 0
+    for layer in net.layers:
+        n = len(weight_layers([layer]))
+        if isinstance(layer, Residual):
+            count += 1
+            inside.update(range(index, index + n))
+        index += n
+    return count, inside
+
+
+def parameterize(net: Any, parameterization: str | AbcParameterization, width: int, *, optimizer: str = "sgd",
+                 depth_rule: DepthParameterization | None = None) -> Any:
+    """The program ``net`` as trained under an abc-parameterization at ``width`` (and a depth rule).
+
+    Every Dense / Conv gets a :class:`theory.layers.WeightScaling`: ``W = n^-a w``, ``w ~ N(0, (sigma n^-b)^2)``
+    with ``sigma = w_std / sqrt(fan_in)`` times ``sqrt(n)`` for the hidden and output groups (so that
+    ``a + b = 0``, ``1/2``, ``1/2`` give the variance ``w_std^2 / fan_in`` of the architecture), learning rate
+    ``eta n^-c``; biases take the input group's exponents (TP V, Table 3). ``depth_rule`` multiplies the
+    learning rates of the weights inside the top-level residual blocks by ``L^-gamma`` (Adam) or
+    ``L^(alpha - gamma)`` (SGD), ``L`` the number of blocks; a ``theory.ResNet`` must have ``depth_exponent =
+    alpha`` (the program owns the branch multipliers). ``theory.kernels`` of the result is the NTK of the
+    network as it is trained (its width-``n`` value); ``experiments.networks`` and ``experiments.training`` build
+    and train the same network. Returns a ``theory.Serial`` with the same layer names.
+    """
+    if not isinstance(net, Program):
+        raise ValueError(f"parameterize needs a layer program (theory.MLP, theory.ResNet, theory.serial(...)), got "
+                         f"{net!r}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Integral) or width < 1:
+        raise ValueError(f"width must be a positive integer, got {width!r}")
+    p = get(parameterization, optimizer)
+    groups = weight_groups(net)
+    n_hidden = groups.count("hidden")
+    n_blocks, inside = _blocks(net)
+    depth_lr = 1.0
+    if depth_rule is not None:
+        exponent = getattr(net, "depth_exponent", None)
+        if n_blocks == 0:
+            raise ValueError("a depth rule scales the learning rates of residual blocks, but the program has none: "
+                             "pass a theory.ResNet (or a program with Residual blocks), or "
+                             "depth_rule=None")
+        depth_lr = block_lr_factor(depth_rule, depth_rule.alpha if exponent is None else exponent, n_blocks,
+                                   optimizer)
+    n = float(width)
+    bias = p.exponents("input", n_hidden)
+    counter = iter(range(len(groups)))
+
+    def scaled(layer: Any) -> Any:
+        i = next(counter)
+        group = groups[i]
+        e = p.exponents(group, n_hidden)
+        lr = depth_lr if i in inside else 1.0
+        sigma = layer.w_std * (1.0 if group == "input" else math.sqrt(n))
+        scaling = WeightScaling(n ** -e.a, sigma * n ** -e.b, lr * n ** -e.c, n ** -bias.a, layer.b_std * n ** -bias.b,
+                                lr * n ** -bias.c, "init", int(width), group)
+        return dataclasses.replace(layer, scaling=scaling)
+
+    def walk(layers: Any) -> tuple:
+        out = []
+        for layer in layers:
+            if isinstance(layer, Residual):
+                out.append(Residual(*walk(layer.branch), scale=layer.scale))
+            elif layer.weight_layer:
+                out.append(scaled(layer))
+            else:
+                out.append(layer)
+        return tuple(out)
+
+    return Serial(walk(net.layers), names=net.recorded_names())

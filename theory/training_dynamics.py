@@ -25,15 +25,16 @@ independent across outputs (Lee et al. 2018), so with ``A_t`` the propagator abo
           = 1/(2N) sum_k a_k(t)^2 [ n_out (V^T K V)_kk + ||(V^T Y)_k||^2 ],
     a_k(t) = (1 - eta lambda_k / N)^t   or   exp(-eta lambda_k t / N).
 
-The NTK entering here is the one of the *trained* parameterization. :func:`mlp_ntk` computes it for an MLP whose
-layers contribute with arbitrary coefficients: a layer ``h -> m W h`` (``fan_in`` inputs) whose trained parameter has
-learning-rate factor ``lambda`` adds ``lambda m^2 fan_in E[phi phi]`` to the NTK recursion (``lambda m^2`` for a
-bias); neural-tangents' NTK parameterization is ``c = w_std^2`` (weights), ``b_std^2`` (biases).
+The NTK entering here is the one of the *trained* parameterization:
+``theory.kernels(theory.parameterize(net, "ntk", width=n), x).ntk`` (a layer ``h -> m W h`` with ``fan_in`` inputs
+whose parameter has learning-rate factor ``lambda`` adds ``lambda m^2 fan_in E[phi phi]``; see
+:mod:`theory.layers.weighted`). :func:`mlp_ntk` is the older interface to the same recursion.
 """
 
 from __future__ import annotations
 
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import jax
@@ -42,6 +43,7 @@ import jax.numpy as jnp
 from theory.architectures import MLP
 from theory.inputs import validate_inputs
 from theory.kernels import kernels
+from theory.layers import Dense, Elementwise, WeightScaling, serial
 
 Array = jax.Array
 
@@ -79,34 +81,31 @@ class NtkCoefficients:
 def mlp_ntk(arch: MLP, x: Array, coefficients: NtkCoefficients) -> Array:
     r"""Infinite-width NTK ``(N, N)`` on the inputs ``x`` of an MLP whose layers contribute with ``coefficients``.
 
-    With ``q^l`` the pre-activation kernels of ``theory.kernels(arch, x, per_layer=True)`` (``l = 1 .. L+1``, the
-    NNGP does not depend on how the network is trained) and ``E_l = E[phi(u)phi(v)]``, ``E'_l = E[phi'(u)phi'(v)]``
-    for ``(u, v) ~ N(0, q^l)`` (Jacot et al. 2018; Lee et al. 2019, Sec. 2.3):
-
-        Theta^1     = c_in x.x'/d + c_b,
-        Theta^{l+1} = c_{l+1} E_l + c_b + w_std^2 E'_l Theta^l,
-
-    ``c_{l+1}`` the hidden coefficient for ``l + 1 <= L`` and the output coefficient for the readout ``L + 1``; the
-    backward factor ``w_std^2 E'_l`` is the forward weights' variance ``w_std^2 / fan_in`` summed over the fan-in,
-    the same in every stable parameterization. Biases contribute only where the architecture has them
-    (``b_std > 0``). With :meth:`NtkCoefficients.neural_tangents` this is ``theory.kernels(arch, x).ntk``.
+    Deprecated: ``theory.kernels(theory.parameterize(arch, p, width=n), x).ntk`` gives the NTK of the network
+    as trained under an abc-parameterization. This builds the MLP's program with each Dense's learning-rate
+    factor set so that its forward NTK coefficient is ``coefficients``' (``w_std^2 * lr = c``) and calls
+    ``theory.kernels``: ``Theta^1 = c_in x.x'/d + c_b``, ``Theta^{l+1} = c_{l+1} E_l + c_b + w_std^2 E'_l Theta^l``.
     """
+    warnings.warn("training_dynamics.mlp_ntk is deprecated: use theory.kernels(theory.parameterize(arch, "
+                  "parameterization, width=n), x).ntk", DeprecationWarning, stacklevel=2)
     if not isinstance(arch, MLP):
         raise ValueError(f"mlp_ntk takes a theory.MLP, got {arch!r}")
     if not isinstance(coefficients, NtkCoefficients):
         raise ValueError(f"coefficients must be an NtkCoefficients, got {coefficients!r}")
     x, _ = validate_inputs(x)
-    q = kernels(arch, x, get="nngp", per_layer=True).nngp  # (L + 1, N, N)
-    c_b = coefficients.bias if arch.b_std > 0 else 0.0
-    theta = coefficients.input * (x @ x.T) / x.shape[1] + c_b
-    w2 = arch.w_std**2
-    for layer in range(arch.depth):  # layer l = layer + 1 feeds Dense layer l + 1
-        ql = q[layer]
-        diag = jnp.diagonal(ql)
-        e, e_dot = arch.activation.expectations(diag[:, None], ql, diag[None, :], True)
+    w, b = arch.w_std, arch.b_std
+    if w == 0:
+        raise ValueError("mlp_ntk needs w_std > 0 (the weights' learning-rate factor is c / w_std^2)")
+
+    def dense(c: float) -> Dense:
+        b_lr = coefficients.bias / b**2 if b > 0 else 0.0
+        return Dense(w, b, WeightScaling(w, 1.0, c / w**2, b, 1.0, b_lr))
+
+    layers = [dense(coefficients.input)]
+    for layer in range(arch.depth):
         c = coefficients.output if layer == arch.depth - 1 else coefficients.hidden
-        theta = c * e + c_b + w2 * e_dot * theta
-    return (theta + theta.T) / 2  # symmetric in exact arithmetic
+        layers += [Elementwise(arch.activation), dense(c)]
+    return kernels(serial(*layers), x, get="ntk").ntk
 
 
 def _check_dynamics(ntk: Array, learning_rate: float, steps: int) -> tuple[Array, int]:

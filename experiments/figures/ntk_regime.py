@@ -5,10 +5,9 @@ A ReLU MLP (``theory.MLP(depth, "relu", w_std)``) of width ``n`` in the NTK para
 task (``experiments.training.teacher``: ``n_samples`` examples, MSE ``1/N sum_i 1/2 (f_i - y_i)^2``). As
 ``n -> inf`` it follows the linear model of its infinite-width tangent kernel ``Theta`` (Lee et al. 2019;
 ``theory.training_dynamics``): residuals ``(I - eta Theta / N)^t r_0``. ``Theta`` is the NTK of the trained
-parameterization, ``theory.training_dynamics.mlp_ntk`` with the coefficients of
-``experiments.transfer.ntk_coefficients`` (input ``d``, hidden and output ``1``: the input layer's weights are
-trained with the same ``eta`` as the others but without a ``1/sqrt(d)`` multiplier, so its gradient is ``d``
-times neural-tangents').
+parameterization, ``theory.kernels(theory.parameterize(arch, "ntk", width))`` (input coefficient ``d``, hidden and
+output ``1``: the input layer's weights are trained with the same ``eta`` as the others but without a ``1/sqrt(d)``
+multiplier, so its gradient is ``d`` times neural-tangents'; width-independent).
 
 Per grid point ``(width, seed)``: the measured training-loss curve, and the linear model's curve from the
 network's own initial outputs ``f_0`` (``loss_curve``), which removes the seed-to-seed spread of ``f_0`` (present
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 import theory
-from experiments import training, transfer
+from experiments import training
 from experiments.figures import style
 from experiments.registry import Experiment, Point, grid
 from experiments.scaling import fit_power_law
@@ -76,8 +75,8 @@ def _setup(point: Point) -> tuple[theory.MLP, training.Dataset, jax.Array, jax.A
     ``eta lambda / N`` (gradient descent on the linear model converges iff it is below 2)."""
     arch = theory.MLP(point["depth"], "relu", w_std=point["w_std"])
     data = training.teacher(point["n_samples"], point["features"], seed=0)
-    scales = training.network_scales(arch, "ntk", 1, features=point["features"])  # width-independent coefficients
-    ntk = td.mlp_ntk(arch, data.x, transfer.ntk_coefficients(scales))
+    # TP IV's NTK parameterization trains the input layer with factor d, the others with 1: width-independent.
+    ntk = theory.kernels(theory.parameterize(arch, "ntk", 1), data.x, get="ntk").ntk
     nngp = theory.kernels(arch, data.x, get="nngp").nngp
     top = float(jnp.linalg.eigvalsh(ntk)[-1]) * point["learning_rate"] / point["n_samples"]
     return arch, data, ntk, nngp, top
@@ -92,8 +91,7 @@ def compute(point: Point) -> dict:
     config = training.TrainConfig(learning_rate=point["learning_rate"], steps=point["steps"],
                                   probe_size=point["n_samples"])  # the probe batch is the whole training set
     result = training.train(arch, "ntk", data, point["width"], config=config, seed=point["seed"])
-    params = jax.tree.map(jnp.asarray, result.init_params)
-    f0 = training.forward(result.scales, params, jnp.asarray(data.x, params["input"]["w"].dtype))[0]
+    f0 = training.forward(result.network, result.init_params, jnp.asarray(data.x, result.init_params[0].W.dtype))[0]
     steps, lr = point["steps"], point["learning_rate"]
     linear = td.loss_curve(ntk, f0, data.y, lr, steps)
     expected = td.expected_loss(ntk, nngp, data.y, lr, steps)
