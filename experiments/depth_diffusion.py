@@ -2,27 +2,16 @@ r"""Finite width, infinite depth: Monte Carlo of a width-``n`` ResNet's residual
 of the diffusion it converges to (the setting of Hayou 2022; the equations, their provenance and the conventions
 are in :mod:`theory.depth_diffusion`).
 
-One input ``x`` (default: the single feature ``x = (1,)``, so ``h_0 ~ N(0, stem_w_std^2 I_n)``) and many
-independent networks ("paths"), all vectorised over a leading axis of size ``n_paths``:
+One input ``x`` (default ``x = (1,)``, so ``h_0 ~ N(0, stem_w_std^2 I_n)``) and ``n_paths`` independent networks
+("paths") on a leading axis: :func:`simulate_network` samples the finite network of :class:`theory.ResNet` ``res`` at
+``L = res.depth`` (NTK parameterization, as ``experiments.networks.init`` / ``apply``), :func:`simulate_sde` the SDE
+``dX = a (w^2 ||phi(X)||^2 / n + b^2)^{1/2} dB`` on ``t in [0, 1]`` by Euler-Maruyama with ``n_steps`` steps. Both
+record ``||h||``, ``||phi(h)||`` and the number of positive coordinates at ``t_k = k / checkpoints`` (and ``t = 0``)
+and return the final residual stream and one readout per path (``f = r n^{-1/2} <v, phi(h_L)>`` or ``<v, h_L>``,
+``v ~ N(0, I_n)``). Randomness only through the explicit JAX ``key``; float64 needs JAX's x64 mode. Summaries take
+standard errors from the spread across independent paths.
 
-* :func:`simulate_network` samples the finite network of :class:`theory.ResNet` ``res`` at its depth
-  ``L = res.depth`` with fresh ``n x n`` Gaussian weights in every block, exactly as
-  ``experiments.networks.init`` / ``apply`` would (NTK parameterization: ``h <- h + a/L^beta (w/sqrt(n)
-  phi(h) @ W + b beta)``; :func:`residual_stream` is the deterministic forward pass given the weights, checked
-  against ``networks.apply`` in the tests). Cost ``O(n_paths L n^2)``.
-* :func:`simulate_sde` integrates the limiting SDE ``dX = a (w^2 ||phi(X)||^2 / n + b^2)^{1/2} dB`` over
-  ``t in [0, 1]`` by Euler-Maruyama with ``n_steps`` steps, ``O(n_paths n_steps n)``. (A block of the network
-  *is* an Euler-Maruyama step in law, so ``simulate_network`` at depth ``L`` and ``simulate_sde`` with
-  ``L`` steps sample the same law; the network is simulated with its weight matrices all the same.)
-
-Both record, at ``checkpoints`` equally spaced depth fractions ``t_k = k / checkpoints`` (and ``t = 0``),
-the norm ``||h||``, the post-activation norm ``||phi(h)||`` and the number of positive coordinates, and
-return the final residual stream and one readout per path (``f = r n^{-1/2} <v, phi(h_L)>`` or
-``<v, h_L>``, ``v ~ N(0, I_n)``). Randomness enters only through the explicit JAX ``key``; float64 needs JAX's
-x64 mode (``dtype=jnp.float64`` without it is a ``ValueError``).
-
-Summaries (:func:`log_ratio_summary`, :func:`mean_and_se`, :func:`variance_and_se`, :func:`ks_statistic`)
-turn samples into numbers with standard errors from the spread across independent paths.
+Derivation and notes: docs/depth_diffusion.md (section "Monte Carlo").
 """
 
 from __future__ import annotations
@@ -40,6 +29,7 @@ from scipy import stats
 from experiments.networks import check_key, check_positive_int
 from theory.architectures import ResNet
 from theory.depth_diffusion import check_sde_resnet, check_width, diffusion_scale
+from theory.layers import Weights
 
 Array = jax.Array
 
@@ -157,13 +147,16 @@ def _record(phi: Callable[[Array], Array], h: Array) -> tuple[Array, Array, Arra
 
 
 def _block(res: ResNet, h: Array, w: Array, b: Array | None) -> Array:
-    """One residual block of the NTK-parameterized network (``w`` is ``(..., fan_in, fan_out)``)."""
-    n = h.shape[-1]
-    phi = res.activation.fn
-    z = (res.w_std / math.sqrt(n)) * jnp.einsum("...i,...ij->...j", phi(h), w)
-    if b is not None:
-        z = z + res.b_std * b
-    return h + res.branch_multiplier * z
+    """One residual block of ``res``'s program (its ``Residual`` layer) with weights ``w`` ``(..., fan_in, fan_out)``
+    and biases ``b`` (leading axes: independent networks)."""
+    block = res.block
+
+    def one(h: Array, w: Array, b: Array | None) -> Array:
+        return block.apply((None, Weights(w, b)), h)
+
+    for _ in range(w.ndim - 2):  # one weight matrix per network: map over the networks
+        one = jax.vmap(one)
+    return one(h, w, b)
 
 
 def residual_stream(res: ResNet, h0: Array, weights: Array, biases: Array | None = None) -> tuple[Array, Array]:

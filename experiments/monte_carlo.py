@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import networks
-from theory.architectures import MLP, Architecture, ResNet
 from theory.inputs import validate_inputs
+from theory.layers import Program
+from theory.layers.program import expected_spatial_dims
 
 Array = jax.Array
 Progress = Callable[[int, int], None]
@@ -97,14 +98,12 @@ def _check_samples(n_samples: object) -> int:
     return int(n_samples)
 
 
-def _check_arch(arch: object) -> Architecture:
-    if not isinstance(arch, (MLP, ResNet)):
-        raise ValueError(f"expected a theory.MLP or theory.ResNet, got {arch!r}")
-    return arch
+def _check_arch(arch: object) -> Program:
+    return networks.check_program(arch)
 
 
 def _ensemble(arch: object, width: object, n_samples: object, key: object, weights: object,
-              n_out: object = 1) -> tuple[Architecture, int, int, Array, int]:
+              n_out: object = 1) -> tuple[Program, int, int, Array, int]:
     """Validate what every estimator takes (the ensemble of networks); return ``(arch, width, n_samples,
     keys, n_out)`` with network ``i`` drawn from ``keys[i] = split(key, n_samples)[i]``."""
     arch = _check_arch(arch)
@@ -116,9 +115,14 @@ def _ensemble(arch: object, width: object, n_samples: object, key: object, weigh
     return arch, width, n_samples, jax.random.split(key, n_samples), n_out
 
 
-def _activation_bytes(arch: Architecture, width: int, x: Array) -> int:
-    """Memory of one network's parameters and per-layer activations on ``x`` (for the chunk size)."""
-    return np.dtype(x.dtype).itemsize * arch.n_layers * (width * (width + 2) + 4 * x.shape[0] * width)
+def _activation_bytes(arch: Program, width: int, x: Array) -> int:
+    """Memory of one network's parameters and per-layer activations on ``x`` (for the chunk size): per layer a
+    ``width x width`` weight (times a filter of up to 9 taps for spatial inputs) and ``4 N positions width``
+    activations."""
+    positions = int(np.prod(x.shape[1:-1])) if x.ndim > 2 else 1
+    taps = 9 if x.ndim > 2 else 1
+    return np.dtype(x.dtype).itemsize * len(arch.layers) * (taps * width * (width + 2)
+                                                            + 4 * x.shape[0] * positions * width)
 
 
 def _chunk_size(n_samples: int, bytes_per_network: int, budget: int) -> int:
@@ -152,7 +156,7 @@ def _kernel_samples(keys, x1, x2, *, arch, width, weights, n_out, get, nngp_from
 
 
 def estimate_kernels(
-    arch: Architecture,
+    arch: Program,
     x1: Array,
     x2: Array | None = None,
     *,
@@ -197,14 +201,16 @@ def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, 
         raise ValueError(f"get must name kernels among ('nngp', 'ntk'), got {get!r}")
     if nngp_from not in NNGP_ESTIMATORS:
         raise ValueError(f"nngp_from must be one of {NNGP_ESTIMATORS}, got {nngp_from!r}")
-    x1, x2 = validate_inputs(x1, x2)
+    x1, x2 = validate_inputs(x1, x2, spatial_dims=expected_spatial_dims(arch.layers))
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]
     itemsize = np.dtype(x1.dtype).itemsize
-    n_layers = arch.n_layers
+    n_layers = len(arch.layers)
+    positions = int(np.prod(x1.shape[1:-1])) if x1.ndim > 2 else 1
+    pairs = positions**2 if "ntk" in wanted else 1  # the layer-wise NTK holds every pair of positions
     per_network = itemsize * (
-        n_layers * width * (width + 2)  # parameters
-        + 4 * (n1 + n2) * width * n_layers * n_out  # activations, gradients (NTK)
-        + 3 * n1 * n2 * n_out  # per-network kernels and temporaries
+        n_layers * (9 if x1.ndim > 2 else 1) * width * (width + 2)  # parameters
+        + 4 * (n1 + n2) * positions * width * n_layers * n_out  # activations, gradients (NTK)
+        + 3 * n1 * n2 * n_out * pairs  # per-network kernels and temporaries
     )
     size = _chunk_size(n_samples, per_network, memory_budget)
     order = tuple(g for g in ("nngp", "ntk") if g in wanted)
@@ -220,7 +226,7 @@ def _kernel_chunks(arch, x1, x2, *, width, n_samples, key, get, weights, n_out, 
 
 
 def network_kernels(
-    arch: Architecture,
+    arch: Program,
     x1: Array,
     x2: Array | None = None,
     *,
@@ -260,16 +266,20 @@ def median(values: np.ndarray, *, n_boot: int = 400, seed: int = 0) -> Estimate:
 def _moment_samples(keys, x, *, arch, width, weights, n_out):
     def one(key):
         params = networks.init(arch, width, key, weights, features=x.shape[1:], n_out=n_out, dtype=x.dtype)
-        _, layers = networks.apply(arch, params, x, per_layer=True)
-        second = jnp.stack([jnp.mean(h**2, axis=-1) for h in layers])
-        fourth = jnp.stack([jnp.mean(h**4, axis=-1) for h in layers])
+        _, layers = networks.forward(arch, params, x)  # stacked per segment: compile time flat in depth
+
+        def pooled(h, power):  # over a layer's neurons (positions and channels)
+            return jnp.mean(h**power, axis=tuple(range(2, h.ndim)))
+
+        second = jnp.concatenate([pooled(h, 2) for h in layers])
+        fourth = jnp.concatenate([pooled(h, 4) for h in layers])
         return jnp.stack([second, fourth, second * fourth], axis=-1)  # (layers, batch, 3)
 
     return jax.vmap(one)(keys)
 
 
 def preactivation_moments(
-    arch: Architecture,
+    arch: Program,
     x: Array,
     *,
     width: int,
@@ -290,7 +300,7 @@ def preactivation_moments(
     comes from the delta method with the covariance of ``(m2, m4)`` across networks.
     """
     arch, width, n_samples, keys, n_out = _ensemble(arch, width, n_samples, key, weights, n_out)
-    x, _ = validate_inputs(x)
+    x, _ = validate_inputs(x, spatial_dims=expected_spatial_dims(arch.layers))
     size = _chunk_size(n_samples, _activation_bytes(arch, width, x), memory_budget)
     # Samples are (m2, m4, m2 m4): streamed means and variances give the (m2, m4) covariance too.
     first = _Running()
@@ -316,19 +326,20 @@ def preactivation_moments(
 def _correlation_samples(keys, x, *, arch, width, weights):
     def one(key):
         params = networks.init(arch, width, key, weights, features=x.shape[1:], n_out=1, dtype=x.dtype)
-        _, layers = networks.apply(arch, params, x, per_layer=True)
+        _, layers = networks.forward(arch, params, x)  # stacked per segment: compile time flat in depth
         out = []
-        for h in layers[:-1]:  # hidden layers (the readout has one unit)
-            k = h @ h.T / h.shape[-1]
-            d = jnp.sqrt(jnp.diagonal(k))
-            out.append(k / (d[:, None] * d[None, :]))
-        return jnp.stack(out)
+        for h in layers:
+            h = h.reshape(h.shape[0], h.shape[1], -1)
+            k = jnp.einsum("rai,rbi->rab", h, h) / h.shape[-1]
+            d = jnp.sqrt(jnp.diagonal(k, axis1=1, axis2=2))
+            out.append(k / (d[:, :, None] * d[:, None, :]))
+        return jnp.concatenate(out)[:-1]  # hidden layers (the readout has one unit)
 
     return jax.vmap(one)(keys)
 
 
 def layer_correlations(
-    arch: Architecture,
+    arch: Program,
     x: Array,
     *,
     width: int,
@@ -345,9 +356,7 @@ def layer_correlations(
     samples are returned (not averaged) so that callers can resample networks for standard errors.
     """
     arch, width, n_samples, keys, _ = _ensemble(arch, width, n_samples, key, weights)
-    if not isinstance(arch, MLP):
-        raise ValueError(f"layer_correlations needs a theory.MLP, got {arch!r}")
-    x, _ = validate_inputs(x)
+    x, _ = validate_inputs(x, spatial_dims=expected_spatial_dims(arch.layers))
     size = _chunk_size(n_samples, _activation_bytes(arch, width, x), memory_budget)
     return np.concatenate([np.asarray(_correlation_samples(chunk, x, arch=arch, width=width, weights=weights))
                            for _, chunk in _chunks(keys, size)])

@@ -1,26 +1,13 @@
 """Power-law fits ``y = C n^p`` by least squares in log-log, with standard errors and confidence intervals.
 
-The model is linear in logs::
+``log y_i = log C + p log n_i + e_i``, ``e_i ~ N(0, s_i^2)``, fitted by weighted least squares with weights
+``w_i = 1 / s_i^2``: ``s_i = y_err_i / y_i`` when standard errors ``y_err`` are given, otherwise one ``s`` estimated
+from the residuals. The error scale is ``σ² = 1`` when ``y_err`` is trusted (``absolute_sigma=True``), otherwise
+``σ² = Σ w_i r_i² / (m - 2)`` over the ``m`` points. Interval for ``p``: ``p ± q · SE(p)`` with the normal (``σ``
+known) or Student-t (``m - 2`` degrees of freedom) quantile ``q``, or with ``bootstrap=B`` the percentile interval over
+``B`` case-resampled refits (undercovers with very few points; prefer the analytic interval below ~8 points).
 
-    log y_i = log C + p log n_i + e_i,      e_i ~ N(0, s_i^2),
-
-fitted by weighted least squares with weights ``w_i = 1 / s_i^2``. When the data's standard errors
-``y_err`` are given, ``s_i = y_err_i / y_i`` (the log-space error, first order in ``y_err / y``);
-otherwise all ``s_i = s`` with ``s`` estimated from the residuals.
-
-With ``x_i = log n_i``, ``z_i = log y_i`` and weighted means ``x̄``, ``z̄``::
-
-    S_xx = Σ w_i (x_i - x̄)^2,   p = Σ w_i (x_i - x̄)(z_i - z̄) / S_xx,   log C = z̄ - p x̄,
-
-    Var(p) = σ² / S_xx,   Var(log C) = σ² (1 / Σ w_i + x̄² / S_xx),   Cov(log C, p) = -σ² x̄ / S_xx,
-
-where ``σ² = 1`` when ``y_err`` is given and trusted (``absolute_sigma=True``), and otherwise
-``σ² = Σ w_i r_i² / (m - 2)`` from the residuals ``r_i`` of the ``m`` points. The analytic interval
-for ``p`` is ``p ± q · SE(p)`` with ``q`` the normal quantile (``σ`` known) or Student-t quantile with
-``m - 2`` degrees of freedom (``σ`` estimated). With ``bootstrap=B`` the interval is instead the
-percentile interval of ``p`` over ``B`` case-resampled refits (pairs ``(n_i, y_i)`` drawn with
-replacement; resamples with a single distinct ``n`` are dropped). Case resampling undercovers with very
-few points; prefer the analytic interval below ~8 points.
+Derivation and notes: docs/power_law_fits.md (the estimates, their variances and covariance).
 """
 
 from __future__ import annotations

@@ -7,26 +7,14 @@ Layout::
 ``root`` is, in order of precedence, the ``root`` argument, the environment variable
 ``DEEPLIMITS_RESULTS``, or ``results/`` under the current working directory.
 
-A record's **key** (:class:`RecordKey`) is the experiment name, the grid point's full config (every
-parameter, the seed included), the **code version** and the **dtype**; its ``digest`` is the sha256
-of the canonical JSON of these four (sorted keys, no whitespace, tuples as lists). The code version
-(:func:`code_version`) is the package ``__version__`` plus a short hash of the source of the module
-that declares the experiment (and of any modules it names in ``Experiment.depends``): editing an
-experiment's module invalidates its cached records, while editing library code it calls does not
-unless the package version is bumped or the module is listed in ``depends``.
+A record's key (:class:`RecordKey`) is the experiment name, the full config (seed included), the code version
+(:func:`code_version`: ``__version__`` plus a hash of the experiment's module and of ``Experiment.depends``) and the
+dtype; ``digest`` is the sha256 of their canonical JSON. A record holds ``experiment``, ``digest``, ``config``,
+``code_version``, ``dtype``, ``values``, ``timestamp`` (ISO-8601 UTC) and ``elapsed_s``. Writes are atomic (temporary
+file, fsync, ``os.replace``); an unreadable record is reported with a :class:`CorruptRecordWarning`, moved aside to
+``<digest>.json.corrupt`` and treated as missing.
 
-A record is a JSON object::
-
-    {"experiment": str, "digest": str, "config": {...}, "code_version": str, "dtype": str,
-     "values": {...}, "timestamp": ISO-8601 UTC str, "elapsed_s": float}
-
-Writes are atomic: the record goes to a temporary file in the same folder, is flushed and fsynced,
-then ``os.replace``-d onto its final name (and the folder is fsynced), so a process killed at any
-moment leaves either the whole record or none of it. Temporary files are named
-``.<digest>.<pid>.<random>.tmp``; readers never look at them, and :meth:`Store.clean_temp_files`
-removes those whose writing process is gone. A record that cannot be read back (corrupted by hand,
-a full disk in an older tool, ...) is reported with a :class:`CorruptRecordWarning`, moved aside
-to ``<digest>.json.corrupt`` and treated as missing, so a sweep recomputes it instead of crashing.
+Derivation and notes: docs/results_store.md (the digest, what invalidates a record, the atomic write, temp files).
 """
 
 from __future__ import annotations

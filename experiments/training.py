@@ -1,31 +1,19 @@
 r"""Small training loops for parameterization checks (muP / Depth-muP coordinate checks, learning-rate transfer).
 
-One architecture description (``theory.MLP`` / ``theory.ResNet``: depth, activation, the O(1) constants ``w_std``,
-``b_std``, a ResNet's ``branch_scale`` and ``depth_exponent``) plus an abc-parameterization
-(``theory.parameterizations``: per layer group a multiplier ``n^-a``, an init std ``sigma n^-b`` and a learning
-rate ``eta n^-c``) and, for ResNets, an optional depth rule (TP VI: block learning rates ``L^-gamma`` Adam,
-``L^(alpha - gamma)`` SGD) fix a finite network of width ``n`` and how it is trained:
+An architecture (``theory.MLP`` / ``theory.ResNet``), an abc-parameterization (``theory.parameterizations``: per layer
+group a multiplier ``n^-a``, an init std ``sigma n^-b``, a learning rate ``eta n^-c``) and, for ResNets, an optional
+depth rule (TP VI: block learning rates ``L^-gamma`` Adam, ``L^(alpha - gamma)`` SGD) fix a finite network of width
+``n`` and how it is trained. Effective weights are ``W = multiplier * w``, ``w ~ N(0, init_std^2)``; a ResNet's stem,
+blocks and readout are the input, hidden and output groups. ``sigma`` is ``w_std / sqrt(d)`` (input; ``stem_w_std``
+for a ResNet), ``w_std`` (hidden), ``w_std`` or ``readout_w_std`` (output), ``b_std`` (biases, input exponents).
+Under "standard"/"ntk" the network at init is the one of ``experiments.networks`` (same function for the same draws).
 
-* MLP (``depth = L >= 1`` hidden layers): ``h_1 = W_in x + b_1``, ``h_l = W_l phi(h_{l-1}) + b_l`` (``l = 2..L``),
-  ``f = W_out phi(h_L) + b_out``, with effective weights ``W = multiplier * w``, ``w ~ N(0, init_std^2)``.
-* ResNet: ``h_0 = W_in x``, ``h_l = h_{l-1} + branch_scale / L^depth_exponent * (W_l phi(h_{l-1}) + b_l)``,
-  ``f = W_out phi(h_L)`` (or ``W_out h_L`` for ``readout="linear"``). The stem is the input group, the blocks the
-  hidden group, the readout the output group (no biases on stem and readout, as in ``experiments.networks``).
-* ``sigma`` = ``w_std / sqrt(d)`` (input; ``stem_w_std`` for a ResNet), ``w_std`` (hidden), ``w_std`` or
-  ``readout_w_std`` (output), ``b_std`` (biases, which take the input group's exponents, TP V Table 3).
-  Under "standard"/"ntk" the effective weights have variance ``w_std^2 / fan_in``: the network at init is the one
-  of ``experiments.networks`` (same function for the same Gaussian draws; same NNGP as ``theory.kernels``).
+Losses: ``"mse"`` = ``mean_batch 1/2 ||f - y||^2``; ``"cross_entropy"`` = mean softmax cross-entropy with integer
+labels. After every step the RMS over batch and units of each layer's activations on a fixed probe batch, and of their
+change since initialisation, is recorded. A step after which the probe loss or any layer's RMS is non-finite or above
+``explode_at`` ends training; :class:`TrainResult` records that step and the first layer that exploded (or "loss").
 
-Training is optax (``optax.sgd`` / ``optax.adam`` per parameter group through ``optax.multi_transform``, each with
-its own learning rate ``eta * lr_scale``; frozen groups get ``optax.set_to_zero``), jitted, with ``lax.scan`` over
-steps and over the identical hidden layers. Losses: ``"mse"`` = ``mean_batch 1/2 ||f - y||^2``;
-``"cross_entropy"`` = mean softmax cross-entropy with integer labels. After every step the network is run on a fixed
-probe batch and, per layer (each Dense layer's pre-activations, a ResNet's residual stream after each block, and the
-output), the RMS over batch and units of the activations and of their change since initialisation is recorded.
-
-Divergence: a step after which the probe loss or any layer's RMS is non-finite or above ``explode_at`` ends training
-(later updates are not applied); :class:`TrainResult` records that step, the first (lowest) layer whose scale
-exploded (or "loss"), and keeps everything measured up to and including it.
+Derivation and notes: docs/training_loop.md (the networks layer by layer, the optimiser setup, divergence).
 """
 
 from __future__ import annotations

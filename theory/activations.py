@@ -6,29 +6,14 @@ and a *dual* map ``(q11, q12, q22) -> (E[phi(u)phi(v)], E[phi'(u)phi'(v)])`` for
 Registered activations have closed-form duals; any other function falls back to
 two-dimensional Gauss-Hermite quadrature (:func:`theory.gaussian.gauss_hermite_expectations`).
 
-Closed forms (``rho`` the correlation, ``theta = arccos rho``, ``n = sqrt(q11 q22)``):
+Closed forms: relu (Cho & Saul 2009), leaky_relu with slope ``a`` (``phi = relu(x) - a relu(-x)``; ``abs`` is
+``a = -1``), erf (Williams 1997), identity, sign (``E' = 0``: its derivative vanishes almost everywhere, and finite
+networks get no gradient through it either), gelu as the exact ``x Phi(x)`` (Tsuchida et al. 2021), sin and cos.
+Quadrature activations (registered names: tanh, softplus, sigmoid, silu/swish; factories :func:`shifted_relu`,
+:func:`soft_threshold`, :func:`clipped`) and any user function wrapped in ``Activation(fn)`` use the Gauss-Hermite
+rule; its degree is the ``quadrature_degree`` field (accuracy in :data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`).
 
-* relu (Cho & Saul 2009, arc-cosine kernels):
-  ``E = n / (2 pi) (sqrt(1 - rho^2) + (pi - theta) rho)``, ``E' = (pi - theta) / (2 pi)``.
-* leaky_relu with slope ``a`` (``phi = relu(x) - a relu(-x)``), from the relu kernel at
-  ``rho`` and ``-rho``: ``E = n / (2 pi) ((1 - a)^2 sqrt(1 - rho^2) + ((1 + a^2)(pi - theta) + 2 a theta) rho)``,
-  ``E' = ((1 + a^2)(pi - theta) + 2 a theta) / (2 pi)``; ``abs`` is ``a = -1``.
-* erf (Williams 1997): ``E = 2/pi arcsin(2 q12 / sqrt((1 + 2 q11)(1 + 2 q22)))``,
-  ``E' = 4/pi / sqrt((1 + 2 q11)(1 + 2 q22) - 4 q12^2)``.
-* identity: ``E = q12``, ``E' = 1``.
-* sign: ``E = 2/pi arcsin(rho)``; its derivative vanishes almost everywhere, so ``E' = 0``
-  (finite networks get no gradient through it either).
-* gelu, exact ``x Phi(x)`` (Tsuchida et al. 2021, "Avoiding kernel fixed points"): with
-  ``a = 1 + q11``, ``b = 1 + q22``, ``delta = sqrt(a b - q12^2)``, ``psi = arctan2(q12, delta)``:
-  ``E = q12/4 + ((q12^2 + q11 q22 delta^2) / (a b delta) + q12 psi) / (2 pi)``,
-  ``E' = 1/4 + psi/(2 pi) + q12 / (2 pi delta) (1/delta^2 + (1 - q11 q22)/(a b) + 1)``.
-* sin / cos: ``E[sin u sin v] = exp(-(q11 + q22)/2) sinh(q12)``,
-  ``E[cos u cos v] = exp(-(q11 + q22)/2) cosh(q12)``; each is the other's derivative kernel.
-
-Quadrature activations (registered names: tanh, softplus, sigmoid, silu/swish; factories
-:func:`shifted_relu`, :func:`soft_threshold`, :func:`clipped`) and any user function wrapped
-in ``Activation(fn)`` use the Gauss-Hermite rule; its degree is the ``quadrature_degree``
-field (accuracy in :data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`).
+Derivation and notes: docs/activation_duals.md (the closed-form duals).
 """
 
 from __future__ import annotations

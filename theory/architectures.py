@@ -235,3 +235,29 @@ class ResNet(_Architecture):
 
 
 Architecture = MLP | ResNet
+
+
+def as_mlp(net: Program) -> MLP:
+    """``net`` as a :class:`MLP` when it is one: ``Dense, (Elementwise(phi), Dense) x L`` with one activation, one
+    ``w_std``, one ``b_std`` and neural-tangents' NTK scaling everywhere. For theories written for MLPs (the 1/n
+    corrections); anything else raises ``ValueError`` saying which layer differs."""
+    if isinstance(net, MLP):
+        return net
+    if not isinstance(net, Program):
+        raise ValueError(f"expected a theory.MLP or a layer program with its structure, got {net!r}")
+    layers = net.layers
+    first = layers[0]
+    if not (isinstance(first, Dense) and first.scaling is None) or len(layers) % 2 == 0:
+        raise ValueError(f"{net!r} is not an MLP: it must be Dense, (Elementwise, Dense) x depth with "
+                         "neural-tangents' NTK scaling")
+    act = None
+    for i in range(1, len(layers), 2):
+        e, d = layers[i], layers[i + 1]
+        ok = (isinstance(e, Elementwise) and isinstance(d, Dense) and d.scaling is None
+              and (act is None or e.activation == act) and d.w_std == first.w_std and d.b_std == first.b_std)
+        if not ok:
+            raise ValueError(f"{net!r} is not an MLP of identical layers: layers {i + 1}-{i + 2} are "
+                             f"{e.name}, {d.name}; the theory needs Dense, (Elementwise, Dense) x depth with one "
+                             "activation, w_std and b_std")
+        act = e.activation
+    return MLP((len(layers) - 1) // 2, act or "identity", first.w_std, first.b_std)

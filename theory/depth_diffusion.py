@@ -3,108 +3,25 @@ r"""Finite width, infinite depth: a depth-scaled ResNet of fixed width ``n`` bec
 The setting of Hayou 2022 ("On the infinite-depth limit of finite-width neural networks", TMLR 2023, arXiv
 2210.00688, https://openreview.net/forum?id=RbLsYz1Az9).
 
-Provenance (read this first). Only the paper's abstract and the opening of its introduction could be reached
-from this project (see *Sources tried* at the end); its body (the exact ResNet, the theorems, the two closed
-forms, the width-3/4 statement) could not. From the abstract we take: with proper scaling, fixing the width and
-letting the depth go to infinity, the pre-activations converge in distribution to a zero-drift diffusion; its law
-depends on the activation; two cases have closed-form (different) laws; the post-activation norms show a change of
-regime when the width increases from 3 to 4. Everything below -- the network (1), the SDE (2), the closed forms
-(3) and (4), the growth rate ``g(n)`` and the long-horizon statements -- is our own derivation (Itô calculus),
-checked by Monte Carlo (tests/test_depth_diffusion.py and the numbers quoted here); none of it is a quotation of
-the paper, and where the paper's statements may differ from ours we say so.
+Only the paper's abstract and the opening of its introduction could be read; the equations here are our own
+derivation (Itô calculus), checked by Monte Carlo. Convention (:class:`theory.ResNet`, ``a = branch_scale``,
+``w = w_std``, ``b = b_std``, ``depth_exponent = 1/2``; other exponents have no diffusion limit): given ``h_{l-1}`` a
+block's branch is exactly ``N(0, a^2/L (w^2 ||phi(h_{l-1})||^2 / n + b^2) I_n)``, so the ``L`` blocks are ``L``
+Euler-Maruyama steps of size ``1/L`` of
 
-Our setting. The residual stream (the pre-activations) of the width-``n`` ResNet
+    dX_t = a (w^2 ||phi(X_t)||^2 / n + b^2)^{1/2} dB_t,    t in [0, 1],
 
-    Y_0 = W_in x,    Y_l = Y_{l-1} + L^{-1/2} W_l phi(Y_{l-1}),    l = 1 .. L,                      (1)
+and with ``b = 0`` the law of ``h_L`` as ``L -> inf`` is that of ``dX = n^{-1/2} ||phi(X)|| dB`` at the horizon
+``T = branch_scale^2 w_std^2`` (:func:`horizon`). Closed forms (``b_std = 0``): norm-preserving ``phi``,
+``ln ||X_T|| ~ N(ln ||X_0|| + (1/2 - 1/n) T, T / n)``; ReLU, ``d ln ||phi(X_t)|| = n^{-1/2} dW_t + (N_t - 2) / (2n)
+dt`` with ``N_t`` the number of positive coordinates, so ``E R_T = E ln(||phi(X_T)|| / ||phi(X_0)||) = g(n) T + o(T)``
+with ``g(n) = ((n/2) / (1 - 2^{-n}) - 2) / (2n)``, negative up to width 3 and positive from width 4; the growth is
+transient (``E R_T ~ -T/(2n)`` as ``T -> inf`` at every width; at ``n = 4`` negative from ``T`` of about 7).
 
-with iid ``N(0, 1/d)`` entries in ``W_in`` and ``N(0, 1/n)`` entries in the ``n x n`` matrices ``W_l``: the
-``1/sqrt(L)`` branch scaling is the one Hayou & Yang 2023 (arXiv 2302.00453, abstract) call the only non-trivial
-one, and ``phi(Y)`` are the post-activations. Given ``Y_{l-1}``, a fresh ``W_l phi(Y_{l-1})`` is exactly
-``N(0, ||phi(Y_{l-1})||^2 / n I_n)``, so the ``L`` blocks are, in law, ``L`` Euler-Maruyama steps of size ``1/L``
-of the zero-drift diffusion ``dX_t = n^{-1/2} ||phi(X_t)|| dB_t``, ``X_0 = W_in x``, ``B`` an ``n``-dimensional
-Brownian motion; for Lipschitz ``phi`` the scheme converges, so ``Y_{floor(tL)} -> X_t`` in law with
-``t = l / L`` (our reading of the abstract's "zero-drift diffusion").
+Pure functions of their arguments; nothing here samples (the simulations are in ``experiments.depth_diffusion``).
 
-Mapping onto :class:`theory.ResNet` (``h_0 = stem_w_std / sqrt(d) W x``,
-``h_l = h_{l-1} + a / L**beta * (w / sqrt(n) W_l phi(h_{l-1}) + b beta_l)``, ``a = branch_scale``,
-``w = w_std``, ``b = b_std``, ``beta = depth_exponent``): (1) is
-``ResNet(depth=L, activation=phi, w_std=1, b_std=0, branch_scale=1, depth_exponent=0.5, stem_w_std=1)``.
-A block's branch is exactly ``N(0, a^2/L (w^2 ||phi(h_{l-1})||^2 / n + b^2) I_n)`` given ``h_{l-1}``, so with
-``beta = 1/2`` the ``L`` blocks are, in law, ``L`` Euler-Maruyama steps of size ``1/L`` of
-
-    dX_t = a (w^2 ||phi(X_t)||^2 / n + b^2)^{1/2} dB_t,    t in [0, 1],                          (2)
-
-for one input (a finite network is the Euler scheme; no other approximation). With ``b = 0``, (2) is the
-diffusion of (1) run on the clock ``s = a^2 w^2 t`` (Brownian scaling), so the law of ``h_L`` as ``L -> inf`` is
-that of ``X`` at the *horizon* ``T = branch_scale^2 w_std^2`` (:func:`horizon`). ``beta != 1/2`` has no
-diffusion limit: ``beta > 1/2`` tends to the identity map and ``beta < 1/2`` blows up.
-
-Closed forms (our derivation from ``dX = n^{-1/2} ||phi(X)|| dB`` by Itô's formula; ``b_std = 0``). Whether they
-are the paper's two closed-form cases could not be checked.
-
-* Norm-preserving activations, ``||phi(x)|| = ||x||`` (identity, abs, leaky ReLU with slope +-1):
-  ``d ln||X_t|| = n^{-1/2} dW_t + (1/2 - 1/n) dt`` with ``W`` a scalar Brownian motion, so the norm of the
-  residual stream (= the post-activation norm) is a geometric Brownian motion,
-
-      ln ||X_T|| ~ N(ln ||X_0|| + (1/2 - 1/n) T,  T / n)                                           (3)
-
-  (:func:`log_norm_law`), and the output ``f = r n^{-1/2} <v, phi(X_T)>`` with a Gaussian readout ``v``
-  is a Gaussian scale mixture with excess kurtosis ``3 (1 + 2/n) e^{4T/n} - 3`` (Gaussian stem;
-  :func:`output_excess_kurtosis`). ``E||X_T||^2 = ||X_0||^2 e^T`` is width-independent, the
-  infinite-width ODE's value. At finite ``L`` each block multiplies ``||h||^2`` by ``c^2 chi'^2_n(1/c^2)``
-  (noncentral chi-square, ``c^2 = T/(nL)``), which gives the exact finite-depth moments
-  (:func:`finite_depth_log_norm_moments`).
-* ReLU: ``phi(x)_i^2 = (x_i^+)^2`` is C^1 with second derivative ``2 * 1{x_i > 0}``, so while
-  ``phi(X) != 0``
-
-      d ln ||phi(X_t)|| = n^{-1/2} dW_t + (N_t - 2) / (2n) dt,    N_t = #{i : X^i_t > 0}           (4)
-
-  (:func:`relu_log_drift`). At width 1, ``N = 1`` and ``X`` is a geometric Brownian motion, (3) with
-  ``n = 1`` (``X_0 > 0``; ``X_0 <= 0`` stays put). In every case
-  ``-T/(2n) <= E ln(||phi(X_T)|| / ||phi(X_0)||) <= (n - 2) T / (2n)`` (:func:`relu_log_growth_bounds`).
-
-The width-3/4 change (ReLU; our quantity -- the paper's statement of its change of regime could not be read, so
-whether it concerns this quantity, or this range of depths, is open). Write ``R_T = ln(||phi(X_T)|| /
-||phi(X_0)||)`` for a Gaussian stem conditioned on ``phi(X_0) != 0``. Then ``E N_0 = (n/2) / (1 - 2^{-n})`` and
-``d E N_t / dt = 0`` at ``t = 0`` (the probability flux through each ``{x_i = 0}`` vanishes for an isotropic
-start), so by (4) ``E R_T = g(n) T + o(T)`` with ``g(n) = ((n/2) / (1 - 2^{-n}) - 2) / (2n)``
-(:func:`relu_initial_log_growth_rate`): ``-1/2, -1/6, -1/21`` for ``n = 1, 2, 3`` and ``+1/60, +9/155, ...`` for
-``n = 4, 5, ...``. At small depth the expected log post-activation norm shrinks up to width 3 and grows from
-width 4. ``E N_t`` is not smooth at ``t = 0`` (ReLU's kink): Monte Carlo at ``n = 4`` (200k paths) gives
-``E N_T - E N_0 = -0.0055(13), -0.0176(15), -0.0421(18)`` at ``T = 1/4, 1/2, 1``, close to ``-0.042 T^{3/2}``,
-and the drift integral of (4) is ``0.0148(2)`` at ``T = 1`` against ``g T = 0.0167``.
-
-The growth from width 4 is transient. ``dX = sigma(X) dB`` with a scalar ``sigma`` is a time-changed Brownian
-motion, ``X_t = X_0 + W(tau_t)``, ``tau_t = int_0^t ||phi(X_s)||^2 / n ds`` (Knight's theorem). For ReLU,
-``W`` reaches the closed negative orthant (a cone with interior) at a finite time ``tau*`` almost surely, at any
-width, and ``tau_t`` increases to ``tau*`` without reaching it; so ``X_t`` converges almost surely to a point with
-one zero coordinate and the others negative, ``N_t -> 1``, ``||phi(X_t)|| -> 0`` and, by (4) and bounded
-convergence, ``E R_T ~ -T / (2n)`` as ``T -> inf`` at every width (while ``E||phi(X_T)||^2`` grows at every
-width). Monte Carlo of ``E R_T`` (20k paths, Euler-Maruyama with ``dT = 1/64``; SE in brackets):
-
-    n = 3:  -0.047(4) at T = 1,  -0.251(9) at 4,    -1.51(2) at 16,  -8.70(4) at 64   (negative throughout)
-    n = 4:  +0.016(4) at T = 1,  +0.034(7) at 3,    +0.015(10) at 6, -0.027(12) at 8,  -4.65(4) at 64
-    n = 5:  +0.064(3) at T = 1,  +0.364(17) at 16,  +0.003(26) at 32, -1.72(4) at 64
-    n = 6:  +0.083(3) at T = 1,  +1.14(3) at 32,    +0.71(4) at 64   (past its peak)
-    n = 8:  +0.125(3) at T = 1,  +2.73(2) at 32,    +4.24(4) at 64   (E N_64 = 2.56, still falling)
-
-So ``E R_T`` changes sign between widths 3 and 4 on horizons ``T`` up to about 6 (the network's ``T`` is
-``branch_scale^2 w_std^2``, 1 by default), and the horizon over which it grows lengthens quickly with the width;
-no width keeps the post-activation norm growing forever.
-
-Sources tried for the paper's text (all through this project's search tools, stored copies only): arXiv
-2210.00688 mirrors (hf.zsm.im/papers/2210.00688.md, arcxiv.org, scholarfeed.org, thelatestinai.com,
-mlanthology.org/tmlr/2023/hayou2023tmlr-infinitedepth, bzpeer.com, zhuanzhi.ai, a personal mirror) -- each
-gave the abstract and at most the first paragraphs of the introduction; the OpenReview forum RbLsYz1Az9 and the
-TMLR markdown dump (huggingface RedTachyon/tmlr-md-dump) -- not found (the dump's stored entries were other
-papers'); papers restating it
-(Hayou & Yang 2023, arXiv 2302.00453; Hayou 2023, arXiv 2310.01683; Cirone, Lemercier & Salvi 2023, arXiv
-2303.17671; Yang, Yu, Zhu & Hayou 2023, Depth-muP) -- abstracts or reference lists only; GitHub code, issues and
-documentation searches (title, arXiv id, "zero-drift diffusion", "width increases from 3 to 4", "geometric
-Brownian motion", "post-activation norm") -- citations and abstracts only, no code accompanying the paper.
-
-Pure functions of their arguments; nothing here samples (the simulations are in
-``experiments.depth_diffusion``).
+Derivation and notes: docs/depth_diffusion.md (provenance and sources tried, the closed forms, the width-3/4 change,
+the Monte Carlo numbers).
 """
 
 from __future__ import annotations

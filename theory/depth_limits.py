@@ -1,24 +1,18 @@
 """Infinite-width-then-infinite-depth limits of depth-scaled ResNets.
 
-A block of :class:`theory.ResNet` adds ``s^2 (w_std^2 E + b_std^2)`` to the residual stream's kernel
-``q``, with ``s = branch_scale / L**depth_exponent`` and ``E = E[phi(u) phi(v)]``,
-``(u, v) ~ N(0, q)`` (see :mod:`theory.kernels`). With ``depth_exponent = 1/2``, ``s^2 = branch_scale^2 / L``
-and the ``L`` blocks are ``L`` Euler steps of size ``1/L`` of an ODE in ``t = l / L``
-(Hayou & Yang 2023, "Width and Depth Limits Commute in Residual Networks"; Hayou 2023,
-"Commutative Width and Depth Scaling"):
+With ``depth_exponent = 1/2`` the ``L`` blocks of :class:`theory.ResNet` are ``L`` Euler steps of size ``1/L`` of an
+ODE in ``t = l / L`` (Hayou & Yang 2023, "Width and Depth Limits Commute in Residual Networks"; Hayou 2023,
+"Commutative Width and Depth Scaling"), with ``(u, v) ~ N(0, q)``:
 
     dq/dt     = a^2 (w_std^2 E[phi(u) phi(v)] + b_std^2)
     dTheta/dt = a^2 (c_K E[phi(u) phi(v)] + c_0 + w_std^2 E[phi'(u) phi'(v)] Theta)
 
-with ``a = branch_scale``, ``c_K = w_std^2, c_0 = b_std^2`` in the NTK parameterization
-(``c_K = width, c_0 = 1`` with a bias in the standard one), starting from the stem's kernels at
-``t = 0``; the readout is applied at ``t = 1``. The finite-``L`` recursion approaches the ODE at the
-Euler rate ``O(1/L)``.
+with ``a = branch_scale``, ``c_K = w_std^2, c_0 = b_std^2`` in the NTK parameterization (``c_K = width, c_0 = 1``
+with a bias in the standard one), from the stem's kernels at ``t = 0``; the readout is applied at ``t = 1``.
+``depth_exponent > 1/2``: the limit is the identity (the stem's kernel passes through to the readout);
+``depth_exponent < 1/2``: no finite limit (``resnet_limit`` raises, naming the regime).
 
-Other exponents: for ``depth_exponent > 1/2`` the blocks' summed contribution is
-``O(L^(1 - 2 depth_exponent)) -> 0`` and the limit is the identity (the stem's kernel passes
-through to the readout); for ``depth_exponent < 1/2`` it grows like ``L^(1 - 2 depth_exponent)``
-and there is no finite limit (``resnet_limit`` raises, naming the regime).
+Derivation and notes: docs/resnet_depth_ode.md.
 """
 
 from __future__ import annotations

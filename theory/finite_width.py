@@ -1,91 +1,25 @@
 r"""Finite-width corrections: the excess kurtosis of a deep ReLU network's output, exactly and to O(L/n).
 
-Setting (the conventions of ``theory.architectures``): a ``theory.MLP(depth=L, activation="relu",
-w_std=sqrt(2), b_std=0)`` (ReLU at criticality, ``C_W = w_std^2 = 2``, ``C_b = 0``) with ``L`` hidden
-layers of width ``n``, a Dense readout, and a single non-zero input ``x`` with ``d`` features. Write
-``h_1 = sqrt(2/d) W_1 x`` for the first pre-activation, ``h_{l+1} = sqrt(2/n) W_{l+1} relu(h_l)`` for the
-next ones (``h_{L+1}`` is the readout, the output ``f``), all ``W ~ N(0, 1)`` entrywise, and
+Setting (conventions of ``theory.architectures``): ``theory.MLP(depth=L, activation="relu", w_std=sqrt(2), b_std=0)``
+(``C_W = 2``, ``C_b = 0``), ``L`` hidden layers of width ``n``, a Dense readout ``f = h_{L+1}``, one non-zero input
+``x`` with ``d`` features; ``h_1 = sqrt(2/d) W_1 x``, ``h_{l+1} = sqrt(2/n) W_{l+1} relu(h_l)``, ``W ~ N(0, 1)``
+entrywise, ``G_0 = 2 ||x||^2 / d``, ``G_l = (2/n) ||relu(h_l)||^2``. Exact law: ``E[G_{l+1}^2 | G_l] = (1 + 5/n)
+G_l^2`` and ``f | G_L ~ N(0, G_L)``, so for every ``n >= 1``, ``L >= 0`` and input the excess kurtosis is
+``kappa_4(L, n) = 3 (1 + 5/n)^L - 3 = 15 L/n + O((L/n)^2)`` (Hanin & Nica 2019, Comm. Math. Phys. 376 (2020)); hidden
+layer ``k`` (1-based) has ``3 (1 + 5/n)^(k-1) - 3``.
 
-    G_0 = q = 2 ||x||^2 / d,        G_l = (2/n) ||relu(h_l)||^2        (l = 1, ..., L).
-
-**The exact law.** Given layer ``l``, the ``n`` units of ``h_{l+1}`` are i.i.d. ``N(0, G_l)`` (a Gaussian
-matrix times a fixed vector). With ``z ~ N(0, G)`` the half-normal moments are ``E[relu(z)^2] = G/2`` and
-``E[relu(z)^4] = 3 G^2/2``, so, summing over the ``n`` i.i.d. units (``n`` diagonal and ``n(n-1)``
-off-diagonal terms of the square)::
-
-    E[G_{l+1}^2 | G_l] = (4/n^2) (n * 3 G_l^2/2 + n(n-1) * G_l^2/4) = (1 + 5/n) G_l^2,
-    E[G_{l+1}   | G_l] = G_l.
-
-Hence ``E[G_L] = q`` and ``E[G_L^2] = q^2 (1 + 5/n)^L``. The output is Gaussian given ``G_L``,
-``f | G_L ~ N(0, G_L)``, so ``E[f^2] = E[G_L]`` and ``E[f^4] = 3 E[G_L^2]``, and
-
-    E[f^4] / E[f^2]^2 = 3 E[G_L^2] / E[G_L]^2 = 3 (1 + 5/n)^L,
-    excess kurtosis   kappa_4(L, n) = 3 (1 + 5/n)^L - 3,
-
-for every width ``n >= 1``, every depth ``L >= 0`` and every input (``q`` cancels). The output units of
-a wider readout share ``G_L``: each has this kurtosis (they are exchangeable, not independent). Hidden
-layer ``k`` (1-based) has ``3 (1 + 5/n)^(k-1) - 3``: the first pre-activation is exactly Gaussian.
-
-**Leading order.** Expanding, ``kappa_4 = 3 sum_{k>=1} binom(L, k) (5/n)^k = 15 L/n + 75 L(L-1)/(2 n^2) + ...``:
-to first order in ``1/n`` the excess kurtosis grows linearly in the depth-to-width ratio, ``15 L/n``
-(Hanin & Nica 2019, "Products of many large random matrices and gradients in deep neural networks",
-Comm. Math. Phys. 376 (2020); Roberts, Yaida & Hanin 2022, "The Principles of Deep Learning Theory", ch. 5:
-in the scale-invariant class the normalised four-point vertex of the ``l``-th pre-activation grows as
-``V^{(l)} / (n K^{(l)2}) = (3 A_4 / A_2^2 - 1) (l - 1) / n``, with ``3 A_4 / A_2^2 - 1 = 5`` for ReLU,
-and the excess kurtosis is ``3 V / (n K^2)``: ``15 L/n`` at the readout, ``l = L + 1``). The relative
-correction to the line is ``5 (L - 1) / (2 n) + O((L/n)^2)``: the line is exact at ``L = 1`` and drifts
-away as ``L/n`` grows.
-
-**Double-scaling limit.** At fixed ``r = L/n`` with ``n -> infinity``, ``(1 + 5/n)^(r n) -> e^(5 r)`` and
-``kappa_4 -> 3 (e^(5 r) - 1)`` (Hanin & Nica 2019: ``log G_L`` becomes Gaussian with variance ``~ 5 L/n``,
-a log-normal output variance); ``L/n``, not ``L`` or ``n`` alone, is the effective depth. The finite-``n``
-law lies below this curve, ``log(1 + 5/n) < 5/n``.
-
-**Any activation, to leading order in 1/n** (Roberts, Yaida & Hanin 2022, "The Principles of Deep Learning
-Theory", arXiv:2106.10165, ch. 4-5). An ``MLP(depth=L)`` with hidden width ``n``, ``C_W = w_std^2``,
-``C_b = b_std^2``; ``z^(l)`` is the pre-activation of Dense layer ``l = 1, ..., L + 1`` (the last is the
-readout), one unit, at the inputs ``x_alpha``. Given layer ``l``, the units of ``z^(l+1)`` are i.i.d.
-Gaussian with the *empirical* kernel
-
-    G^_ab^(l+1) = C_b + (C_W / n) sum_j phi(z_j;a^(l)) phi(z_j;b^(l)),       G^^(1) = C_b + C_W x_a.x_b / d,
-
-so ``E[z_a z_b] = E[G^_ab]`` and the connected four-point function of two different units is the covariance
-of ``G^``. PDLT's expansion: ``E[G^^(l)] = K^(l) + K1^(l) / n + O(1/n^2)`` and
-``Cov(G^_ab^(l), G^_cd^(l)) = V_(ab)(cd)^(l) / n + O(1/n^2)`` (the four-point vertex; the connected
-four-point function is ``(1/n) [d_12 d_34 V_(a1a2)(a3a4) + d_13 d_24 V_(a1a3)(a2a4) + d_14 d_23 V_(a1a4)(a2a3)]``).
-With ``f(K)_ab = C_b + C_W <phi_a phi_b>_K`` the NNGP layer map and ``<.>_K`` the Gaussian expectation, the
-law of total covariance (given layer ``l`` the ``n`` summands are i.i.d.) and a second-order expansion of
-``E[f(G^)]`` about ``K`` give the recursions (PDLT ch. 4, the four-point vertex and the NLO metric,
-written with the Jacobian ``J = df/dK`` instead of PDLT's ``<phi phi (z z - K)>`` with raised indices, the
-same thing by Gaussian integration by parts):
+Any activation, leading order in ``1/n`` (Roberts, Yaida & Hanin 2022, "The Principles of Deep Learning Theory",
+arXiv:2106.10165, ch. 4-5): ``C_W = w_std^2``, ``C_b = b_std^2``, ``z^(l)`` the pre-activation of Dense layer
+``l = 1, ..., L + 1`` (the last is the readout); ``E[G^^(l)] = K^(l) + K1^(l) / n``, ``Cov(G^^(l)) = V^(l) / n``,
+``f(K)_ab = C_b + C_W <phi_a phi_b>_K`` the NNGP layer map and ``J = df/dK``:
 
     K^(l+1)  = f(K^(l)),
     V^(l+1)  = C_W^2 Cov_K(phi_a phi_b, phi_c phi_d) + J V^(l) J^T,                       V^(1) = 0,
     K1^(l+1) = J K1^(l) + (1/2) sum_{p,r} (d^2 f / dK_p dK_r) V_pr^(l),                    K1^(1) = 0,
-
-where ``p, r`` run over the independent kernel entries a layer map reads (``K_aa`` for a diagonal entry;
-``K_aa, K_ab, K_bb`` for an off-diagonal one). For one input, with ``g(K) = <phi^2>_K``,
-``chi_par = C_W g'(K)``: ``V^(l+1) = C_W^2 (<phi^4> - <phi^2>^2) + chi_par^2 V^(l)`` and
-``K1^(l+1) = chi_par K1^(l) + (C_W/2) g''(K) V^(l)``. The excess kurtosis of a pre-activation is exactly
-``3 Var(G^) / E[G^]^2``, so to leading order
-
     kappa_4^(l) = 3 V^(l) / (n K^(l)2) + O(1/n^2).
 
-Derivatives of Gaussian expectations never differentiate ``phi`` (kinks and jumps are fine): for one variable
-``d/dK <F> = <F He_2(z)> / (2K)``, ``d^2/dK^2 <F> = <F He_4(z)> / (4 K^2)`` (``z = u / sqrt K``); for a pair
-the derivatives of the bivariate density are taken by forward-mode autodiff at fixed quadrature nodes.
-
-*Coefficients at criticality.* Scale-invariant class (``phi = a_+ relu(x) - a_- relu(-x)``,
-``<phi^2> = A_2 K``, ``<phi^4> = 3 A_4 K^2``, ``C_W = 1/A_2``, ``C_b = 0``): ``chi_par = 1`` and
-``V^(l) / K^2 = (3 A_4 / A_2^2 - 1)(l - 1)``, so ``kappa_4^(l) = 3 (3 A_4 / A_2^2 - 1)(l - 1) / n``; relu
-``A_2 = 1/2``, ``A_4 = 1/2``: ``15 (l - 1)/n``, the leading term of the exact law above; linear: ``6 (l-1)/n``;
-the exact law of the whole class is ``3 (1 + (3 A_4/A_2^2 - 1)/n)^(l-1) - 3`` by the same argument.
-``K* = 0`` class (``phi = phi_1 x + phi_3 x^3 / 6 + ...`` odd near 0, ``C_W = 1/phi_1^2``, ``C_b = 0``;
-tanh: ``C_W = 1``, ``g(K) = K - 2 K^2 + ...``): ``K^(l) ~ 1/(-a l)`` with ``a = phi_3 / phi_1``,
-``chi_par = 1 + 2 a K``, ``C_W^2 (<phi^4> - <phi^2>^2) = 2 K^2 + O(K^3)``, and ``V = c / l`` solves
-``V^(l+1) = 2 K^2 + (1 + 4 a K) V`` with ``c = 2 / (3 a^2)``: ``V^(l) / (n K^(l)2) -> (2/3) l / n`` (PDLT
-ch. 5; the 2/3 is universal in the class) and ``kappa_4^(l) -> 2 l / n`` at large ``l``, with ``O(log l / l)``
-relative corrections (tanh from its first layers approaches the slope 2 from below).
+Derivation and notes: docs/finite_width_corrections.md (the exact law, its double-scaling limit, the recursions and
+the coefficients at criticality: ``15 (l-1)/n`` for relu, ``-> 2 l/n`` for the ``K* = 0`` class).
 """
 
 from __future__ import annotations
@@ -99,8 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from theory.activations import Activation
-from theory.architectures import MLP
-from theory.gaussian import _hermite_rule
+from theory.architectures import MLP, as_mlp
+from theory.gaussian import hermite_rule
 from theory.inputs import validate_inputs
 
 Array = jax.Array
@@ -293,7 +227,7 @@ def _stack_layers(first: tuple[Array, ...], rest: tuple[Array, ...]) -> tuple[Ar
 
 @partial(jax.jit, static_argnames=("act", "depth", "degree"))
 def _one_input_scan(q1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree: int):
-    nodes_np, weights_np = _hermite_rule(degree)
+    nodes_np, weights_np = hermite_rule(degree)
     nodes, weights = jnp.asarray(nodes_np, q1.dtype), jnp.asarray(weights_np, q1.dtype)
     first = (q1, jnp.zeros_like(q1), jnp.zeros_like(q1))
 
@@ -306,9 +240,10 @@ def _one_input_scan(q1: Array, cw: Array, cb: Array, *, act: Activation, depth: 
 
 
 def _check_mlp(arch: object) -> MLP:
-    if not isinstance(arch, MLP):
-        raise ValueError(f"the 1/n theory is for a theory.MLP (Dense layers of one width n), got {arch!r}")
-    return arch
+    try:
+        return as_mlp(arch)  # type: ignore[arg-type]
+    except ValueError as err:
+        raise ValueError(f"the 1/n theory is for a theory.MLP (Dense layers of one width n): {err}") from None
 
 
 def _check_degree(name: str, degree: object) -> int:
@@ -421,7 +356,7 @@ def _pair_step(act: Activation, cw: Array, cb: Array, rules: tuple[Array, ...],
 @partial(jax.jit, static_argnames=("act", "depth", "degree1", "degree2"))
 def _pair_scan(theta1: Array, cw: Array, cb: Array, *, act: Activation, depth: int, degree1: int, degree2: int):
     dtype = theta1.dtype
-    rules = tuple(jnp.asarray(a, dtype) for d in (degree1, degree2) for a in _hermite_rule(d))
+    rules = tuple(jnp.asarray(a, dtype) for d in (degree1, degree2) for a in hermite_rule(d))
 
     def one_pair(theta):
         first = (theta, jnp.zeros_like(theta), jnp.zeros((3, 3), dtype))

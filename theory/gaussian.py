@@ -77,7 +77,8 @@ def correlation(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
 
 
 @lru_cache(maxsize=64)
-def _hermite_rule(degree: int) -> tuple[np.ndarray, np.ndarray]:
+def hermite_rule(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the ``degree``-point Gauss-Hermite rule for ``E[f(z)]``, ``z ~ N(0, 1)``."""
     # Probabilists' Hermite rule, weights normalised to integrate against N(0, 1); scipy's
     # construction stays accurate at high degree, where numpy's overflows (degree > ~150).
     nodes, weights = scipy.special.roots_hermitenorm(degree)
@@ -104,7 +105,7 @@ def gauss_hermite_expectations(
     ``q22: (1, N)``, ``q12: (B, N)`` it is evaluated on ``B * degree`` points, and only the
     ``v`` factor on ``B * N * degree**2``.
     """
-    nodes_np, weights_np = _hermite_rule(int(degree))
+    nodes_np, weights_np = hermite_rule(int(degree))
     dtype = jnp.result_type(q12)
     nodes = jnp.asarray(nodes_np, dtype)
     weights = jnp.asarray(weights_np, dtype)

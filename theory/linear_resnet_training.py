@@ -9,51 +9,18 @@ The network (the one ``experiments.training`` builds from ``theory.ResNet(L, "id
 
 trained by full-batch SGD on ``1/m sum_i 1/2 (f(x_i) - y_i)^2`` with block learning rate ``eta L^(alpha - gamma)``
 (TP VI's SGD rule, ``theory.parameterizations.DepthParameterization.lr_scale``; Depth-muP: alpha = gamma = 1/2).
-The network is linear, so the output gradient ``g^l = n df/dh^l`` does not depend on the input, and one SGD step on
-block ``l`` is the rank-one update
 
-    W^l_{s+1} = W^l_s - eta_l beta g^l_s (H^{l-1}_s)^T / n,    H^{l-1}_s = 1/m sum_i chi_{i,s} h^{l-1}_{i,s},
-
-with ``chi_{i,s} = f_s(x_i) - y_i``. Forward and backward passes at step ``t`` are then
-
-    h^l_{j,t}   = h^{l-1}_{j,t} + beta W^l_0 h^{l-1}_{j,t} - eta_l beta^2 sum_{s<t} g^l_s <H^{l-1}_s, h^{l-1}_{j,t}>/n
-    g^{l-1}_t   = g^l_t + beta (W^l_0)^T g^l_t        - eta_l beta^2 sum_{s<t} H^{l-1}_s <g^l_s, g^l_t>/n,
-    g^L_t       = r v.
-
-Width to infinity (Tensor Programs: Yang 2020, "Tensor Programs II/III", the Netsor-T master theorem; its use for
-training in Yang & Hu 2021, TP IV, Sec. 5-6): every vector's coordinates become a random variable ``Z``, inner
-products ``<a, b>/n`` become ``E[Z^a Z^b]``, and a product with the Gaussian ``W^l_0`` splits as
-
-    Z^{W x}   = Zhat^{W x}   + w^2 sum_y Z^y E[dZ^x / dZhat^{W^T y}]      (y: every g that W^T multiplied before)
-    Z^{W^T y} = Zhat^{W^T y} + w^2 sum_x Z^x E[dZ^y / dZhat^{W x}]        (x: every h that W multiplied before)
-
-where the ``Zhat^{W x}`` are centred Gaussians with covariance ``w^2 E[Z^x Z^x']``, independent of the ``Zhat^{W^T y}``
-and of every other matrix's. Because the network is linear, every ``Z`` is a *linear* combination of finitely many
-such Gaussians (the stem's ``Z^{h^0_j}``, ``Z^v`` and, per block and step, one ``Zhat`` per forward input and one
-per backward vector), so the derivatives are the combination's coefficients and the whole limit is a finite,
-deterministic recursion on coefficient vectors and the Gaussians' covariances. That is what :func:`trajectory`
-computes, exactly up to float64 round-off; its cost is ``O(L^2 T^2 m^2)`` memory-bound work for ``L`` blocks, ``T``
-steps and ``m`` inputs (``L = 256``, ``T = 4``, ``m = 4``: a few seconds).
-
-The ``Zdot`` sums are the forward-backward coupling created by reusing ``W^l_0`` in backpropagation. They are of
-order one at every depth, not a correction that fades with ``L``: already the kernel-regime limit needs them. To
-first order in ``eta`` one step moves the outputs by ``eta/m Theta y`` with the block NTK
-``Theta = L beta^2 r^2 (1 + beta^2 w^2)^(L-1) K_0``, ``K_0 = s^2 x x^T / d``; the ``Zhat`` terms alone give a
-different kernel. ``coupling=False`` drops the ``Zdot`` terms: an ablation, not a limit, which finite networks rule
-out (tests).
-
-TP VI (Yang, Yu, Zhu & Hayou 2023, arXiv 2310.02244) takes this infinite-width limit at each depth and then
-``L -> inf`` for linear networks with one-layer blocks, and finds Depth-muP (``alpha = gamma = 1/2``) to be the
-parameterization whose updates stay of order one and nontrivial at every depth, while ``alpha + gamma > 1`` (e.g.
-``1/L`` branches with a constant learning rate) makes them vanish like ``L^(1 - alpha - gamma)``. TP VI's text
-beyond its introduction was not reachable here, so the recursion above is our own derivation from the TP rules; it
-is checked against finite networks and the closed-form kernel limit in ``tests/test_linear_resnet_training.py``.
-Measured with it (teacher task, 4 inputs, eta = 0.5, 4 steps): under Depth-muP the last block's change after the
-first step is 0.3011, 0.3060, 0.3085 at L = 64, 128, 256 (converging like 1/L); under 1/L branches it falls like
-L^-1.01 between L = 64 and 256.
+Width to infinity by the Tensor Programs rules (Yang 2020, TP II/III; Yang & Hu 2021, TP IV, Sec. 5-6): the network is
+linear, so every coordinate variable ``Z`` is a linear combination of finitely many Gaussians and the limit is a
+finite, deterministic recursion on coefficient vectors and covariances, which :func:`trajectory` computes exactly up
+to float64 round-off (cost ``O(L^2 T^2 m^2)`` for ``L`` blocks, ``T`` steps, ``m`` inputs). ``coupling=False`` drops
+the forward-backward ``Zdot`` terms (from reusing ``W^l_0`` in backpropagation): an ablation, not a limit. Our own
+derivation (TP VI, Yang, Yu, Zhu & Hayou 2023, arXiv 2310.02244, was readable only up to its introduction).
 
 Convention: muP in width for the blocks (``W^l`` entries ``w^2 / n``, learning rate ``n^0``), the stem's and
 readout's constants ``s = stem_w_std``, ``r = readout_w_std``, branch ``a = branch_scale``, float64 throughout.
+
+Derivation and notes: docs/linear_resnet_training.md (the SGD step, the TP splitting, the block NTK, measured values).
 """
 
 from __future__ import annotations

@@ -1,77 +1,26 @@
 r"""abc-parameterizations across width (Yang & Hu 2021, TP IV) and depth (Yang, Yu, Zhu & Hayou 2023, TP VI).
 
-**Width.** TP IV ("Feature Learning in Infinite-Width Neural Networks", arXiv 2011.14522, Sec. 3) writes every
-weight as a multiplier times a trained parameter, ``W^l = n^{-a_l} w^l`` with ``w^l_{ij} ~ N(0, sigma^2 n^{-2 b_l})``,
-trained with learning rate ``eta n^{-c}``; ``n`` is the width, the input dimension ``d`` and the output dimension
-are fixed. The layers are the input layer ``W^1`` (``n x d``), the hidden layers ``W^2 .. W^L`` (``n x n``) and the
-output layer ``W^{L+1}`` (``1 x n``). Here the learning-rate exponent is per layer, ``eta n^{-c_l}`` (as in TP V's
-Table 3 and TP IVb); with all ``c_l`` equal it is TP IV's. Biases are "vector-like" parameters (fan-in 1) and take
-the input layer's exponents (TP V, Table 3: "input weights and all biases"). The named members:
+Width (TP IV, arXiv 2011.14522, Sec. 3): ``W^l = n^{-a_l} w^l``, ``w^l_{ij} ~ N(0, sigma^2 n^{-2 b_l})``, learning
+rate ``eta n^{-c_l}`` per layer group: input ``W^1`` (``n x d``), hidden ``W^2 .. W^L`` (``n x n``), output
+``W^{L+1}`` (``1 x n``); ``n`` the width, ``d`` and the output dimension fixed. Biases take the input layer's
+exponents (TP V, arXiv 2203.03466, Table 3). ``sigma`` is ``w_std / sqrt(d)`` (input), ``w_std`` (hidden, output),
+``b_std`` (biases), so SP and NTK networks have the NNGP of ``theory.kernels``. Feature-update exponent ``r``
+(features move by ``Theta(n^{-r})``), with ``s = min(a_{L+1} + b_{L+1}, 2 a_{L+1} + c_{L+1})``:
 
-=============  ==========================  ==========================  ===========================  ============
-member          a (input, hidden, output)  b (input, hidden, output)   c SGD (in, hid, out)         c Adam
-=============  ==========================  ==========================  ===========================  ============
-standard (SP)   0, 0, 0                     0, 1/2, 1/2                 0, 0, 0                      0, 0, 0
-ntk             0, 1/2, 1/2                 0, 0, 0                     0, 0, 0                      0, 0, 0
-mean_field      0, --, 1  (one hidden)      0, --, 0                    -1, --, -1                   0, --, 0
-mup             -1/2, 0, 1/2  (TP IV)       1/2, 1/2, 1/2               0, 0, 0                      --
-mup (Adam)      0, 0, 0  (TP V Table 3)     0, 1/2, 1                   --                           0, 1, 1
-=============  ==========================  ==========================  ===========================  ============
+    SGD (TP IV, Thm 3.3):         r = s - 1 + min(2 a_1 + c_1 + 1,  min_{2 <= l <= L} (2 a_l + c_l))
+    Adam (TP IVb, arXiv 2308.01814): r = min(a_1 + c_1,  min_{2 <= l <= L} (a_l + c_l - 1))
 
-(TP IV, Table 1 and Sec. 5 for SGD; TP V, arXiv 2203.03466, Table 3 for muP with Adam: input learning rate
-``eta``, hidden and output ``eta / fan_in``, output init variance ``1 / fan_in^2``. Mean-field is defined by TP IV
-for one hidden layer; Adam's mean-field follows from muP's by the abc-symmetry below.) The constant ``sigma`` is the
-architecture's ``w_std`` (``w_std / sqrt(d)`` for the input layer, ``b_std`` for biases), so at initialisation the
-effective weights ``W^l`` have the variance ``w_std^2 / fan_in`` of :mod:`theory.architectures` whenever
-``a_l + b_l`` is ``0`` (input) and ``1/2`` (hidden, output): SP and NTK networks have the NNGP of ``theory.kernels``.
+Stable iff ``a_1 + b_1 = 0``, ``a_l + b_l = 1/2`` (hidden), ``a_{L+1} + b_{L+1} >= 1/2``, ``r >= 0``,
+``a_{L+1} + b_{L+1} + r >= 1`` and ``2 a_{L+1} + c_{L+1} >= 1`` (Adam: ``a_{L+1} + c_{L+1} >= 1``); nontrivial iff
+one of the last two is an equality; feature learning iff stable and ``r = 0``; kernel regime iff stable, nontrivial
+and ``r > 0``.
 
-Symmetry (TP IV, Eq. (5); TP IVb for Adam): ``a_l -> a_l + theta``, ``b_l -> b_l - theta``, ``c_l -> c_l - 2 theta``
-(SGD) or ``c_l - theta`` (Adam, whose update does not scale with the gradient) leaves the function and its training
-trajectory unchanged. SP ~ NTK-like members and muP ~ mean-field are related this way.
-
-**Classification, SGD** (TP IV, Definition 3.2 and Theorem 3.3, with per-layer ``c_l``; equivalent to the paper's
-global ``c`` through the symmetry). With ``s = min(a_{L+1} + b_{L+1}, 2 a_{L+1} + c_{L+1})`` (the scale of the
-gradient reaching the last features) define
-
-    r = s - 1 + min(2 a_1 + c_1 + 1,  min_{2 <= l <= L} (2 a_l + c_l)),
-
-so that the features move by ``Theta(n^{-r})`` during training. Then the parameterization is
-
-* stable at initialisation iff ``a_1 + b_1 = 0``, ``a_l + b_l = 1/2`` (hidden) and ``a_{L+1} + b_{L+1} >= 1/2``;
-* stable iff, in addition, ``r >= 0``, ``2 a_{L+1} + c_{L+1} >= 1`` and ``a_{L+1} + b_{L+1} + r >= 1``;
-* nontrivial iff ``a_{L+1} + b_{L+1} + r = 1`` or ``2 a_{L+1} + c_{L+1} = 1``;
-* feature learning iff stable and ``r = 0``; in the kernel regime iff stable, nontrivial and ``r > 0``.
-  A stable nontrivial parameterization is exactly one of the two (TP IV, Theorem 3.3 / Corollary 3.9).
-
-**Classification, Adam** (derived the same way for an entrywise-normalised update of size ``eta n^{-c_l}``, the
-"maximal update" / "neural tangent" limits of TP IVb, arXiv 2308.01814; it reproduces TP V's Table 3): the update of
-``w^l`` no longer scales with the gradient, so ``s`` drops out and
-
-    r = min(a_1 + c_1,  min_{2 <= l <= L} (a_l + c_l - 1)),
-
-stable iff the initialisation conditions hold, ``r >= 0``, ``a_{L+1} + c_{L+1} >= 1`` and
-``a_{L+1} + b_{L+1} + r >= 1``; nontrivial iff ``a_{L+1} + c_{L+1} = 1`` or ``a_{L+1} + b_{L+1} + r = 1``; feature
-learning iff stable and ``r = 0``, kernel regime iff stable, nontrivial and ``r > 0``. By this rule SP and NTK with
-a width-independent Adam learning rate are unstable (TP V, Sec. 2 shows the same blow-up).
-
-**Depth** (TP VI, arXiv 2310.02244; Bordelon et al. 2023, arXiv 2309.16620). A ResNet with one-layer blocks
+Depth (TP VI, arXiv 2310.02244; Bordelon et al. 2023, arXiv 2309.16620): one-layer blocks
 ``h_l = h_{l-1} + a L^{-alpha} W_l phi(h_{l-1})`` (``theory.ResNet``: ``branch_scale = a``,
-``depth_exponent = alpha``) whose block weights move by ``Theta(L^{-gamma})`` per step: for Adam the learning rate
-is ``eta L^{-gamma}``; for SGD, whose gradient of ``W_l`` carries the factor ``L^{-alpha}``, it is
-``eta L^{alpha - gamma}``. Summing the ``L`` blocks' contributions gives the TP VI phase diagram:
+``depth_exponent = alpha``) whose weights move by ``Theta(L^{-gamma})``: block learning rate ``eta L^{-gamma}``
+(Adam), ``eta L^{alpha - gamma}`` (SGD). Depth-muP is ``alpha = gamma = 1/2``. Exponents are compared to ``1e-9``.
 
-* ``alpha < 1/2``: unstable at initialisation (the residual stream's variance grows like ``L^{1 - 2 alpha}``);
-* ``alpha >= 1/2`` and ``alpha + gamma < 1``: unstable in training (feature updates grow like ``L^{1-alpha-gamma}``);
-* ``alpha + gamma > 1``: stable but trivial (the blocks' feature updates vanish like ``L^{1 - alpha - gamma}``);
-* ``alpha + gamma = 1``, ``alpha > 1/2``: stable and nontrivial, but blocks are redundant (an ODE-like limit with
-  less feature diversity);
-* ``alpha = gamma = 1/2``: Depth-muP, the unique optimum (feature learning and maximal feature diversity): SGD
-  learning rate ``eta`` (constant in ``L``), Adam ``eta / sqrt(L)``.
-
-TP VI proves this for one-layer blocks; with two or more layers per block no choice of ``(alpha, gamma)`` keeps
-every layer's contribution (TP VI, Sec. 8), which :func:`classify_depth` does not cover.
-
-Everything here is exact rational arithmetic on the exponents (floats compared to ``1e-9``).
+Derivation and notes: docs/abc_parameterizations.md (the members' table, the abc-symmetry, the depth phase diagram).
 """
 
 from __future__ import annotations

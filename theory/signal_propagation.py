@@ -11,26 +11,11 @@ Schoenholz et al. 2017, "Deep Information Propagation"; Roberts, Yaida & Hanin 2
     chi_q            = V'(q*)                          (PDLT's parallel susceptibility at K* = q*)
     xi_q = -1 / ln chi_q,   xi_c = -1 / ln chi_c       (depth scales: deviations decay like exp(-l / xi))
 
-PDLT's susceptibilities at a kernel value ``K`` (ch. 5, written with Gaussian expectations):
-``chi_parallel(K) = C_W d E[phi(sqrt(K) z)^2] / dK = C_W / (2 K^2) E[phi^2 (z^2 - K)]_K`` and
-``chi_perp(K) = C_W E[phi'(sqrt(K) z)^2]`` (= chi_1 at ``K = q*``). By Gaussian integration by parts
-``chi_parallel = C_W (E[phi'^2] + E[phi phi''])``, so the two coincide for piecewise-linear activations whose
-kinks sit where ``phi = 0`` (relu, shifted relu, soft threshold) and differ by ``C_W E[phi phi'']`` otherwise.
+Everything broadcasts over arrays of ``(C_W, C_b)``, so a phase diagram is one call. ``q*`` is the stable fixed point
+the plain iteration ``q <- V(q)`` reaches from ``q0`` (found by a bracketed Newton iteration); ``c* = 1`` where
+``chi_1 <= 1`` (ordered), else the root of ``C(c) - c`` in ``[0, 1)`` (Newton from ``c = 0`` on the Mehler series).
 
-Everything broadcasts over arrays of ``(C_W, C_b)``, so a phase diagram is one call.
-
-How the fixed points are found fast. ``q*``: a bracketed Newton iteration on ``V(q) - q`` that never
-leaves the side of the fixed point the plain iteration ``q <- V(q)`` approaches from ``q0`` (so it
-lands on the same, stable, fixed point; quadratic instead of power-law convergence near criticality).
-``c*``: by Mehler's formula ``E[phi(u) phi(v)] = sum_k a_k^2 c^k`` with ``a_k`` the coefficients of
-``phi(sqrt(q*) z)`` in normalised Hermite polynomials, so ``C`` is a power series in ``c`` with
-non-negative coefficients: increasing and convex on ``[0, 1]`` with ``C(1) = 1``. Hence ``c* = 1`` where
-``chi_1 = C'(1) <= 1`` (ordered), and otherwise ``c*`` is the unique root of ``C(c) - c`` in ``[0, 1)``,
-which Newton's method started at ``c = 0`` reaches monotonically (convex, decreasing through the root).
-Closed-form activations evaluate ``C`` and ``C'`` from their duals exactly; quadrature activations get
-their Hermite coefficients once per grid point from a 1-D Gauss-Hermite rule, ``_SERIES_TERMS`` of them,
-with the remainder folded into one power ``R c^p`` chosen so that value and slope at ``c = 1`` are exact
-(``R = E[phi^2] - sum a_k^2``, ``p = (q E[phi'^2] - sum k a_k^2) / R``).
+Derivation and notes: docs/signal_propagation.md (PDLT's two susceptibilities, why the fixed-point solvers converge).
 """
 
 from __future__ import annotations
@@ -44,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory.activations import Activation, get
-from theory.gaussian import _hermite_rule
+from theory.gaussian import hermite_rule
 
 Array = jax.Array
 
@@ -215,7 +200,7 @@ def _sparse_family(act: Activation) -> tuple[float, float, int] | None:
 def _projection(nodes: int, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nodes, weights and ``P[i, k] = w_i He_k(x_i) / sqrt(k!)`` of the ``nodes``-point probabilists'
     Gauss-Hermite rule, so that ``phi(sqrt(q) x) @ P`` are the normalised Hermite coefficients ``a_k``."""
-    x, wts = _hermite_rule(nodes)
+    x, wts = hermite_rule(nodes)
     h = np.zeros((nodes, terms))
     h[:, 0] = 1.0
     if terms > 1:
@@ -235,7 +220,7 @@ def _diagonal(act: Activation, q: Array) -> tuple[Array, Array]:
         return sides * e, sides * d
     if act.dual is not None:
         return act.expectations(q, q, q, derivative=True)
-    nodes, weights = (jnp.asarray(a, q.dtype) for a in _hermite_rule(max(act.quadrature_degree, _SERIES_NODES)))
+    nodes, weights = (jnp.asarray(a, q.dtype) for a in hermite_rule(max(act.quadrature_degree, _SERIES_NODES)))
     u = jnp.sqrt(jnp.maximum(q, 0))[..., None] * nodes
     f, df = jax.jvp(act.fn, (u,), (jnp.ones_like(u),))
     return jnp.sum(weights * f**2, axis=-1), jnp.sum(weights * df**2, axis=-1)

@@ -1,34 +1,18 @@
 r"""Training in the kernel regime: the infinite-width trajectory of a wide network trained by gradient descent on MSE.
 
-Lee, Xiao, Schoenholz, Bahri, Novak, Sohl-Dickstein & Pennington 2019 ("Wide Neural Networks of Any Depth Evolve as
-Linear Models Under Gradient Descent", arXiv 1902.06720, Sec. 2.2-2.3): in an NTK-type parameterization the network
-stays equal to its linearisation around the initialisation as the width grows, its tangent kernel stays at its
-initial value, and that value converges to the deterministic infinite-width NTK ``Theta``. On the training inputs
-``X`` (``N`` examples, ``n_out`` outputs) and with the loss of ``experiments.training``,
+Lee et al. 2019 ("Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent", arXiv
+1902.06720, Sec. 2.2-2.3). On ``N`` training inputs ``X`` with ``n_out`` outputs, the loss of ``experiments.training``
+``L(f) = 1/N sum_i 1/2 ||f(x_i) - y_i||^2`` and learning rate ``eta``, the residual ``r_t = f_t(X) - Y`` is
 
-    L(f) = 1/N sum_i 1/2 ||f(x_i) - y_i||^2,      grad_f L = (f - Y) / N,
+    r_t = (I - eta Theta / N)^t r_0     (discrete steps),      r(t) = exp(-eta Theta t / N) r_0     (gradient flow),
 
-one gradient-descent step with learning rate ``eta`` moves the outputs by ``-eta Theta grad_f L``, so the residual
-``r_t = f_t(X) - Y`` obeys
+and with ``f_0 ~ GP(0, K)`` (NNGP ``K``, independent across outputs), ``A_t`` the propagator and
+``Theta = V diag(lambda) V^T``: ``E L_t = 1/(2N) sum_k a_k(t)^2 [n_out (V^T K V)_kk + ||(V^T Y)_k||^2]``,
+``a_k(t) = (1 - eta lambda_k / N)^t`` or ``exp(-eta lambda_k t / N)``. ``Theta`` is the NTK of the *trained*
+parameterization, ``theory.kernels(theory.parameterize(net, "ntk", width=n), x).ntk``; :func:`mlp_ntk` is the older
+(deprecated) interface to the same recursion.
 
-    r_{t+1} = (I - eta Theta / N) r_t,     r_t = (I - eta Theta / N)^t r_0              (discrete steps)
-    r(t)    = exp(-eta Theta t / N) r_0                                               (gradient flow, time t)
-
-(Lee et al., Sec. 2.2, write the flow; the discrete version is the same linear recursion without the limit of
-small steps; the equations here are our derivation for this loss normalisation).
-
-At initialisation ``f_0(X)`` is a centred Gaussian process with the NNGP kernel ``K``,
-independent across outputs (Lee et al. 2018), so with ``A_t`` the propagator above (symmetric, a function of
-``Theta``) and ``Theta = V diag(lambda) V^T``, the training loss averaged over initialisations is
-
-    E L_t = 1/(2N) [ n_out tr(A_t K A_t) + ||A_t Y||_F^2 ]
-          = 1/(2N) sum_k a_k(t)^2 [ n_out (V^T K V)_kk + ||(V^T Y)_k||^2 ],
-    a_k(t) = (1 - eta lambda_k / N)^t   or   exp(-eta lambda_k t / N).
-
-The NTK entering here is the one of the *trained* parameterization:
-``theory.kernels(theory.parameterize(net, "ntk", width=n), x).ntk`` (a layer ``h -> m W h`` with ``fan_in`` inputs
-whose parameter has learning-rate factor ``lambda`` adds ``lambda m^2 fan_in E[phi phi]``; see
-:mod:`theory.layers.weighted`). :func:`mlp_ntk` is the older interface to the same recursion.
+Derivation and notes: docs/linear_model_training.md.
 """
 
 from __future__ import annotations

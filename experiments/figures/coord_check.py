@@ -1,28 +1,19 @@
 r"""``coord-check-width`` and ``coord-check-depth``: muP's coordinate check (TP V, Sec. 7) across width, and its
 Depth-muP analogue (TP VI) across depth.
 
-* ``coord-check-width``: a ReLU MLP (``theory.MLP(depth, "relu", w_std=sqrt 2)``) trained by full-batch SGD with one
-  width-independent learning rate on the teacher task, under SP and muP (``theory.parameterizations``), widths
-  ``2^6 .. 2^12``. Per layer and step: the RMS of the pre-activations and of their change since init, on a fixed
-  batch, against width (log-log), with the power-law slope fitted over widths (seeds: mean and SE). TP IV / TP V
-  predict, after the first step (``AbcParameterization.first_step_exponents``): SP changes like ``n^-1/2`` (first
-  layer), ``n^+1/2`` (hidden layers) and ``n^+1`` (output): SGD with a fixed learning rate is unstable under SP
-  (``r = -1``); under muP every layer's change is ``n^0``.
-* ``coord-check-depth``: a ReLU ResNet of width ``n`` with muP in width and ``L = 2^2 .. 2^8`` one-layer blocks
-  ``h_l = h_{l-1} + L^-alpha W_l relu(h_{l-1})``, SGD with a depth-independent learning rate, only the blocks trained
-  (the stem and readout are frozen, so the measured change is the blocks' own: a trained stem's change would pass
-  to the top through the identity path whatever the branches do). Arms: "sp" (``alpha = 0``, no branch scaling:
-  TP VI unstable at init, the stream grows exponentially in ``L``), "1/L" (``alpha = 1``; with SGD's constant
-  learning rate ``gamma = alpha + 0 = 1``, ``alpha + gamma = 2 > 1``: trivial, the change falls like ``L^-1``) and
-  "depth-mup" (``alpha = gamma = 1/2``: flat in ``L``). Measured: the stem, the middle block, the last block and
-  the output; and the profile of the change along the stream ``l / L`` at the last step.
-  Linear arms ("linear depth-mup", "linear 1/L": identity activation, linear readout, a few inputs, a wider
-  network) are drawn against the exact infinite-width trajectory of ``theory.linear_resnet_training`` at each depth
-  (dashed; TP VI's linear-network setting): the finite-width points must lie on it, flat under Depth-muP and
-  falling like ``L^-1`` with ``1/L`` branches.
+* ``coord-check-width``: a ReLU MLP (``w_std = sqrt 2``) trained by full-batch SGD with one width-independent learning
+  rate on the teacher task, under SP and muP, widths ``2^6 .. 2^12``; per layer and step the RMS of the
+  pre-activations and of their change since init against width. Predicted
+  (``AbcParameterization.first_step_exponents``): SP ``n^-1/2, n^+1/2, n^+1`` (first, hidden, output; unstable), muP
+  ``n^0``.
+* ``coord-check-depth``: a ReLU ResNet with muP in width and ``L = 2^2 .. 2^8`` blocks
+  ``h_l = h_{l-1} + L^-alpha W_l relu(h_{l-1})``, SGD with a depth-independent learning rate, only the blocks trained.
+  Arms "sp" (``alpha = 0``), "1/L" (``alpha = 1``: the change falls like ``L^-1``), "depth-mup" (``alpha = gamma =
+  1/2``: flat in ``L``); linear arms against ``theory.linear_resnet_training``'s exact infinite-width trajectory.
 
-Runs that diverge (a loss or a layer's RMS non-finite or above ``explode_at``) keep their measurements up to the
-divergence, which the figures mark.
+Runs that diverge keep their measurements up to the divergence, which the figures mark.
+
+Derivation and notes: docs/figures/coord_check.md.
 """
 
 from __future__ import annotations

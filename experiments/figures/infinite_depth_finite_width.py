@@ -1,34 +1,17 @@
 r"""``infinite-depth-finite-width``: at fixed small width, a depth-scaled ResNet tends to a diffusion as depth grows.
 
-The setting of Hayou 2022 (TMLR 2023, arXiv 2210.00688), of which only the abstract could be read here (see
-:mod:`theory.depth_diffusion` for what is taken from it and what is our own derivation): the ResNet
-``h_l = h_{l-1} + L^{-1/2} Dense(phi(h_{l-1}))`` of fixed width ``n``
-(``theory.ResNet(depth=L, activation, w_std=1, b_std=0, branch_scale=1, depth_exponent=0.5)``) converges as
-``L -> inf`` to the zero-drift diffusion ``dX_t = n^{-1/2} ||phi(X_t)|| dB_t``, whose law depends on ``phi``
-(equations and the convention mapping in :mod:`theory.depth_diffusion`). One input
-(``h_0 ~ N(0, I_n)``) and the post-activation norm at depth fraction ``t``, through
-``R_t = ln(||phi(h_t)|| / ||phi(h_0)||)``:
-
-* ``phi = abs`` (norm-preserving): ``R_1 ~ N(1/2 - 1/n, 1/n)`` in the limit (a geometric Brownian motion),
-  and the finite-``L`` moments are exact (noncentral chi-square). Panel (a): the law of ``R_1`` of
-  networks of depth ``max(depths)`` against the closed form (KS distance in the legend); (b): the variance
-  of ``R_1`` against depth, Monte Carlo (networks with their weight matrices) vs the exact finite-``L``
-  curve and the limit ``1/n``.
-* ``phi = ReLU``: no closed form for the law; (d), (e) the same with the SDE (Euler-Maruyama, ``sde_steps``
-  steps) as the reference. Shallow ReLU networks can land with ``phi(h) = 0`` (dead); the SDE cannot.
-* A change between widths 3 and 4 (our quantity; whether it is the one the paper's abstract reports could not
-  be checked): ``d ln||phi(X)|| = n^{-1/2} dW + (N_t - 2)/(2n) dt`` with ``N_t`` the number of active units, so
-  the expected log post-activation norm grows iff more than two units are active on average; at ``t = 0`` that
-  is ``(n/2)/(1 - 2^{-n}) > 2``, i.e. ``n >= 4``. (c): ``E R_1`` against width, SDE and deep networks, with the
-  small-depth theory ``g(n) = ((n/2)/(1 - 2^{-n}) - 2)/(2n)`` and the bounds ``[-1/(2n), (n-2)/(2n)]``; (f):
-  ``E R_t`` along depth for each width. The figure's horizon is ``T = 1``; the growth at ``n >= 4`` is transient
-  (``N_t -> 1`` at every width, so ``E R_T`` eventually falls like ``-T/(2n)``; at ``n = 4`` it is negative from
-  ``T`` of about 7, i.e. ``branch_scale^2 w_std^2`` above about 7), see :mod:`theory.depth_diffusion`.
+Hayou 2022 (TMLR 2023, arXiv 2210.00688; equations, their provenance and conventions in
+:mod:`theory.depth_diffusion`): ``theory.ResNet(depth=L, activation, w_std=1, b_std=0, branch_scale=1,
+depth_exponent=0.5)`` of fixed width ``n`` tends to ``dX_t = n^{-1/2} ||phi(X_t)|| dB_t`` as ``L -> inf``. One input
+(``h_0 ~ N(0, I_n)``), ``R_t = ln(||phi(h_t)|| / ||phi(h_0)||)``: for ``phi = abs`` against the closed form
+``R_1 ~ N(1/2 - 1/n, 1/n)`` and the exact finite-``L`` moments (a, b); for ReLU against the SDE (d, e); ``E R_1``
+against width with ``g(n) = ((n/2)/(1 - 2^{-n}) - 2)/(2n)``, negative up to ``n = 3``, positive from ``n = 4`` (c),
+and ``E R_t`` along depth (f).
 
 A grid point is one ``(kind, activation, width, steps)``: ``kind = "network"`` (``steps`` = depth ``L``,
-``n_paths`` networks) or ``"sde"`` (``steps`` = Euler-Maruyama steps, ``sde_paths`` paths). Its values are the
-summaries of ``experiments.depth_diffusion.log_ratio_summary`` (means and variances with SEs, the mean along
-``t`` and the mean number of active units along ``t``), a histogram of ``R_1`` on fixed bins, and the theory.
+``n_paths`` networks) or ``"sde"`` (``steps`` = Euler-Maruyama steps, ``sde_paths`` paths).
+
+Derivation and notes: docs/figures/infinite_depth_finite_width.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,14 @@
 r"""``kurtosis-depth-width``: pre-activation fluctuations grow with depth/width, unless the weights are orthogonal.
 
 An MLP at criticality (relu: ``C_W = 2``; tanh: ``C_W = 1``; ``C_b = 0``), ``L`` hidden layers of width ``n``, one
-input ``x = (1, ..., 1)``, and a readout of ``n`` units (so that it is one more layer like the others). The quantity is
-the excess kurtosis ``kappa_4`` of one readout pre-activation (Dense layer ``L + 1``), measured by
-``experiments.monte_carlo.preactivation_moments`` (pooled over the ``n`` exchangeable units, delta-method SE across
-networks) and predicted at leading order in ``1/n`` by ``theory.finite_width.one_input``:
-``kappa_4 = 3 V^(L+1) / (n K^(L+1)2)`` (Roberts, Yaida & Hanin 2022, ch. 4-5), which is ``15 L / n`` for relu (its
-exact law ``3 (1 + 5/n)^L - 3`` is drawn too) and tends to ``2 L / n`` for tanh (the ``K* = 0`` class,
-``V / (n K^2) -> (2/3) L/n``). The 1/n theory is for Gaussian weights. With Haar-orthogonal weights (Day, Kahn,
-Roberts et al. 2023, arXiv:2310.07765) the tanh fluctuations stop growing with depth at leading order in ``1/n``;
-for them this experiment has Monte Carlo only.
+input ``x = (1, ..., 1)``, a readout of ``n`` units; the excess kurtosis ``kappa_4`` of one readout pre-activation,
+Monte Carlo (``experiments.monte_carlo.preactivation_moments``) against the leading-``1/n`` theory
+``kappa_4 = 3 V^(L+1) / (n K^(L+1)2)`` (Roberts, Yaida & Hanin 2022, ch. 4-5; ``theory.finite_width.one_input``):
+``15 L / n`` for relu, ``-> 2 L / n`` for tanh. Gaussian weights against Haar-orthogonal ones (Day, Kahn, Roberts et
+al. 2023, arXiv:2310.07765; Monte Carlo only). One grid point is ``(activation, weights, width, depth, seed)``; depths
+with ``L/n`` above the activation's ``max_depth_over_width`` are skipped.
 
-One grid point is ``(activation, weights, width, depth, seed)``; ``n_samples`` networks sampled with the key
-``fold_in(key(seed), hash of the rest)``. Depths with ``L/n`` above the activation's ``max_depth_over_width`` are
-skipped: relu's kurtosis has a heavy tail beyond ``L/n ~ 1/8`` (see ``relu_kurtosis``), tanh's does not.
-
-The figure: per activation (rows), (a) Gaussian weights: Monte Carlo per width against the 1/n theory (each width's
-curve; for tanh it depends on ``L`` and ``n``, not only on ``L/n``) and, for relu, the exact law; (b) Gaussian vs
-orthogonal weights, Monte Carlo, against ``L/n``.
+Derivation and notes: docs/figures/kurtosis_depth_width.md.
 """
 
 from __future__ import annotations

@@ -1,29 +1,15 @@
 r"""``lr-transfer``: the best learning rate stays put across width under muP and across depth under Depth-muP.
 
-muP's practical promise (Yang et al. 2022, TP V, Fig. 1 and Sec. 3) is hyperparameter transfer: tune the learning
-rate on a narrow network and reuse it on a wide one. TP VI (Yang, Yu, Zhu & Hayou 2023, Fig. 1) and Bordelon et al.
-2023 make the same promise across depth for Depth-muP. Here, on scikit-learn's digits (1797 images, 10 classes,
-cross-entropy), trained by Adam with minibatches of ``batch_size`` for ``steps`` steps:
+Yang et al. 2022 (TP V, Fig. 1 and Sec. 3) across width; Yang, Yu, Zhu & Hayou 2023 (TP VI, Fig. 1) and Bordelon et
+al. 2023 across depth. On scikit-learn's digits (cross-entropy, Adam, minibatches of ``batch_size``, ``steps`` steps):
+a ReLU MLP of width ``n`` under SP and muP (TP V Table 3), and a ReLU ResNet of width ``resnet_width`` with ``L``
+blocks ``h_l = h_{l-1} + L^-alpha W_l relu(h_{l-1})`` and block learning rate ``eta L^-gamma``, one arm per name in
+``depth_arms`` (:data:`DEPTH_ARMS`; Depth-muP ``alpha = gamma = 1/2`` against "sp" ``alpha = gamma = 0`` by default).
+The final training loss is measured on the grid ``2^lr_log2_min .. 2^lr_log2_max`` (diverged runs score ``inf``); the
+optimum is a parabola vertex in ``(log2 eta, log loss)`` with a bootstrap SE over seeds, and its drift the fitted power
+law ``eta* ~ n^p`` (``L^p``): transfer means ``p = 0``.
 
-* **width**: a ReLU MLP (``theory.MLP(depth, "relu", w_std=sqrt 2)``) of width ``n`` under SP (every group's Adam
-  learning rate ``eta``; TP V: unstable, its optimum must shrink with width, like ``1/n`` for the hidden layers) and
-  under muP (TP V Table 3: hidden and output learning rates ``eta / n``, output init ``1 / n``);
-* **depth**: a ReLU ResNet of width ``resnet_width`` (muP in width) with ``L`` one-layer blocks
-  ``h_l = h_{l-1} + L^-alpha W_l relu(h_{l-1})`` and block learning rate ``eta L^-gamma`` (Adam), one arm per name
-  in ``depth_arms`` (:data:`DEPTH_ARMS`): Depth-muP (``alpha = gamma = 1/2``, TP VI's optimum) against "sp" (no
-  branch scaling, ``alpha = gamma = 0``: unstable at initialisation, the stream's variance grows like ``2^L``
-  for ReLU at ``w_std = sqrt 2``) by default; "1/sqrt(L) only" (``alpha = 1/2``, ``gamma = 0``: the branch
-  scaling without TP VI's Adam rule, ``alpha + gamma < 1``) is available.
-
-For every network the training loss on the whole data set after the budget is measured at each learning rate of
-the grid ``2^lr_log2_min .. 2^lr_log2_max`` (``experiments.transfer.final_losses``; one compilation per shape, the
-learning rate is traced). A run that diverges scores ``inf``; a mean over seeds that is ``inf`` or above twice the
-loss of a uniform guess (``2 log 10``, e.g. the exploding no-branch-scaling ResNet at small learning rates) is drawn
-as a cross on the top edge. Per curve, the
-optimum is the vertex of a parabola in ``(log2 eta, log loss)`` around the seed-averaged minimum, its error bar the
-bootstrap over seeds (``transfer.optimum_over_seeds``), and the drift of the optimum is the power law
-``eta* ~ n^p`` (``L^p``) fitted by ``experiments.scaling.fit_power_law`` (weighted by the bootstrap SEs, scale
-re-estimated from the residuals): transfer means ``p = 0``.
+Derivation and notes: docs/figures/lr_transfer.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,13 @@
 r"""``ntk-regime-training``: wide networks in the NTK parameterization train like their infinite-width linear model.
 
-A ReLU MLP (``theory.MLP(depth, "relu", w_std)``) of width ``n`` in the NTK parameterization (TP IV: ``a = 0, 1/2,
-1/2``, ``b = 0``, SGD ``c = 0``: stable, kernel regime) is trained by full-batch gradient descent on the teacher
-task (``experiments.training.teacher``: ``n_samples`` examples, MSE ``1/N sum_i 1/2 (f_i - y_i)^2``). As
-``n -> inf`` it follows the linear model of its infinite-width tangent kernel ``Theta`` (Lee et al. 2019;
-``theory.training_dynamics``): residuals ``(I - eta Theta / N)^t r_0``. ``Theta`` is the NTK of the trained
-parameterization, ``theory.kernels(theory.parameterize(arch, "ntk", width))`` (input coefficient ``d``, hidden and
-output ``1``: the input layer's weights are trained with the same ``eta`` as the others but without a ``1/sqrt(d)``
-multiplier, so its gradient is ``d`` times neural-tangents'; width-independent).
+A ReLU MLP of width ``n`` in TP IV's NTK parameterization (``a = 0, 1/2, 1/2``, ``b = 0``, SGD ``c = 0``), trained by
+full-batch gradient descent on the teacher task (MSE ``1/N sum_i 1/2 (f_i - y_i)^2``), against the linear model of
+its infinite-width NTK (Lee et al. 2019; ``theory.training_dynamics``): residuals ``(I - eta Theta / N)^t r_0`` with
+``Theta = theory.kernels(theory.parameterize(arch, "ntk", width)).ntk``, the NTK of the trained parameterization.
+Per grid point ``(width, seed)``: the measured loss curve and the linear model's from the network's own ``f_0``. The
+gap ``delta = RMS_t log(L_t / L_t^lin)`` falls like ``n^-1/2`` (Jacot et al. 2018; Lee et al. 2019, Thm 2.1).
 
-Per grid point ``(width, seed)``: the measured training-loss curve, and the linear model's curve from the
-network's own initial outputs ``f_0`` (``loss_curve``), which removes the seed-to-seed spread of ``f_0`` (present
-at any width) from the comparison. The figure: (a) the measured curves, mean ± SE over seeds per width, with the
-infinite-width expected loss ``E L_t`` (averaged over ``f_0 ~ GP(0, K)``, ``expected_loss``) dashed; (b) the
-seed-averaged loss over ``E L_t``; (c) the finite-width gap ``delta = RMS_t log(L_t / L_t^lin)`` (per seed; mean
-± SE over seeds) against width, with its fitted power law: the tangent kernel's fluctuations and its motion
-during training are both ``O(n^-1/2)`` (Jacot et al. 2018; Lee et al. 2019, Thm 2.1), so ``delta ~ n^-1/2``.
+Derivation and notes: docs/figures/ntk_regime.md.
 """
 
 from __future__ import annotations

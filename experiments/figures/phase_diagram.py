@@ -1,25 +1,13 @@
 r"""``phase-diagram``: the order-to-chaos phase diagram of deep MLPs, with depth scales measured on finite networks.
 
-Poole et al. 2016; Schoenholz et al. 2017 ("Deep Information Propagation", Fig. 1-2). For tanh and erf MLPs
-over a grid of ``(C_W, C_b) = (w_std^2, b_std^2)``, ``theory.signal_propagation`` gives the fixed points
-``q*, c*`` and the correlation depth scale ``xi_c = -1 / ln chi_c``, ``chi_c = C_W E[phi'(u) phi'(v)]`` at
-``c*``: correlations between two inputs approach ``c*`` like ``exp(-l / xi_c)``, and ``xi_c`` diverges on the
-critical line ``chi_1 = 1`` (``theory.signal_propagation.critical_line``) that separates the ordered phase
-(``c* = 1``, all inputs collapse) from the chaotic one (``c* < 1``).
+Poole et al. 2016; Schoenholz et al. 2017 ("Deep Information Propagation", Fig. 1-2). For tanh and erf MLPs over a
+grid of ``(C_W, C_b) = (w_std^2, b_std^2)``: the correlation depth scale ``xi_c = -1 / ln chi_c``,
+``chi_c = C_W E[phi'(u) phi'(v)]`` at ``c*`` (``theory.signal_propagation``), which diverges on the critical line
+``chi_1 = 1``, against ``xi_c`` fitted on finite networks (one grid point per ``(activation, C_W, C_b, seed)``:
+``networks`` MLPs of width ``width``, two inputs at variance ``q*``; ``-1 / slope`` of ``ln |mean_l c_l - c*|``
+against ``l``, jackknife SE over ``groups`` groups of networks).
 
-Monte Carlo, one grid point per ``(activation, C_W, C_b, seed)``: ``networks`` MLPs of width ``width`` and
-``depth`` hidden layers, two inputs whose first-layer variance is ``q*`` (so only the correlation moves) and
-whose first-layer correlation is away from ``c*`` (``c* - 0.3`` in the chaotic phase, ``C_b / q*`` in the ordered
-one).
-Per network and layer the correlation ``c_l`` of the two pre-activation vectors
-(``experiments.monte_carlo.layer_correlations``); ``xi_c`` is fitted as ``-1 / slope`` of
-``ln |mean_l c_l - c*|`` against ``l`` over the layers ``l >= 2`` where the deviation is below 0.15 (the
-linear regime of the map: its curvature biases the rate by a few per cent there) and above
-``max(6 SE, 4 / width)`` (noise and the O(1/width) finite-width shift of ``c*`` below that), with a
-jackknife standard error over ``groups`` groups of networks (the layers of one network are correlated).
-
-The figure: (a, b) ``xi_c`` as colour (log scale) over the ``(C_W, C_b)`` plane with the critical line and
-the Monte-Carlo points; (c) measured against predicted ``xi_c`` with error bars.
+Derivation and notes: docs/figures/phase_diagram.md.
 """
 
 from __future__ import annotations

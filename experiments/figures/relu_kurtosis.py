@@ -9,23 +9,13 @@ width ``n``) and one input. Its output ``f`` is Gaussian only in the limit ``n -
 (Hanin & Nica 2019; Roberts, Yaida & Hanin 2022, ch. 5): to leading order a function of ``L/n`` alone, so
 the measured kurtoses of all widths collapse onto one curve when plotted against depth/width.
 
-One grid point is ``(width, depth, seed)``: ``n_samples`` networks sampled with the key
-``fold_in(fold_in(key(seed), width), depth)`` (independent across points), their readout's excess
-kurtosis from ``experiments.monte_carlo.preactivation_moments`` (pooled over ``n_out`` exchangeable
-readout units, delta-method standard error across networks), next to the exact law and its leading order.
-Depths with ``L/n > max_depth_over_width`` are skipped: the estimator is a mean of ``G_L^2`` (the output
-variance given the last hidden layer), and ``G_L`` is close to log-normal with log-variance ``~ 5 L/n``, so
-the relative variance of one network's ``G_L^2`` grows like ``e^(20 L/n)`` (exactly: 8 at ``L/n = 1/8``,
-~100 at ``1/4``, ~1e4 at ``1/2`` for ``n = 128``) and that of its square, which sets how well the standard
-error is itself estimated, like ``e^(80 L/n)``. A few thousand networks then mostly miss the heavy tail: in
-a simulation of this estimator (exact ``G_L`` from its chi-square factors, 4000 networks), ``|MC - exact|``
-exceeds 4 SE in 2-5% of runs at ``L/n = 1/4`` (skewed low) and in under 0.5% at ``L/n = 1/8``. Hence
-``L/n <= 1/8`` for the Monte Carlo; the theory curves go on to ``theory_max_depth_over_width``.
+One grid point is ``(width, depth, seed)``: ``n_samples`` networks, the readout's excess kurtosis from
+``experiments.monte_carlo.preactivation_moments``, next to the exact law and its leading order. Depths with
+``L/n > max_depth_over_width`` (1/8) are skipped: the estimator averages ``G_L^2``, whose relative variance grows like
+``e^(20 L/n)``, so beyond that a few thousand networks mostly miss its heavy tail; the theory curves go on to
+``theory_max_depth_over_width``.
 
-The figure: (a) ``kappa_4`` against ``L/n`` on log-log axes, Monte Carlo per width (seeds combined: mean,
-``SE = sqrt(sum SE_s^2) / S``), the exact law of each width as a curve in ``L``, the leading order ``15 L/n``
-and the double-scaling limit ``3 (e^(5 L/n) - 1)``; (b) the same divided by ``15 L/n``, where collapse and
-the departure from the leading order are read off; (c) Monte Carlo over the exact law, with error bars.
+Derivation and notes: docs/figures/relu_kurtosis.md (the estimator's tail, measured miss rates, the panels).
 """
 
 from __future__ import annotations

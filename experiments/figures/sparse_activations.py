@@ -1,29 +1,14 @@
 r"""``sparse-activations``: sparsity-inducing activations are unstable on the edge of chaos; clipping cures it.
 
 Price, Daultry Ball, Lam, Jones & Tanner 2024 ("Deep Neural Network Initialization with Sparsity Inducing
-Activations"). The shifted relu ``max(0, x - tau)`` and the soft threshold ``sign(x) max(|x| - tau, 0)`` at
-an edge-of-chaos initialisation with variance fixed point ``q*`` (``theory.signal_propagation.edge_of_chaos``:
-``C_W = 1 / E[phi'(sqrt(q*) z)^2]``, ``C_b = q* - C_W E[phi^2]``) have ``V'(q*) = chi_1 = 1`` and
-``V''(q*) > 0``: the variance map touches the diagonal from above, so a pre-activation variance a little
-above ``q*`` drifts up and then explodes, and one below creeps back only like ``1 / l``. Clipping the
-magnitude at ``m`` (``theory.activations.clipped``) makes ``V'(q*) < 1``: both sides return exponentially.
+Activations"). The shifted relu ``max(0, x - tau)`` and the soft threshold ``sign(x) max(|x| - tau, 0)`` at the edge
+of chaos with variance fixed point ``q*`` (``theory.signal_propagation.edge_of_chaos``: ``C_W = 1 / E[phi'(sqrt(q*)
+z)^2]``, ``C_b = q* - C_W E[phi^2]``) have ``V'(q*) = 1`` and ``V''(q*) > 0`` (unstable above ``q*``); clipping at
+``m`` (``theory.activations.clipped``) makes ``V'(q*) < 1``. One grid point per ``(activation, start, seed)``:
+``networks`` MLPs started at variance ``start * q*``, the per-layer pre-activation variance (mean and SE over networks)
+against the infinite-width trajectory ``q^{l+1} = V(q^l)`` (``theory.signal_propagation.variance_trajectory``).
 
-One grid point per ``(activation, start, seed)``: ``networks`` MLPs of width ``width`` and ``depth`` hidden
-layers at the activation's edge of chaos, one input whose first-layer variance is ``start * q*``; the
-per-layer pre-activation variance (``experiments.monte_carlo.preactivation_moments``, mean over networks with
-its standard error) next to the infinite-width trajectory ``q^{l+1} = V(q^l)``
-(``theory.signal_propagation.variance_trajectory``).
-
-At finite width the per-network variance fluctuates by O(1/sqrt(width)) around the trajectory; for the
-unclipped activations every fluctuation above ``q*`` is amplified, so even networks started exactly at ``q*``
-drift up, and the mean over networks (dominated by the networks that explode) leaves the infinite-width
-trajectory after a few layers, with a heavy-tailed spread (large standard errors): the instability is
-stronger at finite width, not weaker. The clipped networks stay at ``q*`` up to the O(1/width) bias.
-
-The figure: (a) ``V(q) - q`` against ``q / q*`` for the four activations (theory); (b, c) the variance
-trajectories ``q^l / q*``, Monte Carlo (points, error bars) on the theory (lines), for starts below, at and
-above ``q*``, unclipped and clipped; (d) ``V'(q*)`` against ``q*``: 1 for the unclipped activations at every
-``q*``, below 1 clipped.
+Derivation and notes: docs/figures/sparse_activations.md.
 """
 
 from __future__ import annotations

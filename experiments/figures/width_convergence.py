@@ -7,40 +7,14 @@ measures, on a fixed set of seeded inputs, two kernels per network: the NNGP sam
 the same mean as ``f f^T`` without the readout's O(1) sampling noise) and the exact NTK ``Θ̂`` (averaged
 over ``n_out`` output units). ``theory.kernels`` gives the limits ``K_∞``, ``Θ_∞`` (Neal 1996;
 Lee et al. 2018; Jacot et al. 2018). Two quantities are plotted against ``n``, both relative to the
-limit's Frobenius norm:
+limit's Frobenius norm: the **bias of the mean kernel** ``‖E K̂_n − K_∞‖_F / ‖K_∞‖_F`` (``O(1/n)``; debiased for the
+Monte-Carlo noise, its ``1/n`` slope fitted over the widths where it is resolved above ``resolved_sigma`` standard
+errors) and the **fluctuation of one network's kernel** ``sqrt(E‖K̂_n − E K̂_n‖_F²) / ‖K_∞‖_F`` (``O(1/sqrt(n))``,
+Hanin & Nica 2019; slope fitted from ``fluctuation_fit_from`` on). A grid point is ``(architecture, width, seed)``
+with ``batches`` independent batches of networks, pooled per width as replicates (delete-one jackknife error bars);
+float32 networks, float64 accumulation.
 
-* **bias of the mean kernel**, ``‖E K̂_n − K_∞‖_F / ‖K_∞‖_F``, which is ``O(1/n)``. The plain estimate
-  ``‖mean − K_∞‖`` is biased upwards by the Monte-Carlo noise (``E‖d̂‖² = ‖bias‖² + Σ SE²``), so the
-  figure shows the debiased ``sqrt(max(‖d̂‖² − Σ SE², 0))`` with a jackknife error bar, and the
-  noise floor ``sqrt(Σ SE²)`` as a dashed line. The bias falls as ``1/n`` but the noise floor only
-  as ``1/sqrt(n · networks)``, so any budget resolves the bias only up to some width; the sweep spends
-  its networks where they are cheap (equal compute per width, capped: many networks at small widths)
-  and the ``1/n`` slope is fitted only over the widths where the bias is resolved (its estimate above
-  ``resolved_sigma`` standard errors, from the smallest width on). In a ReLU MLP the diagonal NNGP is
-  exactly unbiased at any width (given the layer below, a pre-activation is a centred Gaussian and
-  ``E[relu(h)²] = E[h²] / 2`` is linear), and the measured NTK diagonal is unbiased within its errors
-  too: the MLP's bias sits in the off-diagonal entries. A ResNet's residual stream is not centred
-  given the layer below, so its diagonal is biased as well.
-* **fluctuation of one network's kernel**, ``sqrt(E‖K̂_n − E K̂_n‖_F²) / ‖K_∞‖_F`` (the per-entry
-  variances across networks, summed), which is ``O(1/sqrt(n))`` to leading order (Hanin & Nica 2019,
-  "Finite depth and width corrections to the neural tangent kernel", for the ReLU NTK). The next
-  order in ``1/n`` still steepens the curve at ``n ≲ 64``, so the slope is fitted from
-  ``fluctuation_fit_from`` on.
-
-Result of the default sweep (``figures/width_convergence.png``; 14 minutes on one shared CPU core):
-the bias is resolved for ``n ≤ 128`` (ResNet NNGP: ``n ≤ 64``) with fitted slopes -1.05 ± 0.05 (MLP
-NNGP), -0.98 ± 0.08 (MLP NTK), -0.95 ± 0.07 (ResNet NNGP), -1.00 ± 0.03 (ResNet NTK), and
-``n · bias ≈`` 0.65, 0.24, 0.95, 1.5 respectively; the fluctuation slopes over ``n = 128 .. 2048``
-are -0.508 ± 0.005, -0.510 ± 0.005, -0.506 ± 0.007, -0.506 ± 0.008.
-
-Statistics: a grid point is ``(architecture, width, seed)``; each point samples ``batches`` independent
-batches of networks, and the figure pools all batches of all seeds of a width as replicates: means and
-within-batch standard errors are combined, and the error bars of both quantities are delete-one
-jackknife standard errors over the replicates (which accounts for the correlation between the kernel
-entries of one network). The networks run in float32 (the experiment's dtype: 1.2-2x more networks
-per second here); the smallest bias the fits use is ~1e-3 of the kernel, far above float32 rounding,
-and the estimators accumulate in float64. No kernel math lives here: this module only
-calls ``theory.kernels`` and ``estimate_kernels`` and does the bookkeeping of the estimates.
+Derivation and notes: docs/figures/width_convergence.md (the estimators, the measured slopes of the default sweep).
 """
 
 from __future__ import annotations
