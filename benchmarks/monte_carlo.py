@@ -99,8 +99,9 @@ def forward_rate(workload: dict, reps: int) -> dict:
     forward = jax.jit(jax.vmap(lambda p: networks.apply(arch, p, x)))
     forward(params).block_until_ready()
     median, times = _median_time(lambda: forward(params).block_until_ready(), reps)
-    specs = networks.layer_specs(arch, workload["features"], workload["width"])
-    flops = workload["n_samples"] * 2 * workload["n"] * sum(s.fan_in * s.fan_out for s in specs)
+    # Matmul flops of the forward pass: every Dense's fan_in x fan_out (weights are (fan_in, fan_out)).
+    one = jax.tree.map(lambda a: a[0], params)
+    flops = workload["n_samples"] * 2 * workload["n"] * sum(int(np.prod(p.W.shape)) for p in one)
     # The ceiling for these shapes: the same batched (network-by-network) matmul, nothing else.
     a = jnp.ones((workload["n_samples"], workload["n"], workload["width"]), jnp.float32)
     w = jnp.ones((workload["n_samples"], workload["width"], workload["width"]), jnp.float32)

@@ -163,7 +163,7 @@ def residual_stream(res: ResNet, h0: Array, weights: Array, biases: Array | None
     """The residual stream of ``res`` given its block weights: ``(h_L, stack of h_1 .. h_L)``.
 
     ``h0`` is ``(..., n)``; ``weights`` is ``(L, n, n)`` in ``experiments.networks``' ``(fan_in, fan_out)``
-    layout (NTK parameterization: standard-normal entries; for ``parameterization="standard"`` pass weights
+    layout (NTK parameterization: standard-normal entries; for ``weight_scaling="standard"`` pass weights
     that carry their scale divided by ``w_std / sqrt(n)``); ``biases`` ``(L, n)`` or ``None`` (needed iff
     ``b_std > 0``). ``L`` must be ``res.depth`` (the depth sets the branch multiplier ``a / L**beta``).
     """

@@ -39,3 +39,31 @@ def test_theory_tools_example_runs():
     assert namespace["kappa"].shape[0] == 9
     assert namespace["verdict"].regime == "unstable"
     assert set(namespace["df"]["width"]) == {64, 256}
+
+
+def test_layer_program_example_runs():
+    import numpy as np
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[3], "README.md", "exec"), namespace)
+    assert namespace["k"].nngp.shape == namespace["k"].ntk.shape == (4, 4)
+    assert namespace["f"].shape == (4, 1) and namespace["theta"].shape == (1, 4, 4)
+    assert namespace["est"].ntk.mean.shape == (4, 4)
+    assert namespace["k_mup"].ntk.shape == (5, 5) and np.isfinite(namespace["grad"])
+
+
+def test_add_your_own_layer_example_runs():
+    import numpy as np
+
+    import theory
+    from theory import layers as nn
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[4], "README.md", "exec"), namespace)
+    # Dense(1.5) then Scale(0.5) is Dense(0.75) for both kernels (in the NTK parameterization the first layer's
+    # NTK coefficient is w_std^2 too, and Scale has no parameters)
+    same = theory.kernels(theory.serial(nn.Dense(w_std=0.75), nn.Elementwise("erf"), nn.Dense()), np.eye(3))
+    np.testing.assert_allclose(namespace["k_scaled"].nngp, same.nngp, rtol=1e-6)
+    np.testing.assert_allclose(namespace["k_scaled"].ntk, same.ntk, rtol=1e-6)

@@ -5,7 +5,7 @@
 its finite initialisation and its finite map (see the README, "Add your own layer").
 """
 
-from theory.layers.base import KernelState, Layer, Shape, Stream, Weights, WeightScaling
+from theory.layers.base import KernelState, Layer, Shape, Stream, Weights, WeightScaling, pytree
 from theory.layers.elementwise import Elementwise
 from theory.layers.normalization import LayerNorm
 from theory.layers.pooling import AvgPool, Flatten, GlobalAvgPool
@@ -33,6 +33,7 @@ __all__ = [
     "WeightScaling",
     "Weights",
     "analyse",
+    "pytree",
     "serial",
     "weight_layers",
 ]
