@@ -190,6 +190,15 @@ def _needs_spatial_size(net: Program) -> bool:
     return bool(expected_spatial_dims(net.layers)) and any(type(layer).__name__ == "Flatten" for layer in net.layers)
 
 
+def _symbolic_dims(net: Program) -> int:
+    """Spatial dimensions to plan with when only the channels are known: the windows' (Conv, AvgPool), else one
+    if a GlobalAvgPool needs positions (Dense, activations and LayerNorm act the same at every position)."""
+    nd = expected_spatial_dims(net.layers)
+    if nd is not None:
+        return nd
+    return 1 if any(type(layer).__name__ == "GlobalAvgPool" for layer in net.layers) else 0
+
+
 def _plan_shape(net: Program, shape: Shape) -> Shape:
     """The shape the network is planned with: the real one when a Flatten makes sizes matter, else symbolic
     sizes (so that init, which may know only the channels, and apply segment the program the same way)."""
@@ -205,8 +214,7 @@ def _input_shape(net: Program, features: object) -> Shape:
             raise ValueError("the network has a Flatten after spatial layers, so the Dense after it has "
                              "prod(spatial) * channels inputs: pass features=(height, width, channels) (the "
                              "per-example input shape) instead of the channel count")
-        nd = expected_spatial_dims(net.layers)
-        return Shape((_SYMBOLIC,) * (nd or 0), channels, False)
+        return Shape((_SYMBOLIC,) * _symbolic_dims(net), channels, False)
     try:
         dims = tuple(check_positive_int("features", f) for f in features)  # type: ignore[union-attr]
     except TypeError:
@@ -218,7 +226,12 @@ def _input_shape(net: Program, features: object) -> Shape:
 
 
 def _layout(net: Program, shape: Shape, n_out: int) -> _Layout:
-    analysis = analyse(net, _plan_shape(net, shape), n_out)
+    if shape.spatial and _SYMBOLIC not in shape.spatial:
+        analyse(net, shape, n_out)  # the program's errors, with the real input shape in the message
+    try:
+        analysis = analyse(net, _plan_shape(net, shape), n_out)
+    except ValueError as err:  # sizes are not known (only the channels were given): do not print placeholders
+        raise ValueError(str(err).replace(str(_SYMBOLIC), "?")) from None
     repeats, shapes = [], []
     if analysis.prefix:  # parameter-free leading layers, applied to the raw inputs: a segment of their own
         repeats.append((analysis.prefix,))
@@ -336,6 +349,11 @@ def _apply_unit(unit: tuple, params: tuple, probes: tuple | None, h: Array, top:
             outs.append(z)
             h = h + layer.scale * branch
         elif layer.weight_layer:
+            if not isinstance(p, Weights) or p.W.ndim != len(layer.window) + 2 or \
+                    tuple(p.W.shape[:-2]) != tuple(layer.window) or (p.b is None) == layer.bias:
+                raise ValueError(f"{layer.name} (filter {layer.window or 'none'}, bias {layer.bias}) got parameters "
+                                 f"{None if not isinstance(p, Weights) else (tuple(p.W.shape), p.b is not None)}: "
+                                 "they were made for another program; call networks.init with this program")
             if p.W.shape[-2] != h.shape[-1]:
                 raise ValueError(f"{layer.name} has parameters for {p.W.shape[-2]} input channels but its input has "
                                  f"{h.shape[-1]} (shape {tuple(h.shape)}): the parameters were made for other "
@@ -380,7 +398,7 @@ def _forward(net: Program, params: NetworkParams, x: Array, probes: tuple | None
             h, rec, inp, z = _apply_unit(unit, p, pr, h, True)
             return h, (tuple(rec), tuple(inp), z)
 
-        h, (rec, inp, z) = jax.lax.scan(body, h, (params.segments[s], seg_probes))
+        h, (rec, inp, z) = jax.lax.scan(body, h, (params.segments[s], seg_probes), length=count)
         recorded += _interleave(rec)
         inputs += list(inp)
         outputs.append(z)
@@ -400,10 +418,11 @@ def _layout_for(net: Program, params: NetworkParams, x: Array) -> _Layout:
     if not isinstance(params, NetworkParams):
         raise ValueError(f"params must be the NetworkParams returned by networks.init, got {type(params).__name__}")
     layout = _layout(net, Shape(tuple(x.shape[1:-1]), int(x.shape[-1]), False), _n_out(params))
-    if tuple(len(r) for r in layout.repeats) != params.counts:
-        raise ValueError(f"the parameters do not belong to this program (their segments have {params.counts} "
-                         f"units, the program's {tuple(len(r) for r in layout.repeats)}); call networks.init with "
-                         "this program")
+    structure = tuple((len(r), len(r[0])) for r in layout.repeats)
+    theirs = tuple((count, len(seg)) for count, seg in zip(params.counts, params.segments, strict=True))
+    if structure != theirs:
+        raise ValueError(f"the parameters do not belong to this program (their segments are (count, layers) "
+                         f"{theirs}, the program's {structure}); call networks.init with this program")
     return layout
 
 

@@ -78,9 +78,22 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool) -> KernelStat
     proj2 = jnp.sum(f2[:, None, :] * probes, axis=-1)
     same = (sq1[:, None] == sq2[None, :]) & jnp.all(proj1[:, None, :] == proj2[None, :, :], axis=-1)
     same = same.reshape(n1, n2, *(1,) * (q12.ndim - 2))
-    q12 = jnp.where(same, q11[:, None], q12)
+    q12 = _exact_self_pairs(same, q11[:, None], q12)
     zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
     return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial))
+
+
+@jax.custom_jvp
+def _exact_self_pairs(same: Array, own: Array, cross: Array) -> Array:
+    """``own`` where ``same`` (bitwise the input's own kernel), else ``cross``; differentiated as ``cross``,
+    which it equals in exact arithmetic (so gradients with respect to either input stay right)."""
+    return jnp.where(same, own, cross)
+
+
+@_exact_self_pairs.defjvp
+def _exact_self_pairs_jvp(primals: tuple, tangents: tuple) -> tuple[Array, Array]:
+    same, own, cross = primals
+    return _exact_self_pairs(same, own, cross), tangents[2]
 
 
 # -- coefficients ----------------------------------------------------------------------------------------------
@@ -226,7 +239,7 @@ def apply_plan(plan: Sequence[Segment], coeffs: Sequence[Any], k: KernelState, w
             state, w, recs = apply_steps(steps, xs, state, w, i * per_unit, per_layer)
             return (state, w, i + 1), tuple(recs)
 
-        (k, watch, _), ys = jax.lax.scan(body, (k, watch, jnp.int32(0)), c)
+        (k, watch, _), ys = jax.lax.scan(body, (k, watch, jnp.int32(0)), c, length=segment.count)
         if per_layer and ys:
             # ys: per recorded step of the unit, (count, ...) arrays; interleave them in layer order.
             stacked = jax.tree.map(lambda *a: jnp.stack(a, axis=1), *ys)
