@@ -35,7 +35,10 @@ Conventions (the project's, see ``tests/reference/make_nt_fixtures.py``): a Dens
 ``b_std == 0`` has no bias (``b_std=None`` in NT); MLP(depth=L) is L x [Dense, act] then
 Dense(1); ResNet(depth=L) is a stem Dense(W_std=1, no bias), L blocks
 ``FanOut(2) >> parallel(Identity(), act >> Dense(s w_std, s b_std)) >> FanInSum()`` with
-``s = branch_scale / L**depth_exponent``, then act >> Dense(1, W_std=1, no bias).
+``s = branch_scale / L**depth_exponent``, then act >> Dense(1, W_std=1, no bias); CNN(depth=L) on
+``(N, height, width, channels)`` images is L x [Conv(3x3, padding SAME, w_std, b_std), act], then
+GlobalAvgPool (readout "gap") or Flatten (readout "flatten"), then Dense(1, W_std=1, no bias).
+A workload's ``nt_batch_size`` (if set) runs NT as ``nt.batch(jit(kernel_fn), batch_size)``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,16 @@ def _build(workload: dict):
         raise ValueError(f"no NT layer for activation {name!r}")
 
     depth, w_std, b_std = workload["depth"], workload["w_std"], workload["b_std"]
-    if workload["arch"] == "mlp":
+    if workload["arch"] == "cnn":
+        layers = []
+        for _ in range(depth):
+            layers += [stax.Conv(WIDTH, (3, 3), padding="SAME", W_std=w_std, b_std=(b_std if b_std > 0 else None),
+                                 parameterization="ntk"), act()]
+        readout = workload["readout"]
+        if readout not in ("gap", "flatten"):
+            raise ValueError(f"unknown CNN readout {readout!r}")
+        layers += [stax.GlobalAvgPool() if readout == "gap" else stax.Flatten(), dense(1, 1.0, 0.0)]
+    elif workload["arch"] == "mlp":
         layers = []
         for _ in range(depth):
             layers += [dense(WIDTH, w_std, b_std), act()]
@@ -97,12 +109,19 @@ def _inputs(workload: dict):
     import numpy as np
     from jax import numpy as jnp
 
-    x = np.random.default_rng(workload["seed"]).normal(size=(workload["n"], workload["features"]))
+    if workload["arch"] == "cnn":
+        shape = (workload["n"], *workload["image"])  # (N, height, width, channels)
+    else:
+        shape = (workload["n"], workload["features"])
+    x = np.random.default_rng(workload["seed"]).normal(size=shape)
     return jnp.asarray(x.astype(workload["dtype"]))
 
 
 def _kernel_call(workload: dict, batch_size: int | None):
     import jax
+
+    if batch_size is None:
+        batch_size = workload.get("nt_batch_size")
 
     kernel_fn = jax.jit(_build(workload), static_argnames="get")
     how = "jax.jit(kernel_fn, static_argnames='get')"

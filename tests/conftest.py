@@ -5,6 +5,15 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after every test module: each XLA CPU executable holds ~120 memory maps, and
+    the whole suite compiles more programs than the kernel's map limit (65,530) allows in one process (LLVM then
+    dies with "Unable to allocate section memory": a segmentation fault mid-run)."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory):
     """``quick_run(name)`` runs experiment ``name``'s quick sweep into a fresh folder and returns

@@ -157,7 +157,7 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
     plan_for_memory = (*parts[0], *parts[2])
     block = recursion.block_rows(x1.shape[0], x2.shape[0], plan_for_memory, len(times) + 2, dtype.itemsize,
                                  with_ntk, True, memory_budget)
-    q, t, max_var, steps, reached = _solve(
+    q, t, max_var, steps, reached = recursion.bound_cache(_solve)(
         x1, x2, arrays, jnp.asarray(rtol, dtype), jnp.asarray(atol, dtype), parts=parts, with_ntk=with_ntk,
         readout=readout, times=times, max_steps=max_steps, block=block,
     )

@@ -101,8 +101,8 @@ def _first_full(analysis: Analysis) -> bool:
     return bool(analysis.plan) and analysis.plan[0].steps[0].full_in
 
 
-@jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "block", "symmetric"))
-def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block, symmetric):
+@jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "block"))
+def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block):
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
 
@@ -131,11 +131,14 @@ def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block, symmetr
             return a.reshape(n_blocks * block, -1)[:n1]
 
         q, t = unblock(q), unblock(t)
-    if symmetric:
-        # Equal in exact arithmetic; the matmul and the duals round (i, j) and (j, i) differently.
-        q = (q + jnp.swapaxes(q, -1, -2)) / 2
-        t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
     return q, t
+
+
+@jax.jit
+def _symmetrize(q: Array, t: Array | None) -> tuple[Array, Array | None]:
+    # Equal in exact arithmetic; the matmul and the duals round (i, j) and (j, i) differently. A separate program:
+    # fused with the last layers' duals, XLA evaluates them twice (for each entry and its transpose).
+    return (q + jnp.swapaxes(q, -1, -2)) / 2, None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
 
 
 @jax.jit(static_argnames=("plan", "full", "with_ntk"))
@@ -199,15 +202,17 @@ def kernels(
     concrete = is_concrete(x1) and is_concrete(x2) and all(is_concrete(a) for a in jax.tree.leaves(arrays))
     if concrete:
         everything = x1 if symmetric else jnp.concatenate([x1, x2])
-        watch = _watch_diagonal(everything, arrays, plan=plan, full=full, with_ntk=with_ntk)
+        watch = recursion.bound_cache(_watch_diagonal)(everything, arrays, plan=plan, full=full, with_ntk=with_ntk)
         bad = np.asarray(watch.first_bad)
         if (bad >= 0).any():
             _raise_overflow(net, int(bad[bad >= 0].min()), dtype)
         _warn_quadrature_accuracy(plan, float(np.max(watch.max_variance)))
     block = recursion.block_rows(x1.shape[0], x2.shape[0], plan, analysis.n_recorded, np.dtype(dtype).itemsize,
                                  with_ntk, per_layer, memory_budget)
-    q, t = _evaluate(x1, x2, arrays, plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer, block=block,
-                     symmetric=symmetric)
+    evaluate = recursion.bound_cache(_evaluate)
+    q, t = evaluate(x1, x2, arrays, plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer, block=block)
+    if symmetric:
+        q, t = _symmetrize(q, t)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
 
 

@@ -284,6 +284,20 @@ def block_rows(n_rows: int, n_cols: int, plan: Sequence[Segment], n_recorded: in
     return -(-n_rows // n_blocks)
 
 
+MAX_COMPILED = 128
+"""Compiled programs an engine function keeps before its cache is dropped: each XLA CPU executable holds ~120
+memory maps, and a process that exceeds the kernel's map limit (65,530 by default, ~550 executables) dies in
+LLVM ("Unable to allocate section memory"). Sweeps over many depths or architectures in one session would."""
+
+
+def bound_cache(fn: Any) -> Any:
+    """``fn`` (a jitted function) with its compiled-program cache emptied when it holds ``MAX_COMPILED``."""
+    size = getattr(fn, "_cache_size", None)
+    if size is not None and size() >= MAX_COMPILED:
+        fn.clear_cache()
+    return fn
+
+
 def shape_of(x: Array) -> Shape:
     """Per-example shape of raw inputs ``x``: ``(batch, *spatial, channels)``."""
     return Shape(tuple(int(s) for s in x.shape[1:-1]), int(x.shape[-1]), False)
@@ -295,6 +309,7 @@ __all__ = [
     "apply_steps",
     "as_arrays",
     "block_rows",
+    "bound_cache",
     "coefficients",
     "concatenate_records",
     "input_kernel",
