@@ -236,7 +236,7 @@ def internal_main(request: dict) -> dict:
 # Subprocesses
 
 
-def _child_env() -> dict:
+def child_env() -> dict:
     env = dict(os.environ)
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     env.pop("JAX_ENABLE_X64", None)
@@ -262,7 +262,7 @@ def run_watched(cmd: list[str], timeout_s: float, rss_limit_gib: float, log: Pat
     """
     t0 = time.perf_counter()
     with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=_child_env(),
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=child_env(),
                                 cwd=REPO)
         peak, killed = 0.0, None
         while proc.poll() is None:
@@ -297,7 +297,7 @@ class NTWorker:
         self.log_path = log
         self.proc = subprocess.Popen([python, str(WORKER), "--serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._log, text=True,
-                                     env=_child_env(), cwd=REPO)
+                                     env=child_env(), cwd=REPO)
 
     def ask(self, request: dict) -> dict:
         self.proc.stdin.write(json.dumps(request) + "\n")
@@ -375,7 +375,7 @@ def _fmt_s(t: float | None) -> str:
     return f"{t:.3f}" if t < 10 else f"{t:.1f}"
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
     try:
         with open("/proc/cpuinfo") as fh:
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     import theory
 
     results: dict = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                     "machine": _machine(), "quick": args.quick, "reps": reps,
+                     "machine": machine_info(), "quick": args.quick, "reps": reps,
                      "deeplimits": {"version": theory.__version__, "jax": jax.__version__,
                                     "devices": [str(d) for d in jax.devices()],
                                     "x64": bool(jax.config.jax_enable_x64)},

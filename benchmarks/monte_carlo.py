@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from kernels import _child_env, _machine, find_nt_python, matmul_gflops  # noqa: E402
+from kernels import child_env, find_nt_python, machine_info, matmul_gflops  # noqa: E402
 
 FULL = {"width": 512, "depth": 3, "n": 256, "features": 16, "n_samples": 64}
 QUICK = {"width": 256, "depth": 3, "n": 64, "features": 16, "n_samples": 16}
@@ -117,7 +117,7 @@ def nt(python: str, workload: dict, implementation: int, reps: int, save: str, t
     request = dict(workload, w_std=math.sqrt(2), seed=0, implementation=implementation, reps=reps, save=save)
     try:
         out = subprocess.run([python, str(HERE / "nt_mc_worker.py"), json.dumps(request)], capture_output=True,
-                             text=True, timeout=timeout_s, env=_child_env())
+                             text=True, timeout=timeout_s, env=child_env())
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": f"timed out after {timeout_s:.0f} s"}
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     workload = QUICK if args.quick else FULL
     reps = args.reps or 3
     results: dict = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                     "machine": _machine(), "workload": workload, "jax": jax.__version__,
+                     "machine": machine_info(), "workload": workload, "jax": jax.__version__,
                      "load_avg_start": os.getloadavg()}
     m = results["machine"]
     _say(f"# deeplimits Monte-Carlo benchmark — {results['date']}{' (--quick)' if args.quick else ''}")

@@ -107,7 +107,7 @@ def check_key(key: object) -> Array:
 
 def check_program(net: object) -> Program:
     if not isinstance(net, Program):
-        raise ValueError(f"expected a layer program (a theory.MLP or theory.ResNet, or theory.serial(...)), "
+        raise ValueError(f"expected a theory.MLP or theory.ResNet, or a layer program theory.serial(...), "
                          f"got {net!r}")
     return net
 

@@ -545,3 +545,14 @@ def test_apply_with_parameters_of_the_same_layout_for_another_program(other):
         assert params.counts == (1, 1, 1, 1)
     with pytest.raises(ValueError, match=r"parameters"):
         networks.apply(net, params, IMAGES)
+
+
+def test_theory_kernels_is_the_function_and_the_module():
+    # `theory.kernels(net, x)` is the public call; `import theory.kernels` still gives the module (not shadowed).
+    import importlib
+
+    module = importlib.import_module("theory.kernels")
+    assert module is theory.kernels and callable(module)
+    assert module.Kernels is theory.Kernels and module.KERNEL_NAMES == ("nngp", "ntk")
+    x = np.eye(3)
+    np.testing.assert_array_equal(module(theory.MLP(2), x).nngp, module.kernels(theory.MLP(2), x).nngp)

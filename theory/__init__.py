@@ -3,8 +3,12 @@
 Quick use::
 
     import theory
+    from theory import layers as nn
     net = theory.MLP(depth=3, activation="relu", w_std=2**0.5, b_std=0.0)
     k = theory.kernels(net, x)          # Kernels(nngp=(N, N), ntk=(N, N))
+    cnn = theory.serial(nn.Conv((3, 3), w_std=2**0.5), nn.Elementwise("relu"), nn.GlobalAvgPool(), nn.Dense())
+    k_cnn = theory.kernels(cnn, images)  # images: (N, height, width, channels)
+    mup = theory.parameterize(net, "mup", width=1024)   # the program as trained under muP (its NTK, its network)
     res = theory.ResNet(depth=64, activation="relu", depth_exponent=0.5)
     k_inf = theory.resnet_limit(res, x)   # width -> inf, then depth -> inf (an ODE in t = l / L)
     theory.criticality("tanh")           # PDLT's universality class and critical (C_W, C_b)

@@ -85,7 +85,7 @@ def prepare(net: Program, x1: object, x2: object | None) -> tuple[Array, Array, 
     symmetric = x2 is None
     x1, x2 = validate_inputs(x1, x2, spatial_dims=nd, network=_short(net))
     x2 = x1 if symmetric else x2
-    analysis = analyse(net, recursion.shape_of(x1))
+    analysis = analyse(net, recursion.shape_of(x1), kernels=True)
     for layer in analysis.prefix:
         x1 = layer.apply(None, x1)
         x2 = x1 if symmetric else layer.apply(None, x2)
@@ -101,8 +101,13 @@ def _first_full(analysis: Analysis) -> bool:
     return bool(analysis.plan) and analysis.plan[0].steps[0].full_in
 
 
-@jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "block"))
-def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block):
+@jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "block", "symmetric"))
+def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block, symmetric):
+    """The kernels of the row inputs ``x1`` against ``x2`` (in blocks of ``block`` rows), and the watch of the
+    diagonal recursion of every input (the same code with an empty set of columns; one program, one compile)."""
+    everything = x1 if symmetric else jnp.concatenate([x1, x2])
+    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(everything, everything[:0], full, with_ntk),
+                                       recursion.new_watch(everything.shape[0], x1.dtype))
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
 
@@ -131,7 +136,7 @@ def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block):
             return a.reshape(n_blocks * block, -1)[:n1]
 
         q, t = unblock(q), unblock(t)
-    return q, t
+    return q, t, watch
 
 
 @jax.jit
@@ -139,14 +144,6 @@ def _symmetrize(q: Array, t: Array | None) -> tuple[Array, Array | None]:
     # Equal in exact arithmetic; the matmul and the duals round (i, j) and (j, i) differently. A separate program:
     # fused with the last layers' duals, XLA evaluates them twice (for each entry and its transpose).
     return (q + jnp.swapaxes(q, -1, -2)) / 2, None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2
-
-
-@jax.jit(static_argnames=("plan", "full", "with_ntk"))
-def _watch_diagonal(x, coeffs, *, plan, full, with_ntk):
-    # The diagonal recursion alone: the same code with an empty set of columns.
-    k = recursion.input_kernel(x, x[:0], full, with_ntk)
-    _, watch, _ = recursion.apply_plan(plan, coeffs, k, recursion.new_watch(x.shape[0], x.dtype))
-    return watch
 
 
 def kernels(
@@ -200,17 +197,16 @@ def kernels(
     arrays = recursion.as_arrays(coeffs, plan, dtype)
     full = _first_full(analysis)
     concrete = is_concrete(x1) and is_concrete(x2) and all(is_concrete(a) for a in jax.tree.leaves(arrays))
-    if concrete:
-        everything = x1 if symmetric else jnp.concatenate([x1, x2])
-        watch = recursion.bound_cache(_watch_diagonal)(everything, arrays, plan=plan, full=full, with_ntk=with_ntk)
+    block = recursion.block_rows(x1.shape[0], x2.shape[0], plan, analysis.n_recorded, np.dtype(dtype).itemsize,
+                                 with_ntk, per_layer, memory_budget)
+    evaluate = recursion.bound_cache(_evaluate)
+    q, t, watch = evaluate(x1, x2, arrays, plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer, block=block,
+                           symmetric=symmetric)
+    if concrete:  # under jit / vmap / grad the values are not known here: no check
         bad = np.asarray(watch.first_bad)
         if (bad >= 0).any():
             _raise_overflow(net, int(bad[bad >= 0].min()), dtype)
         _warn_quadrature_accuracy(plan, float(np.max(watch.max_variance)))
-    block = recursion.block_rows(x1.shape[0], x2.shape[0], plan, analysis.n_recorded, np.dtype(dtype).itemsize,
-                                 with_ntk, per_layer, memory_budget)
-    evaluate = recursion.bound_cache(_evaluate)
-    q, t = evaluate(x1, x2, arrays, plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer, block=block)
     if symmetric:
         q, t = _symmetrize(q, t)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)

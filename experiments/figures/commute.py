@@ -37,7 +37,9 @@ UNIQUE = (np.array([0, 0, 1]), np.array([0, 1, 1]))  # K11, K12, K22
 @dataclass(frozen=True)
 class Config:
     widths: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
-    depths: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256)
+    # Depth 1024: the finite networks are scanned over their identical blocks, so compiling them costs the same
+    # at every depth (unrolled, depth 256 was the practical limit).
+    depths: tuple[int, ...] = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
     networks: int = 128
     seeds: int = 1
     branch_scale: float = 1.0

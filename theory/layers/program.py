@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from theory.layers.base import INPUT_STREAM, Layer, Shape, Stream, pytree
+from theory.layers.base import INPUT_STREAM, Layer, Shape, Stream, WeightScaling, pytree
 from theory.layers.pooling import AvgPool
 from theory.layers.residual import Identity, Residual
 from theory.layers.weighted import Dense, WeightLayer
@@ -232,7 +232,7 @@ class _Walker:
             if top and (layer.weight_layer or isinstance(layer, Residual)):
                 record = self.record
                 self.record += 1
-            steps.append(dict(treedef=jax.tree.structure(layer), position=self.position, shape_in=shape,
+            steps.append(dict(treedef=kernel_structure(layer), position=self.position, shape_in=shape,
                               shape_out=out_shape, full_in=False, record=record, branch=branch, fold=fold,
                               quadrature=quadrature))
             self.position += 1
@@ -300,6 +300,14 @@ def _requirements(segments: list[tuple[list[dict], int]], full_out: bool) -> tup
     return tuple(reversed(result))
 
 
+def kernel_structure(layer: Layer) -> PyTreeDef:
+    """The layer's structure as the kernel maps see it: the weight scalings (width, group, where the fan-in
+    sits) only enter the coefficients, which are numbers, so two layers that differ there share one compiled
+    recursion (an abc-parameterization at another width does not recompile)."""
+    return jax.tree.structure(jax.tree.map(lambda node: None if isinstance(node, WeightScaling) else node, layer,
+                                           is_leaf=lambda node: isinstance(node, WeightScaling)))
+
+
 def _needs_full(step: dict, full_out: bool) -> bool:
     layer = jax.tree.unflatten(step["treedef"], [None] * step["treedef"].num_leaves)
     return layer.needs_full(full_out)
@@ -330,8 +338,11 @@ def expected_spatial_dims(layers: Sequence[Layer]) -> int | None:
     return None if spatial_ok else 0
 
 
-def analyse(program: Program, shape_in: Shape, n_out: int = 1) -> Analysis:
+def analyse(program: Program, shape_in: Shape, n_out: int = 1, *, kernels: bool = False) -> Analysis:
     """Check ``program`` for inputs of per-example shape ``shape_in`` and plan its evaluation.
+
+    ``kernels=True`` lets a unit that repeats the run before it with the same input shapes join it even when its
+    output channels differ (the kernels do not depend on channels; finite networks' parameters do).
 
     Raises ``ValueError`` naming the layer (position and kind) for: a shape that does not fit (a Conv or
     pooling window on vectors, a VALID filter larger than its input, a residual branch that changes the
@@ -341,6 +352,8 @@ def analyse(program: Program, shape_in: Shape, n_out: int = 1) -> Analysis:
     if not isinstance(program, Program):
         raise ValueError(f"expected a layer program (theory.serial(...), theory.MLP, theory.ResNet), got {program!r}")
     analysis = _analyse(program, shape_in)
+    if kernels:
+        analysis = _merge_runs(analysis)
     return analysis._replace(shape_out=analysis.shape_out._replace(channels=n_out))
 
 
@@ -371,6 +384,29 @@ def _analyse(program: Program, shape_in: Shape) -> Analysis:
         raise ValueError(f"the readout {_where(total - 1, last, total, '')} gets inputs with spatial shape "
                          f"{shape.spatial}: add Flatten() or GlobalAvgPool() before it")
     return Analysis(tuple(prefix), plan, tuple(objects), walker.record, shape_in, Shape((), 1, False))
+
+
+def _merge_runs(analysis: Analysis) -> Analysis:
+    """For the kernel recursion: a unit that repeats the run before it, layer for layer with the same input
+    shapes, joins the run even if its output has another channel count (the kernels do not see channels; an
+    MLP's readout unit joins its hidden layers' run, as one compiled copy of the layer maps)."""
+    plan, objects = list(analysis.plan), list(analysis.layers)
+    out_plan, out_objects = [plan[0]], [objects[0]]
+    for segment, reps in zip(plan[1:], objects[1:], strict=True):
+        last = out_plan[-1]
+        per_unit = sum(1 for s in last.steps if s.record >= 0)
+        same = (len(segment.steps) == len(last.steps) and all(
+            a.treedef == b.treedef and a.shape_in == b.shape_in and a.full_in == b.full_in and a.branch == b.branch
+            and a.fold == b.fold and a.quadrature == b.quadrature
+            and ((a.record < 0 and b.record < 0) or (a.record >= 0 and b.record == a.record + last.count * per_unit))
+            for a, b in zip(last.steps, segment.steps, strict=False)))
+        if same:
+            out_plan[-1] = last._replace(count=last.count + segment.count)
+            out_objects[-1] = (*out_objects[-1], *reps)
+        else:
+            out_plan.append(segment)
+            out_objects.append(reps)
+    return analysis._replace(plan=tuple(out_plan), layers=tuple(out_objects))
 
 
 def weight_layers(layers: Sequence[Layer]) -> list[WeightLayer]:
