@@ -25,6 +25,7 @@ from theory import (
     layers,
     linear_resnet_training,
     parameterizations,
+    predict,
     signal_propagation,
     training_dynamics,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "linear_resnet_training",
     "parameterizations",
     "parameterize",
+    "predict",
     "residual_stream_limit",
     "resnet_limit",
     "serial",
