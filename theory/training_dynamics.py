@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from theory import predict
 from theory.architectures import MLP
 from theory.inputs import validate_inputs
 from theory.kernels import kernels
@@ -96,8 +97,9 @@ def _check_dynamics(ntk: Array, learning_rate: float, steps: int) -> tuple[Array
     ntk = jnp.asarray(ntk)
     if ntk.ndim != 2 or ntk.shape[0] != ntk.shape[1] or ntk.shape[0] < 1:
         raise ValueError(f"ntk must be a square (N, N) matrix, got shape {ntk.shape}")
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real) or not learning_rate > 0:
-        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    if (isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real)
+            or not 0 < learning_rate < float("inf")):
+        raise ValueError(f"learning_rate must be a finite positive number, got {learning_rate!r}")
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     return ntk, int(steps)
@@ -120,13 +122,19 @@ def residuals(ntk: Array, r0: Array, learning_rate: float, steps: int, *, flow: 
 
     ``r_t = (I - eta Theta / N)^t r_0`` (gradient descent with the loss ``1/N sum_i 1/2 ||f_i - y_i||^2``) or, with
     ``flow=True``, ``exp(-eta Theta t / N) r_0`` (Lee et al. 2019, Sec. 2.2); see the module docstring.
-    ``r0`` is ``(N,)`` or ``(N, n_out)``.
+    ``r0`` is ``(N,)`` or ``(N, n_out)``. The flow is :func:`theory.predict.gradient_descent_mse`'s, whose time
+    is normalised by ``y.size = N n_out`` (neural-tangents' loss ``1/(2 N n_out) ||f - Y||^2``): here the rate is
+    ``n_out`` times larger, as this loss sums the outputs.
     """
     ntk, steps = _check_dynamics(ntk, learning_rate, steps)
     r0 = jnp.asarray(r0)
     r0 = r0[:, None] if r0.ndim == 1 else r0
     if r0.shape[0] != ntk.shape[0]:
         raise ValueError(f"r0 has {r0.shape[0]} rows but the NTK is {ntk.shape[0]} x {ntk.shape[0]}")
+    if flow:
+        zeros = jnp.zeros_like(r0)
+        flow_fn = predict.gradient_descent_mse(ntk, zeros, learning_rate=learning_rate * r0.shape[1])
+        return flow_fn(jnp.arange(steps + 1, dtype=zeros.dtype), r0)
     v, a = _propagator_eigen(ntk, learning_rate, steps, flow)
     return jnp.einsum("ik,tk,kj->tij", v, a, v.T @ r0)
 
