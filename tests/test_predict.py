@@ -242,3 +242,38 @@ def test_bad_input_is_a_clear_error():
         predict.gradient_descent_mse_ensemble("mlp", pr.x, pr.y)
     with pytest.raises(ValueError, match="momentum"):
         predict.max_learning_rate(k, momentum=1.0)
+
+
+# -- conjugate gradients ---------------------------------------------------------------------------------------
+def test_conjugate_gradients_give_the_dense_answer():
+    rng = np.random.default_rng(8)
+    x, xt = rng.normal(size=(300, 5)), rng.normal(size=(7, 5))
+    net = theory.MLP(3, "relu", 2**0.5, 0.1)
+    ktr, kte, ktt = theory.kernels(net, x), theory.kernels(net, xt, x), theory.kernels(net, xt)
+    y = rng.normal(size=(300, 2))
+    for g in ("nngp", "ntk"):
+        dense = predict.gp_inference(ktr, y, diag_reg=1e-3)(g, kte, ktt.nngp)
+        cg = predict.gp_inference(ktr, y, diag_reg=1e-3, solver="cg")(g, kte, ktt.nngp)
+        np.testing.assert_allclose(cg.mean, dense.mean, rtol=0, atol=1e-6 * np.abs(dense.mean).max())
+        np.testing.assert_allclose(cg.covariance, dense.covariance, rtol=0, atol=1e-6 * np.abs(dense.covariance).max())
+    p = predict.gradient_descent_mse(ktr.ntk, y, diag_reg=1e-3, solver="cg")
+    d = predict.gradient_descent_mse(ktr.ntk, y, diag_reg=1e-3)
+    np.testing.assert_allclose(p(None, 0.0, 0.0, kte.ntk)[1], d(None, 0.0, 0.0, kte.ntk)[1], rtol=1e-6, atol=1e-9)
+    ens = predict.gradient_descent_mse_ensemble(net, x, y, diag_reg=1e-3, solver="cg")
+    np.testing.assert_allclose(ens(None, xt, "ntk"), dense.mean, rtol=0, atol=1e-6 * np.abs(dense.mean).max())
+    with jax.enable_x64(False):
+        k32, y32 = np.asarray(ktr.ntk, np.float32), y.astype(np.float32)
+        got = predict.gp_inference(k32, y32, diag_reg=1e-3, solver="cg")("ntk", np.asarray(kte.ntk, np.float32))
+        assert got.dtype == np.float32
+    want = predict.gp_inference(ktr.ntk, y, diag_reg=1e-3)("ntk", kte.ntk)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.abs(want).max())
+
+
+def test_conjugate_gradients_refuse_what_they_cannot_do():
+    pr = _problem(9)
+    with pytest.raises(ValueError, match="needs diag_reg > 0"):
+        predict.gp_inference(pr.ktr, pr.y, solver="cg")
+    with pytest.raises(ValueError, match="solver must be one of"):
+        predict.gp_inference(pr.ktr, pr.y, solver="lu")
+    with pytest.raises(ValueError, match=r"relative residual of .* after 1 iterations"):
+        theory.solvers.cg_solve(np.asarray(pr.ktr.ntk), pr.y, 1e-3, max_iter=1, rank=1)

@@ -27,6 +27,7 @@ from theory import (
     parameterizations,
     predict,
     signal_propagation,
+    solvers,
     training_dynamics,
 )
 from theory.activations import Activation
@@ -63,5 +64,6 @@ __all__ = [
     "resnet_limit",
     "serial",
     "signal_propagation",
+    "solvers",
     "training_dynamics",
 ]

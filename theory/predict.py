@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import linalg as jsl
 
+from theory.solvers import SOLVERS, cg_solve
+
 Array = jax.Array
 GETS = ("nngp", "ntk")
 
@@ -145,6 +147,23 @@ def _eigen(k: Array, name: str, diag_reg: float, absolute: bool) -> _Eigen:
     return _Eigen(jnp.maximum(evals, 0.0), evecs)
 
 
+def _check_solver(solver: str, diag_reg: float) -> str:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if solver == "cg" and not diag_reg > 0:
+        raise ValueError("solver='cg' needs diag_reg > 0: conjugate gradients converge on a regularised kernel")
+    return solver
+
+
+def _solver(k: Array, name: str, diag_reg: float, absolute: bool, solver: str) -> Callable[[Array], Array]:
+    """``b -> (K + reg I)^{-1} b`` for ``(N, k)`` right-hand sides."""
+    if solver == "cg":
+        shift = diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
+        return lambda b: cg_solve(k, b, shift)[0]
+    factor = _cholesky(k, name, diag_reg, absolute)
+    return lambda b: jsl.cho_solve(factor, b)
+
+
 def _cholesky(k: Array, name: str, diag_reg: float, absolute: bool) -> tuple[Array, bool]:
     reg = _regularized(k, diag_reg, absolute)
     factor = jsl.cho_factor(reg, lower=False)
@@ -198,7 +217,8 @@ def _like(out: Array, y: Array, t_shape: tuple[int, ...], rows: int) -> Array:
 
 # -- gradient descent on MSE from given kernels -----------------------------------------------------------------
 def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float = 1.0, diag_reg: float = 0.0,
-                         diag_reg_absolute_scale: bool = False, trace_axes: Any = (-1,)) -> Callable:
+                         diag_reg_absolute_scale: bool = False, trace_axes: Any = (-1,), *,
+                         solver: str = "cholesky") -> Callable:
     """Outputs of gradient flow on MSE with a fixed kernel (an NTK, or the NNGP for last-layer training).
 
     Args:
@@ -207,6 +227,8 @@ def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float 
         learning_rate: step size; the time is ``learning_rate * t``.
         diag_reg: added to the kernel's diagonal, times its mean diagonal unless ``diag_reg_absolute_scale``.
         trace_axes: ``(-1,)`` only (one ``(N, N)`` block per output).
+        solver: how ``t = None`` solves with the kernel: "cholesky" (dense), or "cg" (preconditioned conjugate
+            gradients, ``theory.solvers``: for kernels too large to factorise; needs ``diag_reg > 0``).
 
     Returns:
         ``predict_fn(t=None, fx_train_0=0., fx_test_0=None, k_test_train=None)`` giving ``fx_train_t``, or
@@ -217,6 +239,7 @@ def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float 
     _check_trace_axes(trace_axes)
     learning_rate = _check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = _check_scalar(diag_reg, "diag_reg", positive=False)
+    solver = _check_solver(solver, diag_reg)
     y = _targets(y_train)
     k = _square(k_train_train, "k_train_train", y.shape[0])
     cache: dict[str, Any] = {}
@@ -224,8 +247,9 @@ def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float 
     def eigen() -> _Eigen:
         return _cached(cache, "eigen", lambda: _eigen(k, "k_train_train", diag_reg, diag_reg_absolute_scale), k)
 
-    def cholesky() -> Any:
-        return _cached(cache, "chol", lambda: _cholesky(k, "k_train_train", diag_reg, diag_reg_absolute_scale), k)
+    def solve(b: Array) -> Array:
+        return _cached(cache, "solve", lambda: _solver(k, "k_train_train", diag_reg, diag_reg_absolute_scale,
+                                                       solver), k)(b)
 
     def predict_fn(t: Any = None, fx_train_0: Any = 0.0, fx_test_0: Any = None, k_test_train: Any = None) -> Any:
         if fx_train_0 is None and fx_test_0 is None:
@@ -242,7 +266,7 @@ def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float 
             test = None
             if ft0 is not None:
                 rhs = y if f0 is None else y - f0
-                test = ft0 + kt @ jsl.cho_solve(cholesky(), _as_2d(rhs)).reshape(rhs.shape)
+                test = ft0 + (kt @ solve(_as_2d(rhs))).reshape(ft0.shape)
         else:
             tau, t_shape = _times(t, learning_rate)
             e, n = eigen(), y.size
@@ -290,14 +314,14 @@ def _pack(out: dict, names: tuple[str, ...], single: bool) -> Any:
 
 
 def gp_inference(k_train_train: Any, y_train: Any, diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                 trace_axes: Any = (-1,)) -> Callable:
+                 trace_axes: Any = (-1,), *, solver: str = "cholesky") -> Callable:
     """GP posterior with the NNGP ("nngp"), of the infinite-time NTK ensemble ("ntk"), or with the NTK as a
     prior covariance ("ntkgp", He et al. 2020).
 
     Args:
         k_train_train: ``(N, N)`` array, or ``theory.Kernels`` with the kernels the calls need.
         y_train: ``(N,)`` or ``(N, K)`` targets.
-        diag_reg, diag_reg_absolute_scale, trace_axes: as :func:`gradient_descent_mse`.
+        diag_reg, diag_reg_absolute_scale, trace_axes, solver: as :func:`gradient_descent_mse`.
 
     Returns:
         ``predict_fn(get=None, k_test_train=None, k_test_test=None)``: the posterior mean on the test inputs
@@ -307,6 +331,7 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: float = 0.0, diag_r
     """
     _check_trace_axes(trace_axes)
     diag_reg = _check_scalar(diag_reg, "diag_reg", positive=False)
+    solver = _check_solver(solver, diag_reg)
     y = _targets(y_train)
     cache: dict[str, Any] = {}
 
@@ -314,12 +339,9 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: float = 0.0, diag_r
         return _cached(cache, g, lambda: _square(_kernel_part(k_train_train, g, "k_train_train"),
                                                  f"k_train_train ({g})", y.shape[0]), k_train_train)
 
-    def chol(g: str) -> Any:
-        return _cached(cache, "chol" + g, lambda: _cholesky(train(g), f"k_train_train ({g})", diag_reg,
-                                                            diag_reg_absolute_scale), k_train_train)
-
     def solve(g: str, b: Array) -> Array:
-        return jsl.cho_solve(chol(g), b)
+        return _cached(cache, "solve" + g, lambda: _solver(train(g), f"k_train_train ({g})", diag_reg,
+                                                           diag_reg_absolute_scale, solver), k_train_train)(b)
 
     def predict_fn(get: Any = None, k_test_train: Any = None, k_test_test: Any = None) -> Any:
         names, single = _canonical_get(get, ("nngp", "ntk", "ntkgp"))
@@ -374,7 +396,8 @@ def _kernel_function(kernel_fn: Any) -> Callable[[Array, Array | None, tuple[str
 
 def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, learning_rate: float = 1.0,
                                   diag_reg: float = 0.0, diag_reg_absolute_scale: bool = False,
-                                  trace_axes: Any = (-1,), **kernel_fn_train_train_kwargs: Any) -> Callable:
+                                  trace_axes: Any = (-1,), *, solver: str = "cholesky",
+                                  **kernel_fn_train_train_kwargs: Any) -> Callable:
     """Mean and covariance of the outputs of infinitely many infinitely wide networks trained by gradient flow
     on MSE, over their random initialisations (Lee et al. 2019, Eqs. 15-16).
 
@@ -383,7 +406,8 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
             function ``kernel_fn(x1, x2, get, **kwargs)`` returning an object with ``.nngp`` / ``.ntk``.
         x_train: training inputs, ``(N, ...)``.
         y_train: ``(N,)`` or ``(N, K)`` targets.
-        learning_rate, diag_reg, diag_reg_absolute_scale, trace_axes: as :func:`gradient_descent_mse`.
+        learning_rate, diag_reg, diag_reg_absolute_scale, trace_axes, solver: as :func:`gradient_descent_mse`
+            (``solver`` for ``t = None``; finite times need the eigendecomposition).
 
     Returns:
         ``predict_fn(t=None, x_test=None, get=None, compute_cov=False)``: the mean (and, with ``compute_cov``, a
@@ -394,6 +418,7 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
     _check_trace_axes(trace_axes)
     learning_rate = _check_scalar(learning_rate, "learning_rate", positive=True)
     diag_reg = _check_scalar(diag_reg, "diag_reg", positive=False)
+    solver = _check_solver(solver, diag_reg)
     fn = _kernel_function(kernel_fn)
     y = _targets(y_train)
     x_train = jnp.asarray(x_train)
@@ -401,6 +426,7 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
         raise ValueError(f"x_train has {x_train.shape[0]} inputs but y_train {y.shape[0]} rows")
     train_kernels: dict[str, Array] = {}
     eigens: dict[str, _Eigen] = {}
+    posteriors: dict[tuple[str, ...], Callable] = {}
 
     def k_dd(g: str) -> Array:
         def compute() -> Array:
@@ -428,7 +454,10 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
                                                     "nngp", "kernel_fn(x_test)"), "the nngp of x_test")
         if t is None or (_concrete(t) and np.ndim(t) == 0 and float(t) == float("inf")):
             dd = {g: k_dd(g) for g in needed}
-            gp = gp_inference(_Pair(dd.get("nngp"), dd.get("ntk")), y, diag_reg, diag_reg_absolute_scale)
+            if needed not in posteriors:
+                posteriors[needed] = gp_inference(_Pair(dd.get("nngp"), dd.get("ntk")), y, diag_reg,
+                                                  diag_reg_absolute_scale, solver=solver)
+            gp = posteriors[needed]
             td = _Pair(k_td.get("nngp"), k_td.get("ntk")) if x_test is not None else None
             tt = (nngp_tt if x_test is not None else True) if compute_cov else None
             return gp(names[0] if single else names, td, tt)
