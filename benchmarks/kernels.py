@@ -2,7 +2,7 @@
 
 Run from the repository root with the project environment::
 
-    python benchmarks/kernels.py                   # full run (~15 min on a 2-core CPU)
+    python benchmarks/kernels.py                   # full run (~18 min on a 2-core CPU)
     python benchmarks/kernels.py --quick           # small sizes: a smoke test (~4 min)
     python benchmarks/kernels.py --skip-nt         # deeplimits only
     python benchmarks/kernels.py --skip-memory     # no N = 20,000 peak-memory runs
