@@ -147,3 +147,31 @@ def test_bad_input():
         td.NtkCoefficients(1.0, -1.0, 1.0)
     with pytest.raises(ValueError, match="MLP"):
         td.mlp_ntk(theory.ResNet(2), np.ones((2, 3)), td.NtkCoefficients(1, 1, 1))
+
+
+def test_linear_outputs_follow_the_discrete_steps_and_the_flow():
+    rng = np.random.default_rng(3)
+    x, xt = rng.normal(size=(6, 3)), rng.normal(size=(4, 3))
+    net = theory.MLP(2, "relu", 2**0.5, 0.1)
+    k, kt = theory.kernels(net, x).ntk, theory.kernels(net, xt, x).ntk
+    f0, ft0, y = rng.normal(size=(6, 2)), rng.normal(size=(4, 2)), rng.normal(size=(6, 2))
+    lr, steps = 0.3, 7
+    # the linear model stepped by hand: f <- f - lr/N Theta (f - y) on the train and test inputs
+    f, ft = f0.copy(), ft0.copy()
+    for _ in range(steps):
+        r = f - y
+        f, ft = f - lr / 6 * np.asarray(k) @ r, ft - lr / 6 * np.asarray(kt) @ r
+    train, test = td.linear_outputs(k, f0, y, lr, steps, ntk_test_train=kt, f0_test=ft0)
+    np.testing.assert_allclose(train, f, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(test, ft, rtol=1e-10, atol=1e-12)
+    train_flow, test_flow = td.linear_outputs(k, f0, y, lr, steps, ntk_test_train=kt, f0_test=ft0, flow=True)
+    np.testing.assert_allclose(train_flow - y, td.residuals(k, f0 - y, lr, steps, flow=True)[-1], rtol=1e-10)
+    np.testing.assert_allclose(test_flow, predict_flow(k, kt, f0, ft0, y, lr * 2, steps), rtol=1e-10)
+    with pytest.raises(ValueError, match="both ntk_test_train and f0_test"):
+        td.linear_outputs(k, f0, y, lr, steps, ntk_test_train=kt)
+
+
+def predict_flow(k, kt, f0, ft0, y, lr, t):
+    from theory import predict
+
+    return predict.gradient_descent_mse(k, y, learning_rate=lr)(t, f0, ft0, kt)[1]

@@ -139,6 +139,40 @@ def residuals(ntk: Array, r0: Array, learning_rate: float, steps: int, *, flow: 
     return jnp.einsum("ik,tk,kj->tij", v, a, v.T @ r0)
 
 
+def linear_outputs(ntk: Array, f0: Array, y: Array, learning_rate: float, steps: int, *,
+                   ntk_test_train: Array | None = None, f0_test: Array | None = None,
+                   flow: bool = False) -> tuple[Array, Array | None]:
+    r"""Outputs of the linearised network after ``steps`` steps, on the training inputs and (given
+    ``ntk_test_train`` ``(M, N)`` and ``f0_test`` ``(M, n_out)``) on test inputs: ``(f_train, f_test)``.
+
+    ``f_train = Y + A r_0`` and ``f_test = f0_test - Theta_*X V diag((1 - a_k) / lambda_k) V^T r_0`` with
+    ``r_0 = f0 - Y``, ``a_k = (1 - eta lambda_k / N)^t`` (limit ``eta t / N`` at ``lambda_k = 0``), or the flow's
+    ``exp(-eta lambda_k t / N)`` (``theory.predict.gradient_descent_mse``); Lee et al. 2019, Eqs. 9-10.
+    """
+    ntk, steps = _check_dynamics(ntk, learning_rate, steps)
+    f0, y = jnp.asarray(f0), jnp.asarray(y)
+    f0, y = (f0[:, None] if f0.ndim == 1 else f0), (y[:, None] if y.ndim == 1 else y)
+    if f0.shape != y.shape or f0.shape[0] != ntk.shape[0]:
+        raise ValueError(f"f0 {f0.shape} and y {y.shape} must both be (N, n_out) with N = {ntk.shape[0]}")
+    if (ntk_test_train is None) != (f0_test is None):
+        raise ValueError("test outputs need both ntk_test_train and f0_test")
+    if flow:
+        fn = predict.gradient_descent_mse(ntk, y, learning_rate=learning_rate * y.shape[1])
+        if f0_test is None:
+            return fn(float(steps), f0), None
+        return fn(float(steps), f0, jnp.asarray(f0_test), jnp.asarray(ntk_test_train))
+    lam, v = jnp.linalg.eigh((ntk + ntk.T) / 2)
+    n = ntk.shape[0]
+    a = (1 - learning_rate * lam / n) ** steps
+    moved = jnp.where(lam > 0, (1 - a) / jnp.where(lam > 0, lam, 1.0), learning_rate * steps / n)
+    r0 = v.T @ (f0 - y)
+    train = y + v @ (a[:, None] * r0)
+    if f0_test is None:
+        return train, None
+    test = jnp.asarray(f0_test) - jnp.asarray(ntk_test_train) @ (v @ (moved[:, None] * r0))
+    return train, test
+
+
 def loss_curve(ntk: Array, f0: Array, y: Array, learning_rate: float, steps: int, *, flow: bool = False) -> Array:
     """Training loss ``L_t = 1/N sum_i 1/2 ||r_t(x_i)||^2`` of the linearised network started at ``f0``,
     ``(steps + 1,)`` (the residuals of :func:`residuals` with ``r_0 = f0 - y``)."""
@@ -169,4 +203,4 @@ def expected_loss(ntk: Array, nngp: Array, y: Array, learning_rate: float, steps
     return 0.5 * (a**2 @ weight) / n
 
 
-__all__ = ["NtkCoefficients", "expected_loss", "loss_curve", "mlp_ntk", "residuals"]
+__all__ = ["NtkCoefficients", "expected_loss", "linear_outputs", "loss_curve", "mlp_ntk", "residuals"]
