@@ -10,7 +10,7 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_kernels.ipynb", "02_limit_vs_finite.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_kernels.ipynb", "02_limit_vs_finite.ipynb", "03_predictions.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
