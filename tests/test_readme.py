@@ -67,3 +67,12 @@ def test_add_your_own_layer_example_runs():
     same = theory.kernels(theory.serial(nn.Dense(w_std=0.75), nn.Elementwise("erf"), nn.Dense()), np.eye(3))
     np.testing.assert_allclose(namespace["k_scaled"].nngp, same.nngp, rtol=1e-6)
     np.testing.assert_allclose(namespace["k_scaled"].ntk, same.ntk, rtol=1e-6)
+
+
+def test_predictions_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    namespace: dict = {}
+    exec(compile(blocks[5], "README.md", "exec"), namespace)
+    assert namespace["g"].mean.shape == (5, 1) and namespace["g"].covariance.shape == (5, 5)
+    assert namespace["curve"].shape == (3, 5, 1)
+    assert namespace["fx_test_t"].shape == (5, 1) and namespace["lr_max"] > 0
