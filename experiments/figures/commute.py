@@ -29,6 +29,7 @@ import theory
 from experiments import monte_carlo
 from experiments.figures import style
 from experiments.registry import Experiment, grid
+from experiments.scaling import fit_power_law
 
 INPUTS = np.array([[1.0, 0.0], [0.5, math.sqrt(0.75)]]) * math.sqrt(2)  # unit variance, correlation 1/2
 UNIQUE = (np.array([0, 0, 1]), np.array([0, 1, 1]))  # K11, K12, K22
@@ -84,7 +85,8 @@ def compute(point: dict) -> dict:
 
 def _mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["width", "depth"])
-    out = g.agg(distance=("distance", "mean"), d_inf=("distance_infinite_width", "first")).reset_index()
+    out = g.agg(distance=("distance", "mean"), d_inf=("distance_infinite_width", "first"),
+                dead=("dead_fraction", "mean")).reset_index()
     out["distance_se"] = g["distance_se"].apply(lambda s: float(np.sqrt(np.sum(s**2))) / len(s)).to_numpy()
     return out
 
@@ -109,9 +111,14 @@ def _plot(kind: str, stem: str, title: str):
         ]
         for i, (label, part, axis) in enumerate(series):
             part = part.sort_values(axis)
-            resolved = (part.distance_se > 0) & (part.distance > 2 * part.distance_se)
-            fit = len(part) >= 3 and bool(resolved.all())
-            style.errorbar_loglog(paths, part[axis], part.distance, part.distance_se, label=label, index=i, fit=fit)
+            # D saturates at 1 where the typical network's output covariance has collapsed (G << K: dead or
+            # heavy-tailed networks, deep narrow MLPs): fits are over the points resolved away from 0 and from 1.
+            se = part.distance_se
+            alive = part[(se > 0) & (part.distance > 2 * se) & (1 - part.distance > 3 * se)]
+            style.errorbar_loglog(paths, part[axis], part.distance, part.distance_se, label=label, index=i)
+            if len(alive) >= 3:
+                fit = fit_power_law(alive[axis], alive.distance, alive.distance_se)
+                style.plot_fit(paths, fit, alive[axis], index=i, label=fit.label())
         if kind == "resnet":  # for the MLP the reference is the same depth's kernel: zero on this path
             exact = data[data.width == n_max].sort_values("depth")
             paths.plot(exact.depth, exact.d_inf, "k--", lw=1, label=r"width first ($n = \infty$, exact), vs $L$")
