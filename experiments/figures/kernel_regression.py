@@ -155,7 +155,8 @@ def distance_fit(df: pd.DataFrame, dataset: str):
     se = (g.std(ddof=1) / np.sqrt(g.count())).to_numpy() if g.count().min() > 1 else None
     if len(widths) < 3:
         return widths, mean, se, None
-    return widths, mean, se, fit_power_law(widths, mean, se, absolute_sigma=se is not None)
+    # absolute_sigma=False: the scatter about one power law (its curvature) widens the interval, not only the seeds.
+    return widths, mean, se, fit_power_law(widths, mean, se, absolute_sigma=False)
 
 
 def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
