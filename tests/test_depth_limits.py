@@ -75,7 +75,7 @@ def test_cost_and_result_do_not_depend_on_depth():
 
 
 def test_standard_parameterization_limit():
-    arch = theory.ResNet(1, "relu", 1.2, 0.3, parameterization="standard", width=64)
+    arch = theory.ResNet(1, "relu", 1.2, 0.3, weight_scaling="standard", width=64)
     limit = resnet_limit(arch, X)
     finite = [theory.kernels(theory.ResNet(**{**arch.__dict__, "depth": d}), X).ntk for d in (128, 256)]
     gaps = [np.max(np.abs(f - limit.ntk)) for f in finite]

@@ -73,7 +73,7 @@ def test_erf_mlp_equals_arcsin_iteration(depth, w, b):
 
 
 def test_standard_parameterization_ntk_depends_on_width():
-    net = theory.MLP(3, "relu", 1.2, 0.1, parameterization="standard", width=256)
+    net = theory.MLP(3, "relu", 1.2, 0.1, weight_scaling="standard", width=256)
     k = theory.kernels(net, X, X2)
     q, t = _numpy_mlp(X, X2, 3, 1.2, 0.1, relu_dual, standard_width=256)
     np.testing.assert_allclose(k.nngp, q, rtol=1e-12)

@@ -14,7 +14,7 @@ X = np.random.default_rng(0).normal(size=(3, 4))
     "arch",
     [theory.MLP(2, "relu", 2**0.5, 0.0), theory.MLP(2, "erf", 1.5, 0.2), theory.MLP(3, "tanh", 1.2, 0.1),
      theory.ResNet(4, "tanh", 1.0, 0.1), theory.ResNet(4, "relu", 1.0, 0.0, readout="linear"),
-     theory.ResNet(3, "erf", 1.5, 0.2, parameterization="standard", width=512)],
+     theory.ResNet(3, "erf", 1.5, 0.2, weight_scaling="standard", width=512)],
     ids=["relu-mlp", "erf-mlp", "tanh-mlp", "tanh-resnet", "relu-resnet-linear", "erf-resnet-standard"],
 )
 def test_kernel_estimates_agree_with_the_limit(arch):

@@ -13,10 +13,10 @@ X1 = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)))
 X2 = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3)))
 ARCHS = [
     theory.MLP(3, "tanh", 1.3, 0.2),
-    theory.MLP(2, "relu", 1.3, 0.2, parameterization="standard", width=7),
+    theory.MLP(2, "relu", 1.3, 0.2, weight_scaling="standard", width=7),
     theory.MLP(0, "erf", 1.0, 0.5),
     theory.ResNet(4, "tanh", 1.2, 0.3, readout="linear"),
-    theory.ResNet(3, "erf", 1.2, 0.3, parameterization="standard", width=7),
+    theory.ResNet(3, "erf", 1.2, 0.3, weight_scaling="standard", width=7),
     theory.ResNet(2, "relu", 1.4, 0.0, branch_scale=0.0),
 ]
 
@@ -86,7 +86,7 @@ def test_orthogonal_weights_are_haar_distributed():
 
 
 def test_standard_parameterization_puts_scales_in_the_weights():
-    arch = theory.MLP(2, "relu", 2.0, 0.5, parameterization="standard", width=256)
+    arch = theory.MLP(2, "relu", 2.0, 0.5, weight_scaling="standard", width=256)
     params = networks.init(arch, 256, jax.random.key(7), features=4)
     np.testing.assert_allclose(jnp.std(params[1].W), 2.0 / 16, rtol=0.02)
     np.testing.assert_allclose(jnp.std(params[1].b), 0.5, rtol=0.2)

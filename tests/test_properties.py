@@ -2,7 +2,7 @@
 
 Compilation dominates the cost here (each activation, depth, input shape and flag combination is
 one XLA compilation, ~0.5 s), while the continuous parameters (w_std, b_std, branch_scale,
-depth_exponent, parameterization, width, the inputs' values) are traced and cost nothing to vary.
+depth_exponent, weight_scaling, width, the inputs' values) are traced and cost nothing to vary.
 So the *static* structure of each case (activation, architecture, depth, readout, input shapes)
 comes from a fixed list that covers every activation and both architectures, and hypothesis draws
 everything else. All tests are derandomized: the same examples every run.
@@ -79,7 +79,7 @@ def cases(draw, structure, resolved=False):
         b_std=draw(st.floats(0.0, 0.5 if small else 1.0)),
     )
     if draw(st.booleans()):
-        common.update(parameterization="standard", width=draw(st.integers(16, 512)))
+        common.update(weight_scaling="standard", width=draw(st.integers(16, 512)))
     if kind == "mlp":
         net = theory.MLP(depth, **common)
     else:
