@@ -12,6 +12,7 @@ Inputs are standardised with the training set's per-feature mean and standard de
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -60,7 +61,22 @@ def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
 
 
 def load(name: str) -> Split:
-    """The data set ``name`` (one of :data:`NAMES`)."""
+    """The data set ``name`` (one of :data:`NAMES`); its arrays are read-only and shared by every call in a
+    process (MNIST-1D is regenerated once, not by every point of a sweep)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown data set {name!r}; choose among {NAMES}")
+    return _load(name)
+
+
+@functools.cache
+def _load(name: str) -> Split:
+    split = _build(name)
+    for array in (split.x_train, split.labels_train, split.x_test, split.labels_test):
+        array.setflags(write=False)
+    return split
+
+
+def _build(name: str) -> Split:
     if name == "digits":
         from sklearn.datasets import load_digits
 
@@ -69,12 +85,10 @@ def load(name: str) -> Split:
         x, labels = np.asarray(bunch.data, float)[order], np.asarray(bunch.target, np.int64)[order]
         x_train, x_test = _standardise(x[:1200], x[1200:])
         return Split(x_train, labels[:1200], x_test, labels[1200:], 10)
-    if name == "mnist1d":
-        try:
-            from mnist1d.data import get_dataset_args, make_dataset
-        except ImportError as err:  # pragma: no cover - a declared dependency
-            raise ImportError("MNIST-1D needs the 'mnist1d' package: pip install mnist1d") from err
-        data = make_dataset(get_dataset_args())
-        x_train, x_test = _standardise(np.asarray(data["x"], float), np.asarray(data["x_test"], float))
-        return Split(x_train, np.asarray(data["y"], np.int64), x_test, np.asarray(data["y_test"], np.int64), 10)
-    raise ValueError(f"unknown data set {name!r}; choose among {NAMES}")
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("MNIST-1D needs the 'mnist1d' package: pip install mnist1d") from err
+    data = make_dataset(get_dataset_args())
+    x_train, x_test = _standardise(np.asarray(data["x"], float), np.asarray(data["x_test"], float))
+    return Split(x_train, np.asarray(data["y"], np.int64), x_test, np.asarray(data["y_test"], np.int64), 10)

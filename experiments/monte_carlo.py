@@ -23,7 +23,7 @@ import numpy as np
 
 from experiments import networks
 from theory.inputs import validate_inputs
-from theory.layers import Conv, Program, Residual
+from theory.layers import Conv, Program, weight_layers
 from theory.layers.program import expected_spatial_dims
 
 Array = jax.Array
@@ -139,18 +139,9 @@ def _over_networks(one: Callable, keys: Array, arch: Program) -> Any:
     """``one(key)`` for every key, stacked: vectorised over networks, except for programs with convolutions,
     whose vectorised form (a grouped convolution with one filter bank per network) is ~20x slower on CPU than
     one network after another."""
-    if any(isinstance(layer, Conv) for layer in _all_layers(arch.layers)):
+    if any(isinstance(layer, Conv) for layer in weight_layers(arch.layers)):
         return jax.lax.map(one, keys)
     return jax.vmap(one)(keys)
-
-
-def _all_layers(layers: Any) -> list:
-    out = []
-    for layer in layers:
-        out.append(layer)
-        if isinstance(layer, Residual):
-            out += _all_layers(layer.branch)
-    return out
 
 
 NNGP_ESTIMATORS = ("outputs", "readout_kernel")

@@ -38,6 +38,12 @@ def kernels(name, part):
 CASES = [(net, reg) for net in NETS for reg in CONFIG["regs"]]
 
 
+def case(name, reg):
+    """``(diag_reg, diag_reg_absolute_scale, tag)`` of a fixture case; ``tag`` prefixes its keys."""
+    diag_reg, absolute = CONFIG["regs"][reg]
+    return diag_reg, absolute, f"{name}_{reg}"
+
+
 def test_our_kernels_are_the_fixture_kernels():
     for name, net in NETS.items():
         for part, args in (("train", (DATA["x_train"],)), ("test", (DATA["x_test"], DATA["x_train"])),
@@ -49,8 +55,7 @@ def test_our_kernels_are_the_fixture_kernels():
 
 @pytest.mark.parametrize("name,reg", CASES)
 def test_gradient_descent_mse_equals_neural_tangents(name, reg):
-    diag_reg, absolute = CONFIG["regs"][reg]
-    tag = f"{name}_{reg}"
+    diag_reg, absolute, tag = case(name, reg)
     ktr, kte = kernels(name, "train"), kernels(name, "test")
     p = predict.gradient_descent_mse(ktr.ntk, DATA["y"], LR, diag_reg, absolute)
     for t_name, t in (("t", DATA["ts"]), ("inf", None)):
@@ -66,8 +71,7 @@ def test_gradient_descent_mse_equals_neural_tangents(name, reg):
 
 @pytest.mark.parametrize("name,reg", CASES)
 def test_gp_inference_equals_neural_tangents(name, reg):
-    diag_reg, absolute = CONFIG["regs"][reg]
-    tag = f"{name}_{reg}"
+    diag_reg, absolute, tag = case(name, reg)
     ktr, kte, ktt = kernels(name, "train"), kernels(name, "test"), kernels(name, "testtest")
     gp = predict.gp_inference(ktr, DATA["y"], diag_reg, absolute)
     for g in ("nngp", "ntk", "ntkgp"):
@@ -82,8 +86,7 @@ def test_gp_inference_equals_neural_tangents(name, reg):
 
 @pytest.mark.parametrize("name,reg", CASES)
 def test_ensemble_equals_neural_tangents(name, reg):
-    diag_reg, absolute = CONFIG["regs"][reg]
-    tag = f"{name}_{reg}"
+    diag_reg, absolute, tag = case(name, reg)
     ens = predict.gradient_descent_mse_ensemble(NETS[name], DATA["x_train"], DATA["y"], LR, diag_reg, absolute)
     for g in ("nngp", "ntk"):
         for t_name, t in (("t", DATA["ts"]), ("inf", None)):

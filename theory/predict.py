@@ -31,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy import linalg as jsl
 
+from theory.kernels import kernels
+from theory.layers import Program
+from theory.layers.base import is_concrete
 from theory.solvers import SOLVERS, cg_solve
 
 Array = jax.Array
@@ -46,7 +49,7 @@ class Gaussian(NamedTuple):
 
 # -- checks ----------------------------------------------------------------------------------------------------
 def _concrete(*values: Any) -> bool:
-    return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
+    return all(is_concrete(v) for v in jax.tree.leaves(values))
 
 
 def _cached(cache: dict, key: str, compute: Callable[[], Any], *inputs: Any) -> Any:
@@ -115,9 +118,13 @@ def _cross(k: Any, name: str, n: int) -> Array:
     return k
 
 
+def _shift(k: Array, diag_reg: float, absolute: bool) -> Array:
+    """What ``diag_reg`` adds to the diagonal: ``diag_reg`` itself, or times the mean diagonal."""
+    return diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
+
+
 def _regularized(k: Array, diag_reg: float, absolute: bool) -> Array:
-    scale = 1.0 if absolute else jnp.trace(k) / k.shape[0]
-    return k + diag_reg * scale * jnp.eye(k.shape[0], dtype=k.dtype)
+    return k + _shift(k, diag_reg, absolute) * jnp.eye(k.shape[0], dtype=k.dtype)
 
 
 def _indefinite(evals: Array, name: str, diag_reg: float, absolute: bool, k: Array) -> None:
@@ -158,7 +165,7 @@ def _check_solver(solver: str, diag_reg: float) -> str:
 def _solver(k: Array, name: str, diag_reg: float, absolute: bool, solver: str) -> Callable[[Array], Array]:
     """``b -> (K + reg I)^{-1} b`` for ``(N, k)`` right-hand sides."""
     if solver == "cg":
-        shift = diag_reg if absolute else diag_reg * jnp.trace(k) / k.shape[0]
+        shift = _shift(k, diag_reg, absolute)
         return lambda b: cg_solve(k, b, shift)[0]
     factor = _cholesky(k, name, diag_reg, absolute)
     return lambda b: jsl.cho_solve(factor, b)
@@ -205,6 +212,11 @@ def _times(t: Any, learning_rate: float) -> tuple[Array, tuple[int, ...]]:
     if _concrete(t) and bool(np.any(np.isnan(np.asarray(t)) | (np.asarray(t) < 0))):
         raise ValueError(f"t must be >= 0 (training time in steps; None or inf for the end of training), got {t}")
     return (t * learning_rate).reshape(-1), t.shape
+
+
+def _infinite(t: Any) -> bool:
+    """``t = None`` or a (concrete, scalar) ``inf``: the end of training, solved directly."""
+    return t is None or (_concrete(t) and np.ndim(t) == 0 and float(t) == float("inf"))
 
 
 def _as_2d(y: Array) -> Array:
@@ -261,7 +273,7 @@ def gradient_descent_mse(k_train_train: Any, y_train: Any, learning_rate: float 
         ft0 = None
         if fx_test_0 is not None:
             ft0 = jnp.broadcast_to(_float_array(fx_test_0, "fx_test_0"), (kt.shape[0], *y.shape[1:]))
-        if t is None or (_concrete(t) and np.ndim(t) == 0 and float(t) == float("inf")):
+        if _infinite(t):
             train = None if f0 is None else y.astype(k.dtype)
             test = None
             if ft0 is not None:
@@ -382,9 +394,6 @@ def gp_inference(k_train_train: Any, y_train: Any, diag_reg: float = 0.0, diag_r
 # -- the ensemble of infinitely wide networks ------------------------------------------------------------------
 def _kernel_function(kernel_fn: Any) -> Callable[[Array, Array | None, tuple[str, ...]], Any]:
     """A ``kernel_fn(x1, x2, get)`` from a layer program (``theory.kernels``) or a kernel function."""
-    from theory.kernels import kernels
-    from theory.layers import Program
-
     if isinstance(kernel_fn, Program):
         net = kernel_fn
         return lambda x1, x2, get, **kw: kernels(net, x1, x2, get=get, **kw)
@@ -428,16 +437,24 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
     eigens: dict[str, _Eigen] = {}
     posteriors: dict[tuple[str, ...], Callable] = {}
 
-    def k_dd(g: str) -> Array:
-        def compute() -> Array:
-            part = _kernel_part(fn(x_train, None, (g,), **kernel_fn_train_train_kwargs), g, "kernel_fn(x_train)")
-            return _square(part, f"the {g} of x_train", y.shape[0])
+    def k_dd(names: tuple[str, ...]) -> dict[str, Array]:
+        """The training kernels ``names``; those not yet known come from one call (one recursion gives both)."""
+        have = dict(train_kernels)
+        missing = tuple(g for g in names if g not in have)
+        if missing:
+            def compute() -> dict[str, Array]:
+                got = fn(x_train, None, missing, **kernel_fn_train_train_kwargs)
+                return {g: _square(_kernel_part(got, g, "kernel_fn(x_train)"), f"the {g} of x_train", y.shape[0])
+                        for g in missing}
 
-        return _cached(train_kernels, g, compute, x_train)
+            have.update(_cached({}, "", compute, x_train))
+            if _concrete(x_train):
+                train_kernels.update(have)
+        return {g: have[g] for g in names}
 
     def eigen(g: str) -> _Eigen:
-        return _cached(eigens, g, lambda: _eigen(k_dd(g), f"the {g} of x_train", diag_reg, diag_reg_absolute_scale),
-                       x_train)
+        return _cached(eigens, g, lambda: _eigen(k_dd((g,))[g], f"the {g} of x_train", diag_reg,
+                                                 diag_reg_absolute_scale), x_train)
 
     def predict_fn(t: Any = None, x_test: Any = None, get: Any = None, compute_cov: bool = False,
                    **kernel_fn_test_test_kwargs: Any) -> Any:
@@ -452,8 +469,8 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
             if compute_cov:
                 nngp_tt = _float_array(_kernel_part(fn(x_test, None, ("nngp",), **kernel_fn_test_test_kwargs),
                                                     "nngp", "kernel_fn(x_test)"), "the nngp of x_test")
-        if t is None or (_concrete(t) and np.ndim(t) == 0 and float(t) == float("inf")):
-            dd = {g: k_dd(g) for g in needed}
+        dd = k_dd(needed)
+        if _infinite(t):
             if needed not in posteriors:
                 posteriors[needed] = gp_inference(_Pair(dd.get("nngp"), dd.get("ntk")), y, diag_reg,
                                                   diag_reg_absolute_scale, solver=solver)
@@ -475,7 +492,7 @@ def gradient_descent_mse_ensemble(kernel_fn: Any, x_train: Any, y_train: Any, le
             if not compute_cov:
                 out[g] = mean
                 continue
-            k_nngp = k_dd("nngp")
+            k_nngp = dd["nngp"]
             if x_test is None:
                 if g == "nngp":
                     cov = jnp.einsum("ji,ti,ki->tjk", e.evecs, e.evals * jnp.exp(-2 * e.evals * tau[:, None] / n),

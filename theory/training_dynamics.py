@@ -105,9 +105,14 @@ def _check_dynamics(ntk: Array, learning_rate: float, steps: int) -> tuple[Array
     return ntk, int(steps)
 
 
+def _eigh(ntk: Array) -> tuple[Array, Array]:
+    """``lambda``, ``V`` of ``Theta = V diag(lambda) V^T`` (its symmetric part: the kernels round both halves)."""
+    return jnp.linalg.eigh((ntk + ntk.T) / 2)
+
+
 def _propagator_eigen(ntk: Array, learning_rate: float, steps: int, flow: bool) -> tuple[Array, Array]:
     """``V`` and ``a_k(t)`` for ``t = 0 .. steps`` (rows), from ``Theta = V diag(lambda) V^T``."""
-    lam, v = jnp.linalg.eigh((ntk + ntk.T) / 2)
+    lam, v = _eigh(ntk)
     n = ntk.shape[0]
     t = jnp.arange(steps + 1, dtype=lam.dtype)[:, None]
     if flow:
@@ -161,7 +166,7 @@ def linear_outputs(ntk: Array, f0: Array, y: Array, learning_rate: float, steps:
         if f0_test is None:
             return fn(float(steps), f0), None
         return fn(float(steps), f0, jnp.asarray(f0_test), jnp.asarray(ntk_test_train))
-    lam, v = jnp.linalg.eigh((ntk + ntk.T) / 2)
+    lam, v = _eigh(ntk)
     n = ntk.shape[0]
     a = (1 - learning_rate * lam / n) ** steps
     moved = jnp.where(lam > 0, (1 - a) / jnp.where(lam > 0, lam, 1.0), learning_rate * steps / n)

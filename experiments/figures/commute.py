@@ -85,8 +85,7 @@ def compute(point: dict) -> dict:
 
 def _mean_over_seeds(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["width", "depth"])
-    out = g.agg(distance=("distance", "mean"), d_inf=("distance_infinite_width", "first"),
-                dead=("dead_fraction", "mean")).reset_index()
+    out = g.agg(distance=("distance", "mean"), d_inf=("distance_infinite_width", "first")).reset_index()
     out["distance_se"] = g["distance_se"].apply(lambda s: float(np.sqrt(np.sum(s**2))) / len(s)).to_numpy()
     return out
 
