@@ -8,6 +8,7 @@ import math
 import re
 from decimal import Decimal, localcontext
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -431,3 +432,37 @@ def test_zero_input_with_bias_is_not_degenerate():
     assert nngp[0, 0] > 0 and np.isfinite(nngp).all()
     # q = b^2 = 0.25 after the first Dense, then q' = q / 2 + 0.25 twice: 0.375, 0.4375.
     assert math.isclose(nngp[0, 0], 0.4375, rel_tol=1e-15)
+
+
+# -- bad inputs and activations name their real cause (issue 15) ------------------------------------------------
+def test_inputs_too_large_for_the_dtype_are_not_called_chaotic():
+    x = np.ones((2, 3), np.float32) * 1e30
+    with pytest.raises(ValueError, match=r"x1 is too large for float32.*rescale the inputs.*float64"):
+        theory.kernels(theory.MLP(2, "tanh", 1.4, 0.1), x)
+    with pytest.raises(ValueError, match=r"x2 is too large"):
+        theory.kernels(theory.MLP(2, "relu", 1.4, 0.1), np.ones((2, 3)), np.ones((2, 3)) * 1e200)
+
+
+def test_activation_undefined_on_part_of_the_line():
+    with pytest.raises(ValueError, match=r"Activation\(log\) returns nan at x = -20.*finite on all of R"):
+        theory.Activation(jnp.log)
+    with pytest.raises(ValueError, match=r"returns inf"):
+        theory.Activation(lambda z: 1 / (z - 0.5))
+
+
+def test_activation_that_is_not_elementwise():
+    with pytest.raises(ValueError, match=r"not elementwise: it maps shape \(48,\) to \(\)"):
+        theory.Activation(lambda z: jnp.sum(z))
+    with pytest.raises(ValueError, match=r"depends on the other entries"):
+        theory.Activation(lambda z: z - jnp.mean(z))
+    with pytest.raises(ValueError, match=r"fails on a 1-D array"):
+        theory.Activation(lambda z: z @ z.T[:3])
+
+
+def test_activation_built_inside_jit_is_not_probed():
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+
+    def k(a):
+        return theory.kernels(theory.MLP(1, theory.Activation(lambda z: jnp.tanh(a * z)), 1.4, 0.1), x).nngp
+
+    np.testing.assert_allclose(jax.jit(k)(1.0), k(1.0), rtol=1e-5)

@@ -68,6 +68,8 @@ class Activation:
             )
         if self.name is None:
             object.__setattr__(self, "name", getattr(self.fn, "__name__", "custom"))
+        if self.dual is None:
+            _probe(self.fn, self.name)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{v}" for v in self.params)
@@ -98,6 +100,36 @@ class Activation:
     def with_quadrature(self, degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
         """The same function with its dual computed by quadrature (for testing closed forms)."""
         return Activation(self.fn, f"{self.name}[quad]", None, degree, self.params)
+
+
+def _probe(fn: Callable[[Array], Array], name: str) -> None:
+    """Refuse, with the cause, a function that is not elementwise or is undefined on part of the real line
+    (Gaussian pre-activations take every real value). Skipped where ``fn`` cannot run on concrete values."""
+    z = jnp.concatenate([jnp.linspace(-20.0, 20.0, 41), jnp.array([-1e-3, 1e-3, 0.5, -0.5, 2.5, -2.5, 7.0])])
+    try:
+        with jax.ensure_compile_time_eval():
+            out = jnp.asarray(fn(z))
+            grid = jnp.asarray(fn(z.reshape(6, 8)))
+            head = jnp.asarray(fn(z[:5]))
+    except jax.errors.JAXTypeError:
+        return
+    except Exception as err:  # any failure here means fn is not a plain elementwise function
+        raise ValueError(f"Activation({name}) fails on a 1-D array of pre-activations ({type(err).__name__}: "
+                         f"{err}); it must be an elementwise JAX function such as jnp.tanh") from None
+    if any(isinstance(a, jax.core.Tracer) for a in (out, grid, head)):
+        return  # fn closes over traced values (built inside jax.jit): nothing concrete to check
+    if out.shape != z.shape or grid.shape != (6, 8) or head.shape != (5,):
+        raise ValueError(f"Activation({name}) is not elementwise: it maps shape {z.shape} to {out.shape} and "
+                         f"(6, 8) to {grid.shape}; use a function applied to each entry, such as jnp.tanh")
+    if not (jnp.allclose(grid, out.reshape(6, 8), rtol=1e-5, atol=1e-6, equal_nan=True)
+            and jnp.allclose(head, out[:5], rtol=1e-5, atol=1e-6, equal_nan=True)):
+        raise ValueError(f"Activation({name}) is not elementwise: its value at an entry depends on the other "
+                         "entries (or on the array's shape)")
+    bad = ~jnp.isfinite(out)
+    if bool(jnp.any(bad)):
+        x = float(z[jnp.argmax(bad)])
+        raise ValueError(f"Activation({name}) returns {float(out[jnp.argmax(bad)])} at x = {x:g}: Gaussian "
+                         "pre-activations take every real value, so the function must be finite on all of R")
 
 
 # ---------------------------------------------------------------------------------------

@@ -85,11 +85,26 @@ def prepare(net: Program, x1: object, x2: object | None) -> tuple[Array, Array, 
     symmetric = x2 is None
     x1, x2 = validate_inputs(x1, x2, spatial_dims=nd, network=_short(net))
     x2 = x1 if symmetric else x2
+    for name, x in (("x1", x1), ("x2", None if symmetric else x2)):
+        if x is not None and is_concrete(x):
+            _check_input_scale(name, np.asarray(x))
     analysis = analyse(net, recursion.shape_of(x1), kernels=True)
     for layer in analysis.prefix:
         x1 = layer.apply(None, x1)
         x2 = x1 if symmetric else layer.apply(None, x2)
     return x1, x2, analysis, symmetric
+
+
+def _check_input_scale(name: str, x: np.ndarray) -> None:
+    """The input kernel ``x.x' / channels`` must be representable: huge inputs overflow it before any layer."""
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    with np.errstate(over="ignore"):
+        sq = np.sum(flat.astype(x.dtype) ** 2, axis=-1) / x.shape[-1]
+    if not np.all(np.isfinite(sq)):
+        big = float(np.max(np.abs(x)))
+        raise ValueError(f"{name} is too large for {x.dtype.name}: entries up to {big:.3g} make the input kernel "
+                         "x.x' / channels overflow before the first layer; rescale the inputs"
+                         + (" (or enable float64)" if x.dtype != np.float64 else ""))
 
 
 def _short(net: Program) -> str:

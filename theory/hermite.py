@@ -1,0 +1,168 @@
+r"""Gaussian duals of smooth activations by Hermite series with per-input coefficients (Mehler's formula).
+
+For ``(u, v) ~ N(0, [[q1, c], [c, q2]])`` write ``u = sqrt(q1) z1``, ``v = sqrt(q2) z2`` with standard normals of
+correlation ``rho = c / sqrt(q1 q2)``. With the orthonormal Hermite polynomials ``h_k = He_k / sqrt(k!)`` (Mehler 1866;
+O'Donnell, "Analysis of Boolean Functions", ch. 11),
+
+    E[phi(u) phi(v)]   = sum_k rho^k a_k(q1) a_k(q2),     a_k(q) = E[phi(sqrt(q) z) h_k(z)],
+    E[phi'(u) phi'(v)] = sum_k rho^k b_k(q1) b_k(q2),     b_k(q) = E[phi'(sqrt(q) z) h_k(z)].
+
+The coefficients depend on one input's variance only: ``N`` inputs cost ``N x nodes x terms`` once per layer (a
+1-D Gauss-Hermite rule), and each pair a Horner sum of ``terms`` multiply-adds instead of a 2-D rule's
+``degree^2`` activation calls. Truncation after ``K`` terms errs by at most ``sqrt(T(q1) T(q2))`` with the tails
+``T(q) = E[phi(sqrt(q) z)^2] - sum_{k <= K} a_k(q)^2`` (Cauchy-Schwarz, any ``|rho| <= 1``), so
+:func:`choose_rule` picks ``K`` from the variances actually met to a relative tolerance of the kernel's scale, and
+the 1-D rule's size from its convergence. Derivation and measured accuracy: docs/hermite_duals.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+__all__ = ["MAX_TERMS", "SPAN", "HermiteRule", "choose_rule", "coefficients", "series_expectations"]
+
+MAX_TERMS = 8192
+"""Longest series :func:`choose_rule` tries; an activation needing more at the variances met is refused."""
+
+SPAN = 14.0
+"""The coefficients' integrals run over ``|z| <= SPAN``: the integrand is bounded by ``|phi(sqrt(q) z)| exp(-z^2/4)``
+(``|psi_k| <= 1``), below ``1e-21`` relative beyond for activations of at most polynomial growth."""
+
+
+@dataclass(frozen=True)
+class HermiteRule:
+    """A static rule: ``terms`` of the series (``k = 0 .. terms``) and the trapezoid ``step`` in ``z``."""
+
+    terms: int
+    step: float
+
+
+@lru_cache(maxsize=32)
+def _basis(terms: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(z, W)``: trapezoid nodes on ``[-SPAN, SPAN]`` and ``W[m, k] = step h_k(z_m) N(z_m)`` (float64), built from
+    the Hermite *functions* ``psi_k = h_k(z) exp(-z^2/4) / (2 pi)^(1/4)`` (bounded by 1, a stable recurrence where
+    ``h_k`` overflows): ``h_k N = psi_k exp(-z^2/4) / (2 pi)^(1/4)``. The trapezoid rule converges geometrically for
+    these analytic, rapidly decaying integrands."""
+    half = int(np.ceil(SPAN / step))
+    z = step * np.arange(-half, half + 1)
+    psi = np.empty((terms + 1, z.size))
+    psi[0] = np.exp(-z * z / 4) / (2 * np.pi) ** 0.25
+    if terms:
+        psi[1] = z * psi[0]
+    for k in range(1, terms):
+        psi[k + 1] = (z * psi[k] - np.sqrt(k) * psi[k - 1]) / np.sqrt(k + 1)
+    return z, (step * psi * psi[0][None, :]).T
+
+
+def coefficients(fn: Callable[[Array], Array], q: Array, rule: HermiteRule,
+                 derivative: bool = True) -> tuple[Array, Array | None]:
+    """``a_k(q)`` (and ``b_k(q)`` for ``phi'``), ``k = 0 .. terms``: arrays of shape ``q.shape + (terms + 1,)``."""
+    z_np, basis_np = _basis(rule.terms, rule.step)
+    dtype = jnp.result_type(q)
+    z, basis = jnp.asarray(z_np, dtype), jnp.asarray(basis_np, dtype)
+    points = jnp.sqrt(q)[..., None] * z
+    if derivative:
+        values, slopes = jax.jvp(fn, (points,), (jnp.ones_like(points),))
+        return values @ basis, slopes @ basis
+    return fn(points) @ basis, None
+
+
+def series_expectations(fn: Callable[[Array], Array], q11: Array, q12: Array, q22: Array, rule: HermiteRule,
+                        derivative: bool = True) -> tuple[Array, Array | None]:
+    """``(E[phi(u) phi(v)], E[phi'(u) phi'(v)])`` by the truncated series; shapes broadcast.
+
+    The coefficients are computed on ``q11`` and ``q22`` as given (pass them in broadcast form, e.g. ``(B, 1)`` and
+    ``(1, N)``, so that each input's are computed once).
+    """
+    from theory.gaussian import correlation  # the shared, clipped correlation
+
+    rho, _ = correlation(q11, q12, q22)
+    a1, b1 = coefficients(fn, q11, rule, derivative)
+    a2, b2 = coefficients(fn, q22, rule, derivative)
+    shape = jnp.broadcast_shapes(q11.shape, q12.shape, q22.shape)
+    rho = jnp.broadcast_to(rho, shape)
+
+    def horner(c1: Array, c2: Array) -> Array:
+        # sum_k rho^k c1_k c2_k from the highest term down; the coefficient axis moved to the front for the scan.
+        c1 = jnp.moveaxis(c1, -1, 0)[::-1]
+        c2 = jnp.moveaxis(c2, -1, 0)[::-1]
+
+        def step(acc: Array, pair: tuple[Array, Array]) -> tuple[Array, None]:
+            return acc * rho + pair[0] * pair[1], None
+
+        out, _ = jax.lax.scan(step, jnp.zeros(shape, rho.dtype), (c1, c2))
+        return out
+
+    nngp = horner(a1, a2)
+    return nngp, (horner(b1, b2) if derivative else None)
+
+
+def _values(fn: Callable[[Array], Array], q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+        points = jnp.asarray(np.sqrt(q)[:, None] * z[None, :], jnp.float64)
+        values, slopes = jax.jvp(fn, (points,), (jnp.ones_like(points),))
+        return np.asarray(values), np.asarray(slopes)
+
+
+def _moments(fn: Callable[[Array], Array], q: np.ndarray, step: float) -> np.ndarray:
+    """``(2, len(q))``: ``E[phi(sqrt(q) z)^2]`` and ``E[phi'(sqrt(q) z)^2]`` by the trapezoid rule of ``step``."""
+    z, basis = _basis(0, step)
+    values, slopes = _values(fn, q, z)
+    return np.stack([(values**2) @ basis[:, 0], (slopes**2) @ basis[:, 0]])  # basis[:, 0] = step N(z)
+
+
+def choose_rule(fn: Callable[[Array], Array], q_max: float, q_min: float = 0.0, tol: float = 1e-7,
+                name: str = "the activation", max_terms: int = MAX_TERMS) -> HermiteRule:
+    """The shortest series whose truncation bound is below ``tol`` times the kernel's scale for variances in
+    ``[q_min, q_max]`` (checked on a grid of them): every tail ``T(q) <= tol E[phi^2]``, so that
+    ``sqrt(T(q1) T(q2)) <= tol sqrt(E1 E2)`` (NNGP), and likewise for ``phi'`` (NTK). The trapezoid step is halved
+    until the second moments agree to ``tol / 100`` and the coefficients to ``tol / 100`` of their scale.
+
+    Raises:
+      ValueError: when no series of up to ``max_terms`` terms reaches ``tol`` (a non-smooth activation, whose
+        series converges algebraically, or a variance far beyond the activation's scale), naming both.
+    """
+    if not (np.isfinite(q_max) and q_max >= 0):
+        raise ValueError(f"q_max must be a finite variance >= 0, got {q_max}")
+    top = max(q_max, 1e-12)
+    grid = np.unique(np.append(np.geomspace(max(q_min, top * 1e-3), top, 8), top))
+    refusal = (f"no Hermite series of up to {max_terms} terms reaches {tol:g} for {name} at pre-activation "
+               f"variance {q_max:.3g}: the function is too rough (kinks or jumps converge algebraically) or the "
+               "variance too large; give it a closed-form dual, or rescale the network (smaller w_std / b_std)")
+    step, moments = 0.25, _moments(fn, grid, 0.25)
+    while True:  # resolve phi and phi' themselves; a kink or jump never converges geometrically
+        finer = _moments(fn, grid, step / 2)
+        if np.all(np.abs(finer - moments) <= 1e-2 * tol * np.maximum(np.abs(finer), 1e-300)):
+            break
+        if step < 2.0**-9:
+            raise ValueError(refusal)
+        step, moments = step / 2, finer
+    terms = 64
+    while terms <= max_terms:
+        # ~4 nodes per wavelength 2 pi / sqrt(2 terms + 1) of the highest Hermite function near z = 0.
+        h = min(step, 0.5 * np.pi / np.sqrt(2 * terms + 1))
+        coarse = _coefficients_np(fn, grid, terms, h)
+        fine = _coefficients_np(fn, grid, terms, h / 2)
+        scale = np.sqrt(moments)[:, :, None]
+        if np.all(np.abs(fine - coarse) <= 1e-2 * tol * scale):
+            tails = moments[:, :, None] - np.cumsum(fine**2, axis=2)
+            ok = np.all(tails <= tol * moments[:, :, None], axis=1)  # (2, terms + 1): NNGP and NTK
+            if ok[0].any() and ok[1].any():
+                return HermiteRule(terms=int(max(np.argmax(ok[0]), np.argmax(ok[1]))), step=float(h))
+        terms *= 2
+    raise ValueError(refusal)
+
+
+def _coefficients_np(fn: Callable[[Array], Array], q: np.ndarray, terms: int, step: float) -> np.ndarray:
+    """``(2, len(q), terms + 1)``: ``a_k`` and ``b_k`` in float64."""
+    z, basis = _basis(terms, step)
+    values, slopes = _values(fn, q, z)
+    return np.stack([values @ basis, slopes @ basis])
