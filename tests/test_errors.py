@@ -465,4 +465,5 @@ def test_activation_built_inside_jit_is_not_probed():
     def k(a):
         return theory.kernels(theory.MLP(1, theory.Activation(lambda z: jnp.tanh(a * z)), 1.4, 0.1), x).nngp
 
-    np.testing.assert_allclose(jax.jit(k)(1.0), k(1.0), rtol=1e-5)
+    # Under jit the automatic activation falls back to the 2-D rule (degree 40): ~1e-5 from the series here.
+    np.testing.assert_allclose(jax.jit(k)(1.0), k(1.0), rtol=1e-4)

@@ -46,13 +46,13 @@ def test_tanh_against_a_high_degree_rule(q):
 
 def test_rule_grows_with_the_variance_and_is_jittable():
     small, large = hermite.choose_rule(jnp.tanh, 1.0), hermite.choose_rule(jnp.tanh, 6.0)
-    assert small.terms < large.terms < 400, (small, large)
+    assert small.terms < large.terms <= 512, (small, large)  # lengths on a ladder of powers of 2
     with jax.enable_x64(True):
         q11, q12, q22 = _pairs(1.0, 0.8)
         eager = hermite.series_expectations(jnp.tanh, q11, q12, q22, small)
         jitted = jax.jit(hermite.series_expectations, static_argnums=(0, 4))(jnp.tanh, q11, q12, q22, small)
-        np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-13)
-        np.testing.assert_allclose(jitted[1], eager[1], rtol=1e-13)
+        np.testing.assert_allclose(jitted[0], eager[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(jitted[1], eager[1], rtol=1e-12, atol=1e-15)
 
 
 def test_rough_activation_is_refused():

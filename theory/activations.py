@@ -9,15 +9,19 @@ two-dimensional Gauss-Hermite quadrature (:func:`theory.gaussian.gauss_hermite_e
 Closed forms: relu (Cho & Saul 2009), leaky_relu with slope ``a`` (``phi = relu(x) - a relu(-x)``; ``abs`` is
 ``a = -1``), erf (Williams 1997), identity, sign (``E' = 0``: its derivative vanishes almost everywhere, and finite
 networks get no gradient through it either), gelu as the exact ``x Phi(x)`` (Tsuchida et al. 2021), sin and cos.
-Quadrature activations (registered names: tanh, softplus, sigmoid, silu/swish; factories :func:`shifted_relu`,
-:func:`soft_threshold`, :func:`clipped`) and any user function wrapped in ``Activation(fn)`` use the Gauss-Hermite
-rule; its degree is the ``quadrature_degree`` field (accuracy in :data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`).
+The other activations (registered names: tanh, softplus, sigmoid, silu/swish; factories :func:`shifted_relu`,
+:func:`soft_threshold`, :func:`clipped`) and any user function wrapped in ``Activation(fn)`` are *automatic* by
+default: ``theory.kernels`` gives each a Hermite series (:mod:`theory.hermite`) chosen from the variances the
+network meets, accurate to 1e-7 of the kernel's scale; a function too rough for it (a kink) falls back to the
+two-dimensional Gauss-Hermite rule, as does an explicit ``quadrature_degree`` (accuracy in
+:data:`theory.gaussian.DEFAULT_QUADRATURE_DEGREE`) and every use outside ``theory.kernels``.
 
 Derivation and notes: docs/activation_duals.md (the closed-form duals).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -32,6 +36,7 @@ from theory.gaussian import (
     correlation,
     gauss_hermite_expectations,
 )
+from theory.hermite import HermiteRule, series_expectations
 
 Array = jax.Array
 Dual = Callable[[Array, Array, Array], tuple[Array, Array]]
@@ -54,14 +59,15 @@ class Activation:
     fn: Callable[[Array], Array]
     name: str | None = None
     dual: Dual | None = field(default=None, repr=False)
-    quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE
+    quadrature_degree: int | None = None
     params: tuple = ()
+    series: HermiteRule | None = None
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise ValueError(f"Activation needs a callable elementwise function, got {self.fn!r}")
         degree = self.quadrature_degree
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        if degree is not None and (isinstance(degree, bool) or not isinstance(degree, int) or degree < 1):
             raise ValueError(
                 f"quadrature_degree must be a positive integer, got {degree!r}; "
                 f"the default is {DEFAULT_QUADRATURE_DEGREE}"
@@ -73,7 +79,14 @@ class Activation:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{v}" for v in self.params)
-        method = "closed form" if self.dual is not None else f"quadrature deg {self.quadrature_degree}"
+        if self.dual is not None:
+            method = "closed form"
+        elif self.series is not None:
+            method = f"Hermite series, {self.series.terms} terms"
+        elif self.quadrature_degree is not None:
+            method = f"quadrature deg {self.quadrature_degree}"
+        else:
+            method = "automatic"
         return f"Activation({self.name}{'(' + args + ')' if args else ''}, {method})"
 
     def __call__(self, x: Array) -> Array:
@@ -82,6 +95,20 @@ class Activation:
     @property
     def has_closed_form(self) -> bool:
         return self.dual is not None
+
+    @property
+    def automatic(self) -> bool:
+        """No closed form and no method chosen: ``theory.kernels`` picks a Hermite series for the variances met."""
+        return self.dual is None and self.series is None and self.quadrature_degree is None
+
+    @property
+    def degree(self) -> int:
+        """The Gauss-Hermite degree used where a 2-D rule is needed (the default where none was chosen)."""
+        return self.quadrature_degree or DEFAULT_QUADRATURE_DEGREE
+
+    def with_series(self, rule: HermiteRule) -> Activation:
+        """The same function with its dual computed by the Hermite series ``rule`` (:mod:`theory.hermite`)."""
+        return dataclasses.replace(self, series=rule, quadrature_degree=None)
 
     def expectations(
         self, q11: Array, q12: Array, q22: Array, derivative: bool = True
@@ -93,9 +120,9 @@ class Activation:
         if self.dual is not None:
             nngp, ntk = self.dual(q11, q12, q22)
             return nngp, (ntk if derivative else None)
-        return gauss_hermite_expectations(
-            self.fn, q11, q12, q22, self.quadrature_degree, derivative
-        )
+        if self.series is not None:
+            return series_expectations(self.fn, q11, q12, q22, self.series, derivative)
+        return gauss_hermite_expectations(self.fn, q11, q12, q22, self.degree, derivative)
 
     def with_quadrature(self, degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
         """The same function with its dual computed by quadrature (for testing closed forms)."""
@@ -342,31 +369,31 @@ def cos() -> Activation:
 
 
 @_factory
-def tanh(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def tanh(quadrature_degree: int | None = None) -> Activation:
     """``tanh(x)``; dual by Gauss-Hermite quadrature."""
     return Activation(jnp.tanh, "tanh", None, quadrature_degree)
 
 
 @_factory
-def softplus(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def softplus(quadrature_degree: int | None = None) -> Activation:
     """``log(1 + e^x)``; dual by quadrature."""
     return Activation(_softplus, "softplus", None, quadrature_degree)
 
 
 @_factory
-def sigmoid(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def sigmoid(quadrature_degree: int | None = None) -> Activation:
     """``1 / (1 + e^-x)``; dual by quadrature."""
     return Activation(_sigmoid, "sigmoid", None, quadrature_degree)
 
 
 @_factory
-def silu(quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def silu(quadrature_degree: int | None = None) -> Activation:
     """``x sigmoid(x)`` (swish); dual by quadrature."""
     return Activation(_silu, "silu", None, quadrature_degree)
 
 
 @_factory
-def shifted_relu(shift: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def shifted_relu(shift: float = 0.5, quadrature_degree: int | None = None) -> Activation:
     """``max(0, x - shift)`` (sparsity-inducing); dual by quadrature (kink: slower convergence)."""
     shift = float(shift)
 
@@ -377,7 +404,7 @@ def shifted_relu(shift: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE
 
 
 @_factory
-def soft_threshold(threshold: float = 0.5, quadrature_degree: int = DEFAULT_QUADRATURE_DEGREE) -> Activation:
+def soft_threshold(threshold: float = 0.5, quadrature_degree: int | None = None) -> Activation:
     """``sign(x) max(|x| - threshold, 0)`` (sparsity-inducing); dual by quadrature."""
     threshold = float(threshold)
 

@@ -27,7 +27,8 @@ import numpy as np
 from theory import recursion
 from theory.architectures import ResNet
 from theory.inputs import validate_inputs
-from theory.kernels import DEFAULT_MEMORY_BUDGET, KERNEL_NAMES, Kernels, check_get, warn_quadrature
+from theory.kernels import DEFAULT_MEMORY_BUDGET, KERNEL_NAMES, Kernels, check_get, warn_quadrature, with_series
+from theory.layers.program import activations as program_activations
 from theory.layers.program import analyse
 from theory.ode import dopri5
 
@@ -153,6 +154,10 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
     if regime == "identity":
         times = tuple(0.0 for _ in times)  # nothing moves: every time is the stem's kernel
     with_ntk = "ntk" in wanted
+    if res.activation.automatic:
+        # The series accurate at the variances met; a depth-64 network is a close proxy for the ODE's.
+        proxy = with_series(dataclasses.replace(res, depth=64), x1, None if symmetric else x2)
+        res = dataclasses.replace(res, activation=program_activations(proxy.layers)[0])
     parts, arrays = _parts(res, recursion.shape_of(x1), dtype)
     plan_for_memory = (*parts[0], *parts[2])
     block = recursion.block_rows(x1.shape[0], x2.shape[0], plan_for_memory, len(times) + 2, dtype.itemsize,
@@ -170,7 +175,7 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
     if not (np.isfinite(np.asarray(q)).all() and (t is None or np.isfinite(np.asarray(t)).all())):
         raise ValueError(f"the depth limit of {res!r} overflows {dtype.name}: reduce branch_scale, w_std or b_std")
     act = res.activation
-    if not act.has_closed_form:
+    if not act.has_closed_form and act.series is None:
         warn_quadrature(act, float(max_var))
     if symmetric:
         q = (q + jnp.swapaxes(q, -1, -2)) / 2

@@ -18,8 +18,9 @@ the 1-D rule's size from its convergence. Derivation and measured accuracy: docs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,8 @@ import numpy as np
 
 Array = jax.Array
 
-__all__ = ["MAX_TERMS", "SPAN", "HermiteRule", "choose_rule", "coefficients", "series_expectations"]
+__all__ = ["MAX_TERMS", "SPAN", "HermiteRule", "RoughActivationError", "choose_rule", "coefficients",
+           "series_expectations"]
 
 MAX_TERMS = 8192
 """Longest series :func:`choose_rule` tries; an activation needing more at the variances met is refused."""
@@ -37,12 +39,18 @@ SPAN = 14.0
 (``|psi_k| <= 1``), below ``1e-21`` relative beyond for activations of at most polynomial growth."""
 
 
+class RoughActivationError(ValueError):
+    """The activation is not smooth enough for a geometrically converging series (a kink or a jump)."""
+
+
 @dataclass(frozen=True)
 class HermiteRule:
-    """A static rule: ``terms`` of the series (``k = 0 .. terms``) and the trapezoid ``step`` in ``z``."""
+    """A static rule: ``terms`` of the series (``k = 0 .. terms``), the trapezoid ``step`` in ``z``, and the largest
+    pre-activation ``variance`` it was chosen for (accurate to its tolerance up to there)."""
 
     terms: int
     step: float
+    variance: float = field(default=float("inf"), compare=False)  # not part of the compiled program
 
 
 @lru_cache(maxsize=32)
@@ -62,12 +70,31 @@ def _basis(terms: int, step: float) -> tuple[np.ndarray, np.ndarray]:
     return z, (step * psi * psi[0][None, :]).T
 
 
+def _traced_basis(terms: int, step: float, dtype: Any) -> tuple[Array, Array]:
+    """:func:`_basis` computed inside the traced program: a ``(nodes, terms + 1)`` constant would be embedded in
+    every compiled kernel (150 MB at 8,192 terms) and slow its compilation; the recurrence costs
+    ``terms x nodes`` operations per call, negligible beside the pairs."""
+    half = int(np.ceil(SPAN / step))
+    z = step * jnp.arange(-half, half + 1, dtype=dtype)
+    psi0 = jnp.exp(-z * z / 4) / (2 * np.pi) ** 0.25
+    rows = [psi0]
+    if terms:
+        def advance(carry: tuple[Array, Array], k: Array) -> tuple[tuple[Array, Array], Array]:
+            before, current = carry
+            after = (z * current - jnp.sqrt(k) * before) / jnp.sqrt(k + 1)
+            return (current, after), after
+
+        psi1 = z * psi0
+        _, rest = jax.lax.scan(advance, (psi0, psi1), jnp.arange(1, terms, dtype=dtype))
+        rows = [psi0[None], psi1[None], rest]
+    psi = jnp.concatenate(rows) if terms else psi0[None]
+    return z, (step * psi * psi0).T
+
+
 def coefficients(fn: Callable[[Array], Array], q: Array, rule: HermiteRule,
                  derivative: bool = True) -> tuple[Array, Array | None]:
     """``a_k(q)`` (and ``b_k(q)`` for ``phi'``), ``k = 0 .. terms``: arrays of shape ``q.shape + (terms + 1,)``."""
-    z_np, basis_np = _basis(rule.terms, rule.step)
-    dtype = jnp.result_type(q)
-    z, basis = jnp.asarray(z_np, dtype), jnp.asarray(basis_np, dtype)
+    z, basis = _traced_basis(rule.terms, rule.step, jnp.result_type(q))
     points = jnp.sqrt(q)[..., None] * z
     if derivative:
         values, slopes = jax.jvp(fn, (points,), (jnp.ones_like(points),))
@@ -143,20 +170,24 @@ def choose_rule(fn: Callable[[Array], Array], q_max: float, q_min: float = 0.0, 
         if np.all(np.abs(finer - moments) <= 1e-2 * tol * np.maximum(np.abs(finer), 1e-300)):
             break
         if step < 2.0**-9:
-            raise ValueError(refusal)
+            raise RoughActivationError(refusal)
         step, moments = step / 2, finer
-    terms = 64
+    # Start near the expected length (smooth saturating activations need ~50 q terms) and double.
+    terms = int(max(64, 2 ** np.floor(np.log2(max(8 * top, 1.0)))))
     while terms <= max_terms:
         # ~4 nodes per wavelength 2 pi / sqrt(2 terms + 1) of the highest Hermite function near z = 0.
         h = min(step, 0.5 * np.pi / np.sqrt(2 * terms + 1))
         coarse = _coefficients_np(fn, grid, terms, h)
-        fine = _coefficients_np(fn, grid, terms, h / 2)
-        scale = np.sqrt(moments)[:, :, None]
-        if np.all(np.abs(fine - coarse) <= 1e-2 * tol * scale):
-            tails = moments[:, :, None] - np.cumsum(fine**2, axis=2)
-            ok = np.all(tails <= tol * moments[:, :, None], axis=1)  # (2, terms + 1): NNGP and NTK
-            if ok[0].any() and ok[1].any():
-                return HermiteRule(terms=int(max(np.argmax(ok[0]), np.argmax(ok[1]))), step=float(h))
+        tails = moments[:, :, None] - np.cumsum(coarse**2, axis=2)
+        ok = np.all(tails <= tol * moments[:, :, None], axis=1)  # (2, terms + 1): NNGP and NTK
+        if ok[0].any() and ok[1].any():
+            fine = _coefficients_np(fn, grid, terms, h / 2)
+            if np.all(np.abs(fine - coarse) <= 1e-2 * tol * np.sqrt(moments)[:, :, None]):
+                # The ladder's length, not the shortest that passes (at most 2x the Horner work): nearby
+                # variances share one rule and so one compiled kernel program.
+                return HermiteRule(terms=terms, step=float(h), variance=float(q_max))
+            step = h / 2
+            continue
         terms *= 2
     raise ValueError(refusal)
 

@@ -16,6 +16,7 @@ still gives the module (its names ``Kernels``, ``KERNEL_NAMES``, ...).
 
 from __future__ import annotations
 
+import functools
 import sys
 import types
 import warnings
@@ -26,12 +27,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import recursion
+from theory import hermite, recursion
 from theory.activations import Activation
 from theory.gaussian import accurate_variance
 from theory.inputs import validate_inputs
 from theory.layers.base import is_concrete
-from theory.layers.program import Analysis, Program, analyse, expected_spatial_dims
+from theory.layers.program import Analysis, Program, analyse, expected_spatial_dims, replace_activations
+from theory.layers.program import activations as program_activations
 
 Array = jax.Array
 
@@ -203,6 +205,8 @@ def kernels(
     wanted = check_get(get)
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget!r}")
+    original, x1_in, x2_in = net, x1, x2
+    net = with_series(net, x1, x2)
     x1, x2, analysis, symmetric = prepare(net, x1, x2)
     dtype = x1.dtype
     with_ntk = "ntk" in wanted
@@ -221,17 +225,87 @@ def kernels(
         bad = np.asarray(watch.first_bad)
         if (bad >= 0).any():
             _raise_overflow(net, int(bad[bad >= 0].min()), dtype)
-        _warn_quadrature_accuracy(plan, float(np.max(watch.max_variance)))
+        seen = float(np.max(watch.max_variance))
+        if seen > series_bound(net):  # the 2-D rule underestimated the variances: a longer series, once more
+            return kernels(with_series(original, x1_in, x2_in, at_least=1.25 * seen), x1_in, x2_in, get, per_layer,
+                           memory_budget)
+        _warn_quadrature_accuracy(plan, seen)
     if symmetric:
         q, t = _symmetrize(q, t)
     return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
+
+
+SERIES_TOLERANCE = 1e-7
+"""Truncation bound of the automatic Hermite series, relative to each kernel's scale (its diagonal)."""
+
+
+def with_series(net: Program, x1: Any, x2: Any = None, at_least: float = 0.0) -> Program:
+    """``net`` with every automatic activation (no closed form, no chosen method) given the Hermite series that
+    is accurate to :data:`SERIES_TOLERANCE` at the pre-activation variances these inputs meet (at least
+    ``at_least``).
+
+    The variances are estimated by the diagonal recursion (``N`` inputs, cheap) with the 2-D rule, and the series
+    chosen for 1.25 times their maximum (rounded up to a power of ``sqrt(2)``, so that nearby calls share a series
+    and a compiled program); :func:`kernels` checks the variances its recursion meets against that bound.
+    Activations too rough for a series (kinks) get the 2-D Gauss-Hermite rule, and so do all automatic
+    activations when the inputs are traced (under ``jax.jit``); the quadrature accuracy check then applies.
+    """
+    autos = list(dict.fromkeys(a for a in program_activations(net.layers) if a.automatic))
+    if not autos:
+        return net
+    fallback = replace_activations(net, {a: a.with_quadrature(a.degree) for a in autos})
+    if not all(is_concrete(x) for x in (x1, x2) if x is not None):
+        return fallback
+    try:
+        seen = max(_diagonal_max_variance(fallback, x1),
+                   _diagonal_max_variance(fallback, x2) if x2 is not None else 0.0)
+    except jax.errors.JAXTypeError:  # the network or an activation closes over traced values (inside jax.jit)
+        return fallback
+    bound = _bucket(max(1.25 * seen, at_least, 1.0))
+    return replace_activations(net, {a: _series_for(a, bound) for a in autos})
+
+
+def series_bound(net: Program) -> float:
+    """The largest variance the Hermite series of ``net``'s activations were chosen for (inf if none)."""
+    bounds = [a.series.variance for a in program_activations(net.layers) if a.series is not None]
+    return min(bounds) if bounds else float("inf")
+
+
+def _bucket(q: float) -> float:
+    """Round a variance bound up to a power of sqrt(2), so that nearby calls share one cached series."""
+    return float(2.0 ** (np.ceil(2 * np.log2(max(q, 1e-12))) / 2))
+
+
+@functools.lru_cache(maxsize=256)
+def _series_for(act: Activation, bound: float) -> Activation:
+    try:
+        return act.with_series(hermite.choose_rule(act.fn, bound, tol=SERIES_TOLERANCE, name=act.name))
+    except hermite.RoughActivationError:
+        return act.with_quadrature(act.degree)
+
+
+def _diagonal_max_variance(net: Program, x: Any) -> float:
+    x, _, analysis, _ = prepare(net, x, None)
+    plan = analysis.plan
+    arrays = recursion.as_arrays(recursion.coefficients(plan, net.layers[len(analysis.prefix):]), plan, x.dtype)
+    watch = _diagonal_watch(x, arrays, plan=plan, full=_first_full(analysis))
+    if (np.asarray(watch.first_bad) >= 0).any():
+        return float("inf")  # overflow: let the full evaluation name the layer
+    return float(np.max(watch.max_variance))
+
+
+@jax.jit(static_argnames=("plan", "full"))
+def _diagonal_watch(x, coeffs, *, plan, full):
+    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(x, x[:0], full, False),
+                                       recursion.new_watch(x.shape[0], x.dtype))
+    return watch
 
 
 def _quadrature_activations(plan: Any) -> list[Activation]:
     found = []
     for segment in plan:
         for step in segment.steps:
-            if step.quadrature:
+            if step.quadrature and recursion.skeleton(step).activation.series is None:
                 found.append(recursion.skeleton(step).activation)
             if step.branch is not None:
                 found += _quadrature_activations(step.branch)
@@ -241,17 +315,17 @@ def _quadrature_activations(plan: Any) -> list[Activation]:
 def _warn_quadrature_accuracy(plan: Any, max_variance: float) -> None:
     acts = _quadrature_activations(plan)
     if acts:
-        warn_quadrature(min(acts, key=lambda a: a.quadrature_degree), max_variance, stacklevel=5)
+        warn_quadrature(min(acts, key=lambda a: a.degree), max_variance, stacklevel=5)
 
 
 def warn_quadrature(act: Activation, max_variance: float, stacklevel: int = 3) -> None:
     """Warn (:class:`QuadratureAccuracyWarning`) when ``max_variance`` exceeds the range where ``act``'s
     Gauss-Hermite rule is accurate."""
-    limit = accurate_variance(act.quadrature_degree)
+    limit = accurate_variance(act.degree)
     if max_variance > limit:
         warnings.warn(
             f"pre-activation variances reach {max_variance:.3g}, beyond {limit:.3g} where the "
-            f"{act.quadrature_degree}-point Gauss-Hermite rule of {act!r} is accurate to ~1e-4; "
+            f"{act.degree}-point Gauss-Hermite rule of {act!r} is accurate to ~1e-4; "
             "the kernels may be off by more (see theory.gaussian). Raise quadrature_degree "
             "(cost grows as its square) or reduce w_std / the input scale.",
             QuadratureAccuracyWarning,
@@ -281,4 +355,5 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["KERNEL_NAMES", "Kernels", "QuadratureAccuracyWarning", "kernels", "warn_quadrature"]
+__all__ = ["KERNEL_NAMES", "SERIES_TOLERANCE", "Kernels", "QuadratureAccuracyWarning", "kernels", "warn_quadrature",
+           "with_series"]

@@ -264,7 +264,8 @@ def pair_elements(plan: Sequence[Segment]) -> tuple[int, int]:
             n = n * n if step.full_in else n
             largest = max(largest, n)
             if step.quadrature:
-                quad = max(quad, n * skeleton(step).activation.quadrature_degree ** 2)
+                act = skeleton(step).activation
+                quad = max(quad, n * (4 if act.series is not None else act.degree**2))
             if step.branch is not None:
                 a, b = pair_elements(step.branch)
                 largest, quad = max(largest, a), max(quad, b)

@@ -220,7 +220,7 @@ def _diagonal(act: Activation, q: Array) -> tuple[Array, Array]:
         return sides * e, sides * d
     if act.dual is not None:
         return act.expectations(q, q, q, derivative=True)
-    nodes, weights = (jnp.asarray(a, q.dtype) for a in hermite_rule(max(act.quadrature_degree, _SERIES_NODES)))
+    nodes, weights = (jnp.asarray(a, q.dtype) for a in hermite_rule(max(act.degree, _SERIES_NODES)))
     u = jnp.sqrt(jnp.maximum(q, 0))[..., None] * nodes
     f, df = jax.jvp(act.fn, (u,), (jnp.ones_like(u),))
     return jnp.sum(weights * f**2, axis=-1), jnp.sum(weights * df**2, axis=-1)
@@ -378,7 +378,7 @@ def _solve_variance(act: Activation, w: Array, b: Array, q0: Array, iterations: 
 
 def _series(act: Activation, q: Array) -> tuple[Array, Array, Array]:
     """Hermite coefficients ``a_k^2`` of ``phi(sqrt(q) z)`` (last axis), and the folded tail ``(R, p)``."""
-    x, _, proj = _projection(max(act.quadrature_degree, _SERIES_NODES), _SERIES_TERMS)
+    x, _, proj = _projection(max(act.degree, _SERIES_NODES), _SERIES_TERMS)
     u = jnp.sqrt(jnp.maximum(q, 0))[..., None] * jnp.asarray(x, q.dtype)
     coeffs = act.fn(u) @ jnp.asarray(proj, q.dtype)
     squares = coeffs**2

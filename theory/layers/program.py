@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import jax
 
 from theory.layers.base import INPUT_STREAM, Layer, Shape, Stream, WeightScaling, pytree
+from theory.layers.elementwise import Elementwise
 from theory.layers.pooling import AvgPool
 from theory.layers.residual import Identity, Residual
 from theory.layers.weighted import Dense, WeightLayer
@@ -420,16 +421,48 @@ def weight_layers(layers: Sequence[Layer]) -> list[WeightLayer]:
     return out
 
 
+def activations(layers: Sequence[Layer]) -> list[Any]:
+    """Every Elementwise layer's activation in program order, residual branches included."""
+    out: list[Any] = []
+    for layer in layers:
+        if isinstance(layer, Residual):
+            out.extend(activations(layer.branch))
+        elif isinstance(layer, Elementwise):
+            out.append(layer.activation)
+    return out
+
+
+def replace_activations(program: Program, mapping: dict[Any, Any]) -> Program:
+    """``program`` with each Elementwise activation found in ``mapping`` replaced by its value (a Serial that keeps
+    the program's recorded names), or ``program`` itself when nothing changes."""
+
+    def walk(layers: Sequence[Layer]) -> tuple[Layer, ...]:
+        out = []
+        for layer in layers:
+            if isinstance(layer, Residual):
+                layer = Residual(*walk(layer.branch), scale=layer.scale) if activations(layer.branch) else layer
+            elif isinstance(layer, Elementwise) and layer.activation in mapping:
+                layer = dataclasses.replace(layer, activation=mapping[layer.activation])
+            out.append(layer)
+        return tuple(out)
+
+    if not any(a in mapping for a in activations(program.layers)):
+        return program
+    return Serial(walk(program.layers), names=program.recorded_names())
+
+
 __all__ = [
     "Analysis",
     "Program",
     "Segment",
     "Serial",
     "Step",
+    "activations",
     "analyse",
     "expected_spatial_dims",
     "find_runs",
     "flatten_layers",
+    "replace_activations",
     "serial",
     "weight_layers",
 ]
