@@ -113,6 +113,9 @@ WORKLOADS = (
     Workload("tanh_L10_deg40", "tanh MLP L=10 N={n}, ours deg 40 (default) vs NT deg 25", "mlp", 10,
              "tanh", 500, 1.5, 0.1, 10.0, quadrature_degree=40, nt_quadrature_degree=25,
              nt_same_as="tanh_L10_deg25"),
+    Workload("tanh_L10_auto", "tanh MLP L=10 N={n}, ours automatic (Hermite series) vs NT deg 25", "mlp", 10,
+             "tanh", 500, 1.5, 0.1, 10.0, quadrature_degree=None, nt_quadrature_degree=25,
+             nt_same_as="tanh_L10_deg25"),
     Workload("resnet_L64", "ReLU ResNet L=64 N={n}, α=1/2", "resnet", 64, "relu", 1000, SQRT2, 0.0,
              2.0),
     # 2-D CNNs on 8x8x3 images: depth x [Conv((3, 3), SAME, w_std=√2, no bias), relu], then the readout
@@ -558,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ntk": max_rel_diff_off_diagonal(ntk, ref_ntk)}
             if any(other.nt_same_as == w.key for other in workloads):
                 row.update(nt_nngp_path=nt["nngp_path"], nt_ntk_path=nt["ntk_path"])  # kept for reuse
-            else:
+            elif reused is None:  # a reused row's files serve the later rows too (removed with the folder)
                 os.remove(nt["nngp_path"])
                 os.remove(nt["ntk_path"])
             row.update(nt_s=float(np.median(nt_times)), nt_times_s=nt_times, nt_reps=len(nt_times),
