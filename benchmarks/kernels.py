@@ -110,7 +110,7 @@ WORKLOADS = (
     Workload("erf_L10", "erf MLP L=10 N={n}", "mlp", 10, "erf", 1000, 1.5, 0.1, 2.0),
     Workload("tanh_L10_deg25", "tanh MLP L=10 N={n}, deg 25 (both)", "mlp", 10, "tanh", 500, 1.5, 0.1,
              10.0, quadrature_degree=25, nt_quadrature_degree=25),
-    Workload("tanh_L10_deg40", "tanh MLP L=10 N={n}, ours deg 40 (default) vs NT deg 25", "mlp", 10,
+    Workload("tanh_L10_deg40", "tanh MLP L=10 N={n}, ours deg 40 vs NT deg 25", "mlp", 10,
              "tanh", 500, 1.5, 0.1, 10.0, quadrature_degree=40, nt_quadrature_degree=25,
              nt_same_as="tanh_L10_deg25"),
     Workload("tanh_L10_auto", "tanh MLP L=10 N={n}, ours automatic (Hermite series) vs NT deg 25", "mlp", 10,
@@ -129,7 +129,7 @@ WORKLOADS = (
              image=(8, 8, 3), readout="flatten", nt_batch_size=64),
 )
 QUICK_N = {"relu_L10": 400, "relu_L100": 200, "erf_L10": 200, "tanh_L10_deg25": 100,
-           "tanh_L10_deg40": 100, "resnet_L64": 200, "cnn_L4_gap": 32, "cnn_L4_flatten": 32}
+           "tanh_L10_deg40": 100, "tanh_L10_auto": 100, "resnet_L64": 200, "cnn_L4_gap": 32, "cnn_L4_flatten": 32}
 FLOAT64_CHECK_N = {"tanh_L10_deg25": 100, "cnn_L4_gap": 16, "cnn_L4_flatten": 16}
 """Rows whose comparison is repeated in float64 (fresh processes, x64 enabled in both envs), at this N."""
 
