@@ -262,7 +262,13 @@ def with_series(net: Program, x1: Any, x2: Any = None, at_least: float = 0.0) ->
     except jax.errors.JAXTypeError:  # the network or an activation closes over traced values (inside jax.jit)
         return fallback
     bound = _bucket(max(1.25 * seen, at_least, 1.0))
-    return replace_activations(net, {a: _series_for(a, bound) for a in autos})
+    mapping = {}
+    for a in autos:
+        try:
+            mapping[a] = _series_for(a, bound)
+        except ValueError:  # beyond the longest series with the margin: try without it before refusing
+            mapping[a] = _series_for(a, max(1.02 * seen, at_least))
+    return replace_activations(net, mapping)
 
 
 def series_bound(net: Program) -> float:
