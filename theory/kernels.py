@@ -16,6 +16,7 @@ still gives the module (its names ``Kernels``, ``KERNEL_NAMES``, ...).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 import types
@@ -253,12 +254,11 @@ def with_series(net: Program, x1: Any, x2: Any = None, at_least: float = 0.0) ->
     autos = list(dict.fromkeys(a for a in program_activations(net.layers) if a.automatic))
     if not autos:
         return net
-    fallback = replace_activations(net, {a: a.with_quadrature(a.degree) for a in autos})
+    fallback = replace_activations(net, {a: _two_d_rule(a) for a in autos})
     if not all(is_concrete(x) for x in (x1, x2) if x is not None):
         return fallback
     try:
-        seen = max(_diagonal_max_variance(fallback, x1),
-                   _diagonal_max_variance(fallback, x2) if x2 is not None else 0.0)
+        seen = _diagonal_max_variance(fallback, x1, x2)
     except jax.errors.JAXTypeError:  # the network or an activation closes over traced values (inside jax.jit)
         return fallback
     bound = _bucket(max(1.25 * seen, at_least, 1.0))
@@ -287,11 +287,18 @@ def _series_for(act: Activation, bound: float) -> Activation:
     try:
         return act.with_series(hermite.choose_rule(act.fn, bound, tol=SERIES_TOLERANCE, name=act.name))
     except hermite.RoughActivationError:
-        return act.with_quadrature(act.degree)
+        return _two_d_rule(act)
 
 
-def _diagonal_max_variance(net: Program, x: Any) -> float:
-    x, _, analysis, _ = prepare(net, x, None)
+def _two_d_rule(act: Activation) -> Activation:
+    """``act`` with its default 2-D Gauss-Hermite degree made explicit (name and parameters kept)."""
+    return dataclasses.replace(act, quadrature_degree=act.degree)
+
+
+def _diagonal_max_variance(net: Program, x1: Any, x2: Any = None) -> float:
+    """The largest pre-activation variance the diagonal recursion of every input meets (one program for both)."""
+    x1, x2, analysis, symmetric = prepare(net, x1, x2)
+    x = x1 if symmetric else jnp.concatenate([x1, x2])
     plan = analysis.plan
     arrays = recursion.as_arrays(recursion.coefficients(plan, net.layers[len(analysis.prefix):]), plan, x.dtype)
     watch = _diagonal_watch(x, arrays, plan=plan, full=_first_full(analysis))
