@@ -8,7 +8,7 @@ O'Donnell, "Analysis of Boolean Functions", ch. 11),
     E[phi'(u) phi'(v)] = sum_k rho^k b_k(q1) b_k(q2),     b_k(q) = E[phi'(sqrt(q) z) h_k(z)].
 
 The coefficients depend on one input's variance only: ``N`` inputs cost ``N x nodes x terms`` once per layer (a
-1-D Gauss-Hermite rule), and each pair a Horner sum of ``terms`` multiply-adds instead of a 2-D rule's
+1-D trapezoid rule in ``z``), and each pair a Horner sum of ``terms`` multiply-adds instead of a 2-D rule's
 ``degree^2`` activation calls. Truncation after ``K`` terms errs by at most ``sqrt(T(q1) T(q2))`` with the tails
 ``T(q) = E[phi(sqrt(q) z)^2] - sum_{k <= K} a_k(q)^2`` (Cauchy-Schwarz, any ``|rho| <= 1``), so
 :func:`choose_rule` picks ``K`` from the variances actually met to a relative tolerance of the kernel's scale, and
@@ -148,8 +148,8 @@ def _moments(fn: Callable[[Array], Array], q: np.ndarray, step: float) -> np.nda
 
 def choose_rule(fn: Callable[[Array], Array], q_max: float, q_min: float = 0.0, tol: float = 1e-7,
                 name: str = "the activation", max_terms: int = MAX_TERMS) -> HermiteRule:
-    """The shortest series whose truncation bound is below ``tol`` times the kernel's scale for variances in
-    ``[q_min, q_max]`` (checked on a grid of them): every tail ``T(q) <= tol E[phi^2]``, so that
+    """The first series on a ladder of powers of 2 whose truncation bound is below ``tol`` times the kernel's
+    scale for variances in ``[q_min, q_max]`` (checked on a grid of them): every tail ``T(q) <= tol E[phi^2]``, so that
     ``sqrt(T(q1) T(q2)) <= tol sqrt(E1 E2)`` (NNGP), and likewise for ``phi'`` (NTK). The trapezoid step is halved
     until the second moments agree to ``tol / 100`` and the coefficients to ``tol / 100`` of their scale.
 
