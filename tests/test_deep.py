@@ -4,7 +4,6 @@ import math
 
 import mpmath
 import numpy as np
-import pytest
 
 import theory
 
@@ -48,7 +47,6 @@ def test_relu_at_criticality_depth_10000_matches_scalar_iteration():
     assert 0.999 < k.nngp[0, 1] / math.sqrt(k.nngp[0, 0] * k.nngp[1, 1]) <= 1.0  # correlations approach 1 at depth
 
 
-@pytest.mark.filterwarnings("ignore::theory.QuadratureAccuracyWarning")  # finiteness, not accuracy
 def test_depth_mup_resnet_depth_10000_stays_finite():
     depth = 10_000
     res = theory.ResNet(depth, "relu", 2**0.5, 0.0, 1.0, 0.5, "linear")

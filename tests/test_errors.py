@@ -16,10 +16,6 @@ import pytest
 import theory
 from theory import activations
 
-# Some cases reach variances beyond the default quadrature's accurate range; they test errors and
-# exact zeros, not quadrature accuracy (theory.QuadratureAccuracyWarning is tested elsewhere).
-pytestmark = pytest.mark.filterwarnings("ignore::theory.QuadratureAccuracyWarning")
-
 X = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
 
 
@@ -467,3 +463,13 @@ def test_activation_built_inside_jit_is_not_probed():
 
     # Under jit the automatic activation falls back to the 2-D rule (degree 40): ~1e-5 from the series here.
     np.testing.assert_allclose(jax.jit(k)(1.0), k(1.0), rtol=1e-4)
+
+
+def test_quadrature_degree_too_small_is_refused():
+    """tanh(quadrature_degree=1) used to return all-zero kernels with a warning; now a ValueError names the cause
+    and the remedies (the automatic default, or a degree large enough for the variances met)."""
+    net = theory.MLP(depth=1, activation=activations.tanh(quadrature_degree=1), w_std=1.5, b_std=0.1)
+    with pytest.raises(ValueError, match=r"1-point Gauss-Hermite rule .* leave quadrature_degree unset .* at least"):
+        theory.kernels(net, X)
+    auto = theory.kernels(theory.MLP(depth=1, activation="tanh", w_std=1.5, b_std=0.1), X)
+    assert np.all(np.isfinite(auto.nngp)) and np.all(np.diag(auto.nngp) > 0)

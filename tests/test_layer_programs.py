@@ -7,6 +7,7 @@ blocking and scanning change nothing, and the kernels compose with ``jax.jit`` /
 Errors are ``ValueError`` naming the offending layer (position and kind).
 """
 
+import math
 import re
 
 import jax
@@ -17,7 +18,7 @@ import pytest
 import theory
 from experiments import networks
 from theory import layers as nn
-from theory import recursion
+from theory import recursion, tiling
 
 RNG = np.random.default_rng(20240611)
 # Generic inputs: no two examples identical or parallel.
@@ -195,30 +196,34 @@ def test_cross_kernels_are_blocks_of_the_full_kernel(name):
         assert_same(c, f[:4, 4:], rtol=1e-10)
 
 
-def test_memory_blocking_changes_nothing(monkeypatch):
-    """memory_budget=1 forces one row per block; a budget for 2 or 3 rows makes equal blocks of 2 or 3 for 7 rows,
-    the last one padded. Per-layer kernels are unblocked the same way."""
+def test_memory_tiling_changes_nothing(monkeypatch):
+    """memory_budget=1 forces one pair per tile; a budget for 4 or 9 pairs makes 2x2 or 3x3 tiles of 7 rows, the
+    last one shifted back to overlap its neighbour. Per-layer kernels are tiled the same way; the symmetric
+    kernel stays exactly symmetric."""
     net = PROGRAMS["flatten"]
-    blocks = []
-    original = recursion.block_rows
+    layouts = []
+    original = tiling.plan_tiles
 
     def spy(*args, **kwargs):
-        blocks.append(original(*args, **kwargs))
-        return blocks[-1]
+        layouts.append(original(*args, **kwargs))
+        return layouts[-1]
 
-    monkeypatch.setattr(recursion, "block_rows", spy)
+    monkeypatch.setattr(tiling, "plan_tiles", spy)
     reference, cross = theory.kernels(net, BOTH), theory.kernels(net, IMAGES, IMAGES2)
-    assert blocks == [7, 4]
+    assert [t.grid for t in layouts] == [(1, 1), (1, 1)]
     analysis = nn.analyse(net, recursion.shape_of(jnp.asarray(BOTH)))
-    budget = next(b for b in (2**i for i in range(10, 40))
-                  if original(7, 7, analysis.plan, analysis.n_recorded, 8, True, False, b) >= 2)
-    assert_kernels_same(theory.kernels(net, BOTH, memory_budget=budget), reference, rtol=1e-12)
+    per_pair = recursion.pair_bytes(analysis.plan, analysis.n_recorded, 8, True, False)
+    for pairs in (4, 9):
+        tiled = theory.kernels(net, BOTH, memory_budget=pairs * per_pair)
+        assert layouts[-1].size_r == layouts[-1].size_c == math.isqrt(pairs)
+        assert_kernels_same(tiled, reference, rtol=1e-12)
+        assert np.array_equal(np.asarray(tiled.nngp), np.asarray(tiled.nngp).T)
     assert_kernels_same(theory.kernels(net, IMAGES, IMAGES2, memory_budget=1), cross, rtol=1e-12)
+    assert layouts[-1].grid == (4, 3)
     per_layer = theory.kernels(net, BOTH, per_layer=True, memory_budget=1)
     assert per_layer.nngp.shape == (3, 7, 7)
     assert_same(per_layer.nngp[-1], reference.nngp, rtol=1e-12)
     assert_same(per_layer.ntk[-1], reference.ntk, rtol=1e-12)
-    assert blocks[3:] == [1, 1] and blocks[2] in (2, 3), blocks  # 7 = 2 + 2 + 2 + 1 or 3 + 3 + 1
 
 
 # -- 6. scanned runs ------------------------------------------------------------------------------------------------

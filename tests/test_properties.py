@@ -19,7 +19,6 @@ import theory
 from theory import activations
 
 # Draws include large pre-activation variances; these tests check invariants, not quadrature accuracy.
-pytestmark = pytest.mark.filterwarnings("ignore::theory.QuadratureAccuracyWarning")
 
 SETTINGS = settings(
     max_examples=6,
@@ -297,36 +296,42 @@ def test_float32_agrees_with_float64(structure, data):
 # Deterministic companions
 
 
-def test_blocks_that_do_not_divide_the_rows(monkeypatch):
-    """Budgets between 1 and "everything": blocks of 2, 3, ... rows, with a padded last block."""
-    blocks = []
-    original = theory.recursion.block_rows
+def test_tiles_that_do_not_divide_the_rows(monkeypatch):
+    """Budgets between 1 and "everything": tiles of 2, 3, ... rows, the last one overlapping its neighbour;
+    symmetric and cross kernels, per layer or not."""
+    layouts = []
+    original = theory.tiling.plan_tiles
 
     def spy(*args, **kwargs):
-        blocks.append(original(*args, **kwargs))
-        return blocks[-1]
+        layouts.append(original(*args, **kwargs))
+        return layouts[-1]
 
-    monkeypatch.setattr(theory.recursion, "block_rows", spy)
+    monkeypatch.setattr(theory.tiling, "plan_tiles", spy)
     rng = np.random.default_rng(3)
     x = rng.normal(size=(7, 3))
     net = theory.ResNet(3, "erf", w_std=1.3, b_std=0.2, readout="linear")
     reference = theory.kernels(net, x, per_layer=True)
-    assert blocks == [7]
-    for budget in (1, 7 * 68 * 8 * 3):
+    cross_reference = theory.kernels(net, x[:5], x[5:], per_layer=True)
+    assert layouts[0].grid == (1, 1)
+    per_pair = 7 * 68 * 8
+    for budget in (1, 4 * per_pair, 9 * per_pair, 20 * per_pair):
         for per_layer in (False, True):
             k = theory.kernels(net, x, per_layer=per_layer, memory_budget=budget)
+            c = theory.kernels(net, x[:5], x[5:], per_layer=per_layer, memory_budget=budget)
             for name in ("nngp", "ntk"):
-                want = np.asarray(getattr(reference, name))
-                want = want if per_layer else want[-1]
-                np.testing.assert_allclose(np.asarray(getattr(k, name)), want, rtol=1e-12, atol=0)
-    assert any(7 % b for b in blocks), blocks  # some block sizes leave a padded last block
-    assert 1 in blocks
+                for got, ref in ((k, reference), (c, cross_reference)):
+                    want = np.asarray(getattr(ref, name))
+                    want = want if per_layer else want[-1]
+                    np.testing.assert_allclose(np.asarray(getattr(got, name)), want, rtol=1e-12, atol=0)
+                assert np.array_equal(np.asarray(getattr(k, name)), np.swapaxes(np.asarray(getattr(k, name)), -1, -2))
+    sizes = {t.size_r for t in layouts if t.symmetric}
+    assert any(7 % s for s in sizes) and 1 in sizes, sizes  # some tiles overlap their neighbour
 
 
-def test_quadrature_at_large_variance_warns():
+def test_quadrature_at_large_variance_raises():
     """Documented limit (theory.gaussian.accurate_variance): at pre-activation variances ~20-190
     a 40-point rule is ~1e-2 off (k(x1, x2), the block of k(x) and k(x2, x1).T then disagree at that
-    level), and theory.kernels says so with a QuadratureAccuracyWarning."""
+    level): theory.kernels refuses it with a ValueError that names the degree that would do."""
     x = np.array(
         [
             [4.14553721, -0.04145563, 0.47148254],
@@ -337,8 +342,10 @@ def test_quadrature_at_large_variance_warns():
     )
     tanh40 = theory.activations.tanh(quadrature_degree=40)  # an explicit rule keeps its (documented) limit
     net = theory.MLP(3, tanh40, w_std=1.9080986148879775, b_std=0.4600451393090961)
-    with pytest.warns(theory.QuadratureAccuracyWarning, match="variances reach"):
+    with pytest.raises(theory.QuadratureAccuracyError, match=r"variances reach .* leave quadrature_degree unset .* at "
+                       r"least \d+") as err:
         theory.kernels(net, x)
+    assert isinstance(err.value, ValueError)
     # The automatic default refuses what it cannot make accurate (variances ~190 need > 8192 series terms).
     with pytest.raises(ValueError, match=r"no Hermite series .* variance"):
         theory.kernels(theory.MLP(3, "tanh", w_std=1.9080986148879775, b_std=0.4600451393090961), x)

@@ -33,7 +33,7 @@ from theory import (
 from theory.activations import Activation
 from theory.architectures import MLP, ResNet
 from theory.depth_limits import residual_stream_limit, resnet_limit
-from theory.kernels import Kernels, QuadratureAccuracyWarning
+from theory.kernels import Kernels, QuadratureAccuracyError
 from theory.layers import Serial, serial
 from theory.parameterizations import parameterize
 from theory.signal_propagation import critical_line, criticality, edge_of_chaos
@@ -44,7 +44,7 @@ __all__ = [
     "MLP",
     "Activation",
     "Kernels",
-    "QuadratureAccuracyWarning",
+    "QuadratureAccuracyError",
     "ResNet",
     "Serial",
     "__version__",

@@ -27,7 +27,7 @@ import numpy as np
 from theory import recursion
 from theory.architectures import ResNet
 from theory.inputs import validate_inputs
-from theory.kernels import DEFAULT_MEMORY_BUDGET, KERNEL_NAMES, Kernels, check_get, warn_quadrature, with_series
+from theory.kernels import DEFAULT_MEMORY_BUDGET, KERNEL_NAMES, Kernels, check_get, check_quadrature, with_series
 from theory.layers.program import activations as program_activations
 from theory.layers.program import analyse
 from theory.ode import dopri5
@@ -176,7 +176,7 @@ def _limit(res, x1, x2, get, times, readout, rtol, atol, max_steps, memory_budge
         raise ValueError(f"the depth limit of {res!r} overflows {dtype.name}: reduce branch_scale, w_std or b_std")
     act = res.activation
     if not act.has_closed_form and act.series is None:
-        warn_quadrature(act, float(max_var))
+        check_quadrature(act, float(max_var))
     if symmetric:
         q = (q + jnp.swapaxes(q, -1, -2)) / 2
         t = None if t is None else (t + jnp.swapaxes(t, -1, -2)) / 2

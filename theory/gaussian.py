@@ -46,7 +46,7 @@ def accurate_variance(degree: int) -> float:
     Measured on erf's derivative kernel, the hardest case: 2.4e-4 at variance 2 for degree 40,
     1e-4 at variance 3 for degree 64. The Gauss-Hermite nodes are spaced about ``3 / sqrt(degree)``
     near 0 while ``phi(sqrt(q) z)`` changes on the scale ``1 / sqrt(q)``, so the degree must grow in
-    proportion to the variance. ``theory.kernels`` warns (``QuadratureAccuracyWarning``) beyond it.
+    proportion to the variance. ``theory.kernels`` raises ``QuadratureAccuracyError`` (a ValueError) beyond it.
     """
     return 2.0 * degree / DEFAULT_QUADRATURE_DEGREE
 

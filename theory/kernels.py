@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import types
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import hermite, recursion
+from theory import hermite, recursion, tiling
 from theory.activations import Activation
 from theory.gaussian import accurate_variance
 from theory.inputs import validate_inputs
@@ -63,8 +63,8 @@ class Kernels:
 jax.tree_util.register_dataclass(Kernels, data_fields=["nngp", "ntk"], meta_fields=[])
 
 
-class QuadratureAccuracyWarning(UserWarning):
-    """The pre-activation variances exceed the range where the quadrature degree is accurate."""
+class QuadratureAccuracyError(ValueError):
+    """The pre-activation variances exceed the range where a chosen quadrature degree is accurate."""
 
 
 def check_get(get: object) -> tuple[str, ...]:
@@ -119,23 +119,26 @@ def _first_full(analysis: Analysis) -> bool:
     return bool(analysis.plan) and analysis.plan[0].steps[0].full_in
 
 
+def _pair_kernels(xr, xc, coeffs, plan, full, with_ntk, per_layer):
+    """The kernels of every row input against every column input (``per_layer``: stacked over layers)."""
+    k = recursion.input_kernel(xr, xc, full, with_ntk)
+    k, _, records = recursion.apply_plan(plan, coeffs, k, recursion.new_watch(xr.shape[0], xr.dtype), per_layer)
+    if per_layer:
+        return recursion.concatenate_records(records)
+    return k.q12, k.t12
+
+
 @jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "block", "symmetric"))
 def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block, symmetric):
     """The kernels of the row inputs ``x1`` against ``x2`` (in blocks of ``block`` rows), and the watch of the
     diagonal recursion of every input (the same code with an empty set of columns; one program, one compile)."""
-    everything = x1 if symmetric else jnp.concatenate([x1, x2])
-    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(everything, everything[:0], full, with_ntk),
-                                       recursion.new_watch(everything.shape[0], x1.dtype))
+    watch = _diagonal_watch(x1 if symmetric else jnp.concatenate([x1, x2]), coeffs, plan=plan, full=full,
+                            with_ntk=with_ntk)
     n1 = x1.shape[0]
     n_blocks = -(-n1 // block)
 
     def rows(xr):
-        k = recursion.input_kernel(xr, x2, full, with_ntk)
-        k, _, records = recursion.apply_plan(plan, coeffs, k, recursion.new_watch(xr.shape[0], x1.dtype),
-                                             per_layer)
-        if per_layer:
-            return recursion.concatenate_records(records)
-        return k.q12, k.t12
+        return _pair_kernels(xr, x2, coeffs, plan, full, with_ntk, per_layer)
 
     if n_blocks == 1:
         q, t = rows(x1)
@@ -157,6 +160,14 @@ def _evaluate(x1, x2, coeffs, *, plan, full, with_ntk, per_layer, block, symmetr
     return q, t, watch
 
 
+@jax.jit(static_argnames=("plan", "full", "with_ntk", "per_layer", "size"))
+def _tile(x1, x2, coeffs, window, *, plan, full, with_ntk, per_layer, size):
+    """The kernels of the ``size = (rows, cols)`` tile of pairs whose first pair is ``window``."""
+    xr = jax.lax.dynamic_slice_in_dim(x1, window[0], size[0])
+    xc = jax.lax.dynamic_slice_in_dim(x2, window[1], size[1])
+    return _pair_kernels(xr, xc, coeffs, plan, full, with_ntk, per_layer)
+
+
 @jax.jit
 def _symmetrize(q: Array, t: Array | None) -> tuple[Array, Array | None]:
     # Equal in exact arithmetic; the matmul and the duals round (i, j) and (j, i) differently. A separate program:
@@ -171,17 +182,23 @@ def kernels(
     get: str | tuple[str, ...] = KERNEL_NAMES,
     per_layer: bool = False,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    out: str | os.PathLike | None = None,
+    progress: bool | None = None,
 ) -> Kernels:
     """Infinite-width NNGP and NTK of the program ``net`` between inputs ``x1`` and ``x2``.
 
-    ``x2=None`` means ``x2 = x1`` (then the kernels are exactly symmetric). Conventions: inputs are
-    ``(batch, features)``, ``(batch, length, channels)`` or ``(batch, height, width, channels)``; the input
-    kernel is ``x.x' / channels`` at each pair of positions; layers follow neural-tangents' ``stax`` (see
-    :mod:`theory.layers`), so the results equal ``nt.stax`` kernels of the same network. The NTK is that of
-    the network as trained under its layers' scalings (``theory.parameterize`` for muP and other
-    abc-parameterizations). Works under ``jax.jit``, ``jax.vmap`` and ``jax.grad`` (with respect to the inputs,
-    and to numbers such as ``w_std`` of a network built inside the function); the overflow and quadrature
-    checks then do not run.
+    ``x2=None`` means ``x2 = x1`` (then the kernels are exactly symmetric, and only the pairs on and above the
+    diagonal are computed). Conventions: inputs are ``(batch, features)``, ``(batch, length, channels)`` or
+    ``(batch, height, width, channels)``; the input kernel is ``x.x' / channels`` at each pair of positions;
+    layers follow neural-tangents' ``stax`` (see :mod:`theory.layers`), so the results equal ``nt.stax`` kernels
+    of the same network. The NTK is that of the network as trained under its layers' scalings
+    (``theory.parameterize`` for muP and other abc-parameterizations). Works under ``jax.jit``, ``jax.vmap`` and
+    ``jax.grad`` (with respect to the inputs, and to numbers such as ``w_std`` of a network built inside the
+    function); the overflow and accuracy checks then do not run.
+
+    Large input sets are computed in tiles of pairs (each within ``memory_budget`` bytes of temporaries) written
+    into one output buffer, or, with ``out``, into files on disk: kernels larger than memory, and a run that
+    stops resumes from the tiles already written (:mod:`theory.tiling`).
 
     Args:
       net: a layer program (``theory.serial(...)``, :class:`theory.MLP`, :class:`theory.ResNet`).
@@ -190,17 +207,21 @@ def kernels(
       per_layer: also return every recorded layer's kernels (top-level Dense, Conv and Residual outputs;
         spatial ones averaged over the positions' diagonal), stacked on axis 0 (MLP: ``depth + 1``; ResNet:
         stem, every block, readout, ``depth + 2``).
-      memory_budget: bytes of temporaries per block of rows; large input sets are processed in blocks.
+      memory_budget: bytes of temporaries per tile of pairs.
+      out: a directory: each kernel is written to ``<out>/<name>.npy`` and returned as a read-only memory map;
+        calling again with the same arguments resumes (or, when finished, just reads) the store. A directory
+        holding another computation's kernels (or one made by other library code) is refused.
+      progress: show a progress bar over the tiles on stderr; ``None``: when stderr is a terminal.
 
     Returns:
       :class:`Kernels` with ``(batch1, batch2)`` arrays (``(layers, batch1, batch2)`` if ``per_layer``), in
       the inputs' floating dtype (float64 needs ``jax.config.update("jax_enable_x64", True)``).
 
     Raises:
-      ValueError: on malformed inputs (rank, shape mismatch, NaN/inf), a program that does not fit the inputs
-        (the message names the layer), an unknown ``get``, or a kernel that overflows the dtype (the message
-        names the layer). An all-zero input with no bias has zero variance; its correlation with anything is
-        defined as 0.
+      ValueError: on malformed inputs (rank, shape mismatch, NaN/inf, complex), a program that does not fit the
+        inputs (the message names the layer), an unknown ``get``, a kernel that overflows the dtype (the message
+        names the layer), or an ``out`` store of another computation. An all-zero input with no bias has zero
+        variance; its correlation with anything is defined as 0.
     """
     net = check_program(net)
     wanted = check_get(get)
@@ -213,27 +234,90 @@ def kernels(
     with_ntk = "ntk" in wanted
     plan = analysis.plan
     layers = net.layers[len(analysis.prefix):]
-    coeffs = recursion.coefficients(plan, layers)
-    arrays = recursion.as_arrays(coeffs, plan, dtype)
+    arrays = recursion.as_arrays(recursion.coefficients(plan, layers), plan, dtype)
     full = _first_full(analysis)
     concrete = is_concrete(x1) and is_concrete(x2) and all(is_concrete(a) for a in jax.tree.leaves(arrays))
-    block = recursion.block_rows(x1.shape[0], x2.shape[0], plan, analysis.n_recorded, np.dtype(dtype).itemsize,
-                                 with_ntk, per_layer, memory_budget)
-    evaluate = recursion.bound_cache(_evaluate)
-    q, t, watch = evaluate(x1, x2, arrays, plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer, block=block,
-                           symmetric=symmetric)
-    if concrete:  # under jit / vmap / grad the values are not known here: no check
-        bad = np.asarray(watch.first_bad)
-        if (bad >= 0).any():
-            _raise_overflow(net, int(bad[bad >= 0].min()), dtype)
+    static = dict(plan=plan, full=full, with_ntk=with_ntk, per_layer=per_layer)
+    if not concrete:  # under jit / vmap / grad the values are not known here: no checks, no tiles on the host
+        if out is not None:
+            raise ValueError("out= writes kernels to disk and needs concrete inputs and network numbers; it cannot "
+                             "run under jax.jit / vmap / grad")
+        block = recursion.block_rows(x1.shape[0], x2.shape[0], plan, analysis.n_recorded,
+                                     np.dtype(dtype).itemsize, with_ntk, per_layer, memory_budget)
+        q, t, _ = recursion.bound_cache(_evaluate)(x1, x2, arrays, block=block, symmetric=symmetric, **static)
+        return _result(*(_symmetrize(q, t) if symmetric else (q, t)), wanted)
+
+    per_pair = recursion.pair_bytes(plan, analysis.n_recorded, np.dtype(dtype).itemsize, with_ntk, per_layer)
+    layout = tiling.plan_tiles(x1.shape[0], x2.shape[0], memory_budget // per_pair, symmetric)
+    if layout.grid == (1, 1) and out is None:  # one call computes the kernels and checks the diagonals
+        q, t, watch = recursion.bound_cache(_evaluate)(x1, x2, arrays, block=x1.shape[0], symmetric=symmetric,
+                                                       **static)
+    else:  # check the diagonals first: nothing is written for a network that overflows
+        watch = _diagonal_watch(x1 if symmetric else jnp.concatenate([x1, x2]), arrays, plan=plan, full=full,
+                                with_ntk=with_ntk)
+    if _needs_longer_series(net, plan, watch, dtype):
         seen = float(np.max(watch.max_variance))
-        if seen > series_bound(net):  # the 2-D rule underestimated the variances: a longer series, once more
-            return kernels(with_series(original, x1_in, x2_in, at_least=1.25 * seen), x1_in, x2_in, get, per_layer,
-                           memory_budget)
-        _warn_quadrature_accuracy(plan, seen)
-    if symmetric:
-        q, t = _symmetrize(q, t)
-    return Kernels(nngp=q if "nngp" in wanted else None, ntk=t)
+        return kernels(with_series(original, x1_in, x2_in, at_least=1.25 * seen), x1_in, x2_in, get, per_layer,
+                       memory_budget, out, progress)
+    if layout.grid == (1, 1) and out is None:
+        return _result(*(_symmetrize(q, t) if symmetric else (q, t)), wanted)
+    names = tuple(n for n in KERNEL_NAMES if n in wanted)
+    shape = ((analysis.n_recorded,) if per_layer else ()) + (x1.shape[0], x2.shape[0])
+    compute = functools.partial(recursion.bound_cache(_tile), x1, x2, arrays, size=(layout.size_r, layout.size_c),
+                                **static)
+
+    def tile(i: int, j: int) -> tuple[Array, ...]:
+        window = np.array([layout.span(i, 0)[1], layout.span(j, 1)[1]], np.int32)
+        q, t = compute(window)
+        return tuple(a for n, a in zip(KERNEL_NAMES, (q, t), strict=True) if n in wanted)
+
+    if out is not None:
+        key = tiling.fingerprint(
+            [repr(net), _functions(net), names, per_layer, np.dtype(dtype).name, layout, tiling.source_version()],
+            [np.asarray(x1), np.asarray(x2), *map(np.asarray, jax.tree.leaves(arrays))])
+        store = tiling.KernelStore(out, key, names, shape, dtype, layout.grid)
+        pending = store.pending(layout.tiles())
+        with tiling.progress_bar(len(layout.tiles()), progress, "kernels") as bar:
+            bar.update(len(layout.tiles()) - len(pending))
+            for i, j in pending:
+                store.write(layout, i, j, [np.asarray(a) for a in tile(i, j)])
+                bar.update(1)
+        return Kernels(**dict(zip(names, store.read(), strict=True)))
+    buffers = tuple(jnp.zeros(shape, dtype) for _ in names)
+    with tiling.progress_bar(len(layout.tiles()), progress, "kernels") as bar:
+        for i, j in layout.tiles():
+            (r0, wr, _), (c0, wc, _) = layout.span(i, 0), layout.span(j, 1)
+            buffers = tiling.place(buffers, tile(i, j), np.array([wr, wc], np.int32), np.array([r0, c0], np.int32),
+                                   mirror=symmetric)
+            bar.update(1)
+    return Kernels(**dict(zip(names, buffers, strict=True)))
+
+
+def _result(q: Array, t: Array | None, wanted: tuple[str, ...]) -> Kernels:
+    return Kernels(nngp=q if "nngp" in wanted else None, ntk=t if "ntk" in wanted else None)
+
+
+def _needs_longer_series(net: Program, plan: Any, watch: recursion.Watch, dtype: Any) -> bool:
+    """Raise on overflow; True when the recursion met variances beyond the Hermite series' bound (the 2-D rule
+    of the pre-pass underestimated them); raise when a chosen quadrature degree is outside its accurate range."""
+    bad = np.asarray(watch.first_bad)
+    if (bad >= 0).any():
+        _raise_overflow(net, int(bad[bad >= 0].min()), dtype)
+    seen = float(np.max(watch.max_variance))
+    if seen > series_bound(net):
+        return True
+    _check_quadrature_accuracy(plan, seen)
+    return False
+
+
+def _functions(net: Program) -> list[str]:
+    """What identifies each activation's function beyond its name (a user lambda's code and constants)."""
+    found = []
+    for act in program_activations(net.layers):
+        code = getattr(act.fn, "__code__", None)
+        found.append(f"{getattr(act.fn, '__module__', '')}.{getattr(act.fn, '__qualname__', act.name)}"
+                     + ("" if code is None else f":{code.co_code.hex()}:{code.co_consts!r}"))
+    return found
 
 
 SERIES_TOLERANCE = 1e-7
@@ -307,9 +391,9 @@ def _diagonal_max_variance(net: Program, x1: Any, x2: Any = None) -> float:
     return float(np.max(watch.max_variance))
 
 
-@jax.jit(static_argnames=("plan", "full"))
-def _diagonal_watch(x, coeffs, *, plan, full):
-    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(x, x[:0], full, False),
+@jax.jit(static_argnames=("plan", "full", "with_ntk"))
+def _diagonal_watch(x, coeffs, *, plan, full, with_ntk=False):
+    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(x, x[:0], full, with_ntk),
                                        recursion.new_watch(x.shape[0], x.dtype))
     return watch
 
@@ -325,25 +409,23 @@ def _quadrature_activations(plan: Any) -> list[Activation]:
     return found
 
 
-def _warn_quadrature_accuracy(plan: Any, max_variance: float) -> None:
+def _check_quadrature_accuracy(plan: Any, max_variance: float) -> None:
     acts = _quadrature_activations(plan)
     if acts:
-        warn_quadrature(min(acts, key=lambda a: a.degree), max_variance, stacklevel=5)
+        check_quadrature(min(acts, key=lambda a: a.degree), max_variance)
 
 
-def warn_quadrature(act: Activation, max_variance: float, stacklevel: int = 3) -> None:
-    """Warn (:class:`QuadratureAccuracyWarning`) when ``max_variance`` exceeds the range where ``act``'s
-    Gauss-Hermite rule is accurate."""
+def check_quadrature(act: Activation, max_variance: float) -> None:
+    """Raise :class:`QuadratureAccuracyError` (a ``ValueError``) when ``max_variance`` exceeds the range where
+    ``act``'s chosen Gauss-Hermite degree is accurate (:func:`theory.gaussian.accurate_variance`)."""
     limit = accurate_variance(act.degree)
     if max_variance > limit:
-        warnings.warn(
-            f"pre-activation variances reach {max_variance:.3g}, beyond {limit:.3g} where the "
-            f"{act.degree}-point Gauss-Hermite rule of {act!r} is accurate to ~1e-4; "
-            "the kernels may be off by more (see theory.gaussian). Raise quadrature_degree "
-            "(cost grows as its square) or reduce w_std / the input scale.",
-            QuadratureAccuracyWarning,
-            stacklevel=stacklevel,
-        )
+        needed = int(np.ceil(max_variance / accurate_variance(1)))
+        raise QuadratureAccuracyError(
+            f"pre-activation variances reach {max_variance:.3g}, beyond {limit:.3g} where the {act.degree}-point "
+            f"Gauss-Hermite rule of {act!r} is accurate to ~1e-4: leave quadrature_degree unset (the automatic "
+            f"Hermite series is accurate to {SERIES_TOLERANCE:g} of the kernel's scale), or choose a degree of at "
+            f"least {needed} (cost grows as its square), or reduce w_std / the input scale")
 
 
 def _raise_overflow(net: Program, layer: int, dtype: np.dtype) -> None:
@@ -368,5 +450,5 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
-__all__ = ["KERNEL_NAMES", "SERIES_TOLERANCE", "Kernels", "QuadratureAccuracyWarning", "kernels", "warn_quadrature",
+__all__ = ["KERNEL_NAMES", "SERIES_TOLERANCE", "Kernels", "QuadratureAccuracyError", "check_quadrature", "kernels",
            "with_series"]

@@ -272,15 +272,21 @@ def pair_elements(plan: Sequence[Segment]) -> tuple[int, int]:
     return largest, quad
 
 
+def pair_bytes(plan: Sequence[Segment], n_recorded: int, itemsize: int, with_ntk: bool, per_layer: bool) -> int:
+    """Bytes of temporaries held per (row, column) pair of inputs while a block of pairs is evaluated."""
+    entries, quad = pair_elements(plan)
+    # The activation's temporaries (degree^2 node values for quadrature) and the state, and, per layer if
+    # stacked, the output.
+    per_pair = max(64 * entries, 6 * quad)
+    per_pair += (n_recorded if per_layer else 1) * (2 if with_ntk else 1) * 2
+    return per_pair * itemsize
+
+
 def block_rows(n_rows: int, n_cols: int, plan: Sequence[Segment], n_recorded: int, itemsize: int,
                with_ntk: bool, per_layer: bool, budget: int) -> int:
     """Rows per block so that one block's temporaries stay within ``budget`` bytes (equal blocks)."""
-    entries, quad = pair_elements(plan)
-    # Bytes held per (row, column) pair: the activation's temporaries (degree^2 node values for quadrature)
-    # and the state, and, per layer if stacked, the output.
-    per_pair = max(64 * entries, 6 * quad)
-    per_pair += (n_recorded if per_layer else 1) * (2 if with_ntk else 1) * 2
-    rows = max(1, budget // max(1, n_cols * per_pair * itemsize))
+    per_pair = pair_bytes(plan, n_recorded, itemsize, with_ntk, per_layer)
+    rows = max(1, budget // max(1, n_cols * per_pair))
     n_blocks = -(-n_rows // rows)
     return -(-n_rows // n_blocks)
 
@@ -315,6 +321,7 @@ __all__ = [
     "concatenate_records",
     "input_kernel",
     "new_watch",
+    "pair_bytes",
     "residual_coefficients",
     "shape_of",
     "skeleton",
