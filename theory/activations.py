@@ -31,6 +31,7 @@ from functools import cache, wraps
 import jax
 import jax.numpy as jnp
 
+from theory import gap
 from theory.gaussian import (
     DEFAULT_QUADRATURE_DEGREE,
     correlation,
@@ -40,6 +41,7 @@ from theory.hermite import HermiteRule, series_expectations
 
 Array = jax.Array
 Dual = Callable[[Array, Array, Array], tuple[Array, Array]]
+GapDual = Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]]
 
 _PI = math.pi
 
@@ -62,6 +64,7 @@ class Activation:
     quadrature_degree: int | None = None
     params: tuple = ()
     series: HermiteRule | None = None
+    gap_dual: GapDual | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
@@ -220,7 +223,25 @@ def _leaky_relu_dual(slope: float) -> Dual:
     return dual
 
 
+def _leaky_relu_gap_dual(slope: float) -> GapDual:
+    """The leaky-relu dual from the angle of the gap (:mod:`theory.gap`), and the output's gap
+    ``sqrt(q11 q22) / (2 pi) [2 pi (1 + a^2) sin^2(theta / 2) - (1 - a)^2 (sin theta - theta cos theta)]``."""
+    def dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array, Array]:
+        rho, norm = correlation(q11, q12, q22)
+        half = gap.half_angle_sine(norm, g12)
+        theta = 2 * arcsin(half)
+        slope_term = (1 + slope**2) * (_PI - theta) + 2 * slope * theta
+        nngp = norm / (2 * _PI) * ((1 - slope) ** 2 * jnp.sin(theta) + slope_term * rho)
+        out_gap = norm / (2 * _PI) * (2 * _PI * (1 + slope**2) * half**2
+                                      - (1 - slope) ** 2 * gap.sin_minus_t_cos(theta))
+        return nngp, slope_term / (2 * _PI), jnp.maximum(out_gap, 0)
+
+    return dual
+
+
 def _erf_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
+    rho, norm = correlation(q11, q12, q22)
+    q12 = rho * norm  # |q12| <= sqrt(q11 q22): a rounded q12 above it would grow in the chaotic phase
     a, b = 1 + 2 * q11, 1 + 2 * q22
     arg = jnp.clip(2 * q12 / jnp.sqrt(a * b), -1, 1)
     nngp = 2 / _PI * arcsin(arg)
@@ -235,6 +256,13 @@ def _identity_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
 def _sign_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
     rho, _ = correlation(q11, q12, q22)
     return 2 / _PI * arcsin(rho), jnp.zeros_like(rho)
+
+
+def _sign_gap_dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array, Array]:
+    """The sign dual ``1 - 2 theta / pi`` with the angle from the gap; the output's gap is ``2 theta / pi``."""
+    _, norm = correlation(q11, q12, q22)
+    turn = 4 / _PI * arcsin(gap.half_angle_sine(norm, g12))
+    return 1 - turn, jnp.zeros_like(turn), turn
 
 
 def _gelu_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
@@ -310,7 +338,7 @@ def _factory(make: Callable[..., Activation]) -> Callable[..., Activation]:
 @_factory
 def relu() -> Activation:
     """``max(x, 0)``; closed-form arc-cosine dual (Cho & Saul 2009)."""
-    return Activation(jax.nn.relu, "relu", _leaky_relu_dual(0.0))
+    return Activation(jax.nn.relu, "relu", _leaky_relu_dual(0.0), gap_dual=_leaky_relu_gap_dual(0.0))
 
 
 @_factory
@@ -323,13 +351,14 @@ def leaky_relu(slope: float = 0.01) -> Activation:
     def fn(x: Array) -> Array:
         return jnp.where(x > 0, x, slope * x)
 
-    return Activation(fn, "leaky_relu", _leaky_relu_dual(slope), params=(slope,))
+    return Activation(fn, "leaky_relu", _leaky_relu_dual(slope), params=(slope,),
+                      gap_dual=_leaky_relu_gap_dual(slope))
 
 
 @_factory
 def abs() -> Activation:  # noqa: A001 - the activation's name
     """``|x|``; the leaky-relu dual at slope -1."""
-    return Activation(jnp.abs, "abs", _leaky_relu_dual(-1.0))
+    return Activation(jnp.abs, "abs", _leaky_relu_dual(-1.0), gap_dual=_leaky_relu_gap_dual(-1.0))
 
 
 @_factory
@@ -347,7 +376,7 @@ def identity() -> Activation:
 @_factory
 def sign() -> Activation:
     """``sign(x)``; dual ``2/pi arcsin(rho)``, derivative kernel 0."""
-    return Activation(jnp.sign, "sign", _sign_dual)
+    return Activation(jnp.sign, "sign", _sign_dual, gap_dual=_sign_gap_dual)
 
 
 @_factory

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from theory import gap
 from theory.layers.base import KernelState, Layer, Shape, is_concrete
 from theory.layers.program import Segment, Step
 
@@ -28,14 +29,16 @@ Array = jax.Array
 
 class Watch(NamedTuple):
     """Per row input: the first recorded layer whose diagonal kernels are not finite (-1 if none), and the
-    largest pre-activation variance met by a quadrature activation (which bounds the quadrature's accuracy)."""
+    largest pre-activation variance met by a quadrature activation (which bounds the quadrature's accuracy);
+    and the number of kinked duals applied in float32 without the correlation gap (:mod:`theory.gap`)."""
 
     first_bad: Array
     max_variance: Array
+    untracked_kinks: Array
 
 
 def new_watch(n_rows: int, dtype: Any) -> Watch:
-    return Watch(jnp.full((n_rows,), -1, jnp.int32), jnp.zeros((n_rows,), dtype))
+    return Watch(jnp.full((n_rows,), -1, jnp.int32), jnp.zeros((n_rows,), dtype), jnp.zeros((), jnp.int32))
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -80,7 +83,9 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool) -> KernelStat
     same = same.reshape(n1, n2, *(1,) * (q12.ndim - 2))
     q12 = _exact_self_pairs(same, q11[:, None], q12)
     zeros = (lambda a: jnp.zeros_like(a)) if with_ntk else (lambda a: None)
-    return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial))
+    # float32 vectors carry the correlation gap (theory.gap); float64 resolves correlations to 1e-16 without it.
+    g12 = gap.initial(q11[:, None], q12, q22[None]) if not spatial and x1.dtype == jnp.float32 else None
+    return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial), g12)
 
 
 @jax.custom_jvp
@@ -209,6 +214,9 @@ def apply_steps(steps: Sequence[Step], coeffs: Sequence[Any], k: KernelState, wa
         layer = skeleton(step)
         if step.quadrature:
             watch = _watch_variance(watch, k)
+        kinked = getattr(getattr(layer, "activation", None), "gap_dual", None) is not None
+        if kinked and k.g12 is None and k.q12.dtype == jnp.float32:
+            watch = watch._replace(untracked_kinks=watch.untracked_kinks + 1)
         if step.branch is not None:
             gain, inner = c
             branch_k, watch, _ = apply_plan(step.branch, inner, k, watch, per_layer=False)

@@ -203,7 +203,7 @@ class WeightScaling:
 
 
 # -- the kernel state ----------------------------------------------------------------------------------------
-@pytree("q11", "q12", "q22", "t11", "t12", "t22")
+@pytree("q11", "q12", "q22", "t11", "t12", "t22", "g12")
 @dataclasses.dataclass(frozen=True)
 class KernelState:
     """Kernels of row inputs (``B``) against column inputs (``N``) at one layer.
@@ -211,6 +211,11 @@ class KernelState:
     ``q12`` is the NNGP of the pairs, ``(B, N, *S)`` on the spatial diagonal or ``(B, N, *S, *S)`` with
     ``full``; ``q11`` ``(B, *S[, *S])`` and ``q22`` ``(N, *S[, *S])`` are each input with itself. ``t..`` are the
     NTKs (``None`` when not computed). ``spatial`` is ``S``; vectors have ``S = ()``.
+
+    ``g12`` (vectors in float32, else ``None``) is the gap ``sqrt(q11 q22) - q12 = sqrt(q11 q22) (1 - rho)``,
+    carried by the layers that can update it without cancellation (Dense, Elementwise, Residual): near-parallel
+    pairs at depth have ``1 - rho`` far below float32's resolution of ``rho``, and the kinked duals need the angle
+    ``theta = 2 arcsin(sqrt(g12 / (2 sqrt(q11 q22))))`` to relative accuracy. Other linear maps drop it.
     """
 
     q11: Array
@@ -221,12 +226,16 @@ class KernelState:
     t22: Array | None
     spatial: tuple[int, ...] = ()
     full: bool = False
+    g12: Array | None = None
 
     @property
     def with_ntk(self) -> bool:
         return self.t12 is not None
 
     def replace(self, **changes: Any) -> KernelState:
+        """A copy with ``changes``; a new ``q12`` without a new ``g12`` drops the gap (it would be stale)."""
+        if "q12" in changes and "g12" not in changes:
+            changes["g12"] = None
         return dataclasses.replace(self, **changes)
 
     def map(self, fn: Callable[[Array, int], Array], spatial: tuple[int, ...] | None = None,

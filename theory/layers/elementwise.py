@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from theory import gap
 from theory.activations import Activation, get
 from theory.layers.base import KernelState, Layer, Stream, pytree
 
@@ -56,11 +57,20 @@ class Elementwise(Layer):
         act, with_ntk = self.activation, k.with_ntk
         (a11, b11), (a12, b12), (a22, b22) = k.variance_pairs()
         e11, d11 = act.expectations(a11, k.q11, b11, with_ntk)
-        e12, d12 = act.expectations(a12, k.q12, b12, with_ntk)
         e22, d22 = act.expectations(a22, k.q22, b22, with_ntk)
+        g12 = None
+        if k.g12 is not None and act.gap_dual is not None:  # vectors in float32 (theory.gap)
+            _, d12, g12 = act.gap_dual(a12, k.q12, b12, k.g12)
+            e12 = gap.pair(e11[:, None], e22[None], g12)  # from the gap: rounding does not accumulate over depth
+        elif k.g12 is not None:  # a smooth dual (bounded slope at rho = 1): the gap passes through it
+            e12, d12 = act.expectations(a12, gap.pair(a12, b12, k.g12), b12, with_ntk)
+            g12 = gap.initial(e11[:, None], e12, e22[None])
+            e12 = gap.pair(e11[:, None], e22[None], g12)  # an input with itself stays at correlation 1 exactly
+        else:
+            e12, d12 = act.expectations(a12, k.q12, b12, with_ntk)
         if not with_ntk:
-            return k.replace(q11=e11, q12=e12, q22=e22)
-        return k.replace(q11=e11, q12=e12, q22=e22, t11=d11 * k.t11, t12=d12 * k.t12, t22=d22 * k.t22)
+            return k.replace(q11=e11, q12=e12, q22=e22, g12=g12)
+        return k.replace(q11=e11, q12=e12, q22=e22, t11=d11 * k.t11, t12=d12 * k.t12, t22=d22 * k.t22, g12=g12)
 
     def apply(self, params: Any, h: Array) -> Array:
         return self.activation.fn(h)

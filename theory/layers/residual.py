@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 
+from theory import gap
 from theory.layers.base import KernelState, Layer, Stream, check_scale, pytree
 
 Array = jax.Array
@@ -76,9 +77,13 @@ class Residual(Layer):
         def add(a: Array | None, b: Array | None) -> Array | None:
             return None if a is None else a + gain * b
 
+        g12 = None
+        if skip.g12 is not None and branch.g12 is not None:
+            g12 = gap.total(skip.q11[:, None], skip.q22[None], skip.g12, gain * branch.q11[:, None],
+                            gain * branch.q22[None], gain * branch.g12)
         return skip.replace(q11=add(skip.q11, branch.q11), q12=add(skip.q12, branch.q12),
                             q22=add(skip.q22, branch.q22), t11=add(skip.t11, branch.t11),
-                            t12=add(skip.t12, branch.t12), t22=add(skip.t22, branch.t22))
+                            t12=add(skip.t12, branch.t12), t22=add(skip.t22, branch.t22), g12=g12)
 
     def sum_stream(self, skip: Stream, branch: Stream, has_weights: bool, where: str) -> Stream:
         if not has_weights:

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 
+from theory import gap
 from theory.layers.base import (
     GAUSSIAN_STREAM,
     KernelState,
@@ -104,10 +105,11 @@ class WeightLayer(Layer):
         v_w, v_b, c_w, c_b = coefficients
         out = k.map(lambda a, nb: self._average(a, nb, k.full))
         q11, q12, q22 = out.q11, out.q12, out.q22
+        g12 = None if k.g12 is None or k.spatial else gap.affine(q11[:, None], q22[None], k.g12, v_w, v_b)
         if not k.with_ntk:
-            return out.replace(q11=v_w * q11 + v_b, q12=v_w * q12 + v_b, q22=v_w * q22 + v_b)
+            return out.replace(q11=v_w * q11 + v_b, q12=v_w * q12 + v_b, q22=v_w * q22 + v_b, g12=g12)
         return out.replace(
-            q11=v_w * q11 + v_b, q12=v_w * q12 + v_b, q22=v_w * q22 + v_b,
+            q11=v_w * q11 + v_b, q12=v_w * q12 + v_b, q22=v_w * q22 + v_b, g12=g12,
             t11=c_w * q11 + c_b + v_w * out.t11, t12=c_w * q12 + c_b + v_w * out.t12,
             t22=c_w * q22 + c_b + v_w * out.t22,
         )
