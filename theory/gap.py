@@ -29,9 +29,9 @@ def initial(q11: Array, q12: Array, q22: Array) -> Array:
 
 
 def pair(q11: Array, q22: Array, g: Array) -> Array:
-    """``q12 = sqrt(q11 q22) - g``: the pair kernel recomputed from the diagonals and the gap."""
-    _, norm = correlation(q11, jnp.zeros_like(g), q22)
-    return norm - g
+    """``q12 = sqrt(q11) sqrt(q22) - g``: the pair kernel recomputed from the diagonals (``(B, 1)`` and ``(1, N)``:
+    the square roots are taken per input, not per pair) and the gap."""
+    return jnp.sqrt(q11) * jnp.sqrt(q22) - g
 
 
 def _safe_ratio(num: Array, den: Array) -> Array:
@@ -41,7 +41,7 @@ def _safe_ratio(num: Array, den: Array) -> Array:
 def affine(q11: Array, q22: Array, g: Array, v: Any, b: Any) -> Array:
     """The gap after ``q -> v q + b`` of every kernel (a Dense layer); ``q11``, ``q22`` broadcast against ``g``."""
     r1, r2 = jnp.sqrt(q11), jnp.sqrt(q22)
-    new = jnp.sqrt((v * q11 + b) * (v * q22 + b))
+    new = jnp.sqrt(v * q11 + b) * jnp.sqrt(v * q22 + b)  # per input, then one product per pair
     # (r1 - r2)^2 as (q11 - q22)^2 / (r1 + r2)^2: the difference of nearby floats is exact (Sterbenz), that of
     # their rounded square roots is not.
     spread = _safe_ratio((q11 - q22) ** 2, (r1 + r2) ** 2)
@@ -50,8 +50,9 @@ def affine(q11: Array, q22: Array, g: Array, v: Any, b: Any) -> Array:
 
 def total(a11: Array, a22: Array, ga: Array, b11: Array, b22: Array, gb: Array) -> Array:
     """The gap of the sum of two independent kernels ``A + B`` (a residual connection)."""
-    cross = (jnp.sqrt(a11 * b22) - jnp.sqrt(b11 * a22)) ** 2
-    den = jnp.sqrt((a11 + b11) * (a22 + b22)) + jnp.sqrt(a11 * a22) + jnp.sqrt(b11 * b22)
+    ra1, ra2, rb1, rb2 = jnp.sqrt(a11), jnp.sqrt(a22), jnp.sqrt(b11), jnp.sqrt(b22)
+    cross = (ra1 * rb2 - rb1 * ra2) ** 2
+    den = jnp.sqrt(a11 + b11) * jnp.sqrt(a22 + b22) + ra1 * ra2 + rb1 * rb2
     return ga + gb + _safe_ratio(cross, den)
 
 
@@ -75,4 +76,17 @@ def sin_minus_t_cos(t: Array) -> Array:
     return jnp.where(t <= 0.5, series, jnp.sin(t) - t * jnp.cos(t))
 
 
-__all__ = ["affine", "half_angle_sine", "initial", "pair", "sin_minus_t_cos", "total"]
+def sin_minus_half_angle(t: Array, h: Array) -> Array:
+    """``sin t - t cos t`` given ``h = sin(t / 2)`` too: ``sin t = 2 h sqrt(1 - h^2)``, ``cos t = 1 - 2 h^2`` beyond
+    the series' range (no trigonometric calls per pair)."""
+    small = jnp.minimum(t, 0.5)
+    square = small * small
+    series = jnp.zeros_like(t)
+    for c in reversed(_SIN_MINUS_COEFFS):
+        series = series * square + c
+    series = series * square * small
+    direct = 2 * h * jnp.sqrt(jnp.maximum(1 - h * h, 0)) - t * (1 - 2 * h * h)
+    return jnp.where(t <= 0.5, series, direct)
+
+
+__all__ = ["affine", "half_angle_sine", "initial", "pair", "sin_minus_half_angle", "sin_minus_t_cos", "total"]

@@ -29,7 +29,7 @@ import numpy as np
 Array = jax.Array
 
 __all__ = ["MAX_TERMS", "SPAN", "HermiteRule", "RoughActivationError", "choose_rule", "coefficients",
-           "series_expectations"]
+           "series_expectations", "series_parts"]
 
 MAX_TERMS = 8192
 """Longest series :func:`choose_rule` tries; an activation needing more at the variances met is refused."""
@@ -37,6 +37,11 @@ MAX_TERMS = 8192
 SPAN = 14.0
 """The coefficients' integrals run over ``|z| <= SPAN``: the integrand is bounded by ``|phi(sqrt(q) z)| exp(-z^2/4)``
 (``|psi_k| <= 1``), below ``1e-21`` relative beyond for activations of at most polynomial growth."""
+
+
+CONSTANT_BASIS = 2**21
+"""Largest basis (nodes x terms) embedded in the compiled program as a constant; a longer one is computed in it
+(recomputed inside every layer's loop body, but a constant of 150 MB at 8,192 terms would slow compilation)."""
 
 
 class RoughActivationError(ValueError):
@@ -94,7 +99,11 @@ def _traced_basis(terms: int, step: float, dtype: Any) -> tuple[Array, Array]:
 def coefficients(fn: Callable[[Array], Array], q: Array, rule: HermiteRule,
                  derivative: bool = True) -> tuple[Array, Array | None]:
     """``a_k(q)`` (and ``b_k(q)`` for ``phi'``), ``k = 0 .. terms``: arrays of shape ``q.shape + (terms + 1,)``."""
-    z, basis = _traced_basis(rule.terms, rule.step, jnp.result_type(q))
+    dtype = jnp.result_type(q)
+    if (rule.terms + 1) * (2 * int(np.ceil(SPAN / rule.step)) + 1) <= CONSTANT_BASIS:
+        z, basis = (jnp.asarray(a, dtype) for a in _basis(rule.terms, rule.step))
+    else:
+        z, basis = _traced_basis(rule.terms, rule.step, dtype)
     points = jnp.sqrt(q)[..., None] * z
     if derivative:
         values, slopes = jax.jvp(fn, (points,), (jnp.ones_like(points),))
@@ -130,6 +139,39 @@ def series_expectations(fn: Callable[[Array], Array], q11: Array, q12: Array, q2
 
     nngp = horner(a1, a2)
     return nngp, (horner(b1, b2) if derivative else None)
+
+
+def series_parts(fn: Callable[[Array], Array], q11: Array, q12: Array, q22: Array, rule: HermiteRule,
+                 derivative: bool = True) -> tuple[tuple[Array, Array | None], ...]:
+    """``(E11, D11), (E12, D12), (E22, D22)`` of one layer from one set of coefficients per input: the
+    variances ``E[phi(u)^2] = sum_k a_k(q)^2`` (the series at ``rho = 1``) and the pairs' Horner sums.
+
+    Args: ``q11 (B, *S)``, ``q22 (N, *S)`` each input's variance (spatial diagonal), ``q12 (B, N, *S)``.
+    """
+    from theory.gaussian import correlation
+
+    a1, b1 = coefficients(fn, q11, rule, derivative)
+    a2, b2 = coefficients(fn, q22, rule, derivative)
+    rho, _ = correlation(q11[:, None], q12, q22[None])
+
+    def own(c: Array | None) -> Array | None:
+        return None if c is None else jnp.sum(c * c, axis=-1)
+
+    nngp = _horner(rho, a1[:, None], a2[None])
+    ntk = _horner(rho, b1[:, None], b2[None]) if derivative else None
+    return (own(a1), own(b1)), (nngp, ntk), (own(a2), own(b2))
+
+
+def _horner(rho: Array, c1: Array, c2: Array) -> Array:
+    """``sum_k rho^k c1_k c2_k`` (coefficients on the last axis, broadcast against ``rho``), highest term first."""
+    shape = rho.shape
+    c1, c2 = jnp.moveaxis(c1, -1, 0)[::-1], jnp.moveaxis(c2, -1, 0)[::-1]
+
+    def step(acc: Array, pair: tuple[Array, Array]) -> tuple[Array, None]:
+        return acc * rho + pair[0] * pair[1], None
+
+    out, _ = jax.lax.scan(step, jnp.zeros(shape, rho.dtype), (c1, c2))
+    return out
 
 
 def _values(fn: Callable[[Array], Array], q: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

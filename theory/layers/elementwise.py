@@ -20,6 +20,7 @@ import jax
 
 from theory import gap
 from theory.activations import Activation, get
+from theory.hermite import series_parts
 from theory.layers.base import KernelState, Layer, Stream, pytree
 
 Array = jax.Array
@@ -56,18 +57,24 @@ class Elementwise(Layer):
     def kernel(self, k: KernelState, coefficients: Any) -> KernelState:
         act, with_ntk = self.activation, k.with_ntk
         (a11, b11), (a12, b12), (a22, b22) = k.variance_pairs()
-        e11, d11 = act.expectations(a11, k.q11, b11, with_ntk)
-        e22, d22 = act.expectations(a22, k.q22, b22, with_ntk)
+        q12 = k.q12 if k.g12 is None else gap.pair(a12, b12, k.g12)
         g12 = None
-        if k.g12 is not None and act.gap_dual is not None:  # vectors in float32 (theory.gap)
-            _, d12, g12 = act.gap_dual(a12, k.q12, b12, k.g12)
-            e12 = gap.pair(e11[:, None], e22[None], g12)  # from the gap: rounding does not accumulate over depth
-        elif k.g12 is not None:  # a smooth dual (bounded slope at rho = 1): the gap passes through it
-            e12, d12 = act.expectations(a12, gap.pair(a12, b12, k.g12), b12, with_ntk)
-            g12 = gap.initial(e11[:, None], e12, e22[None])
-            e12 = gap.pair(e11[:, None], e22[None], g12)  # an input with itself stays at correlation 1 exactly
+        if act.series is not None and not (k.full and k.spatial):
+            # One set of Hermite coefficients per input serves its own variance and all its pairs.
+            (e11, d11), (e12, d12), (e22, d22) = series_parts(act.fn, k.q11, q12, k.q22, act.series, with_ntk)
         else:
-            e12, d12 = act.expectations(a12, k.q12, b12, with_ntk)
+            e11, d11 = act.expectations(a11, k.q11, b11, with_ntk)
+            e22, d22 = act.expectations(a22, k.q22, b22, with_ntk)
+            if k.g12 is not None and act.gap_dual is not None:  # vectors in float32 (theory.gap)
+                _, d12, g12 = act.gap_dual(a12, k.q12, b12, k.g12)
+            else:
+                e12, d12 = act.expectations(a12, q12, b12, with_ntk)
+        if k.g12 is not None:
+            if act.gap_dual is None:  # a smooth dual (bounded slope at rho = 1): the gap passes through it
+                g12 = gap.initial(e11[:, None], e12, e22[None])
+            # q12 from the gap: rounding does not accumulate over depth, and an input with itself stays at
+            # correlation 1 exactly.
+            e12 = gap.pair(e11[:, None], e22[None], g12)
         if not with_ntk:
             return k.replace(q11=e11, q12=e12, q22=e22, g12=g12)
         return k.replace(q11=e11, q12=e12, q22=e22, t11=d11 * k.t11, t12=d12 * k.t12, t22=d22 * k.t22, g12=g12)
