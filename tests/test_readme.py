@@ -14,6 +14,7 @@ def test_quick_start_runs():
     assert namespace["k"].nngp.shape == (8, 8)
     assert namespace["layers"].nngp.shape == (4, 8, 2)
     assert namespace["k_mine"].ntk.shape == (8, 8)
+    assert namespace["big"].nngp.shape == (300, 300) and type(namespace["big"].nngp).__name__ == "memmap"
 
 
 def test_readme_has_exactly_the_two_setup_commands():
