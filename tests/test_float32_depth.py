@@ -97,6 +97,8 @@ def test_gap_rules_against_float64():
         exact = [float(mpmath.sin(mpmath.mpf(float(v))) - mpmath.mpf(float(v)) * mpmath.cos(mpmath.mpf(float(v))))
                  for v in t]
     np.testing.assert_allclose(np.asarray(gap.sin_minus_t_cos(t), np.float64), exact, rtol=2e-6)
+    half = np.sin(t.astype(np.float64) / 2).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(gap.sin_minus_half_angle(t, half), np.float64), exact, rtol=2e-6)
 
 
 def test_jitted_float32_matches_eager():

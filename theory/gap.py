@@ -65,28 +65,25 @@ def half_angle_sine(norm: Array, g: Array) -> Array:
 _SIN_MINUS_COEFFS = (1 / 3, -1 / 30, 1 / 840, -1 / 45360, 1 / 3991680)
 
 
-def sin_minus_t_cos(t: Array) -> Array:
-    """``sin t - t cos t`` to relative accuracy for small ``t`` (where the two terms cancel to ``t^3 / 3``)."""
+def _sin_minus_series(t: Array) -> Array:
     small = jnp.minimum(t, 0.5)
     square = small * small
     series = jnp.zeros_like(t)
     for c in reversed(_SIN_MINUS_COEFFS):
         series = series * square + c
-    series = series * square * small
-    return jnp.where(t <= 0.5, series, jnp.sin(t) - t * jnp.cos(t))
+    return series * square * small
+
+
+def sin_minus_t_cos(t: Array) -> Array:
+    """``sin t - t cos t`` to relative accuracy for small ``t`` (where the two terms cancel to ``t^3 / 3``)."""
+    return jnp.where(t <= 0.5, _sin_minus_series(t), jnp.sin(t) - t * jnp.cos(t))
 
 
 def sin_minus_half_angle(t: Array, h: Array) -> Array:
     """``sin t - t cos t`` given ``h = sin(t / 2)`` too: ``sin t = 2 h sqrt(1 - h^2)``, ``cos t = 1 - 2 h^2`` beyond
     the series' range (no trigonometric calls per pair)."""
-    small = jnp.minimum(t, 0.5)
-    square = small * small
-    series = jnp.zeros_like(t)
-    for c in reversed(_SIN_MINUS_COEFFS):
-        series = series * square + c
-    series = series * square * small
     direct = 2 * h * jnp.sqrt(jnp.maximum(1 - h * h, 0)) - t * (1 - 2 * h * h)
-    return jnp.where(t <= 0.5, series, direct)
+    return jnp.where(t <= 0.5, _sin_minus_series(t), direct)
 
 
 __all__ = ["affine", "half_angle_sine", "initial", "pair", "sin_minus_half_angle", "sin_minus_t_cos", "total"]
