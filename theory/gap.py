@@ -44,16 +44,16 @@ def affine(q11: Array, q22: Array, g: Array, v: Any, b: Any) -> Array:
     new = jnp.sqrt(v * q11 + b) * jnp.sqrt(v * q22 + b)  # per input, then one product per pair
     # (r1 - r2)^2 as (q11 - q22)^2 / (r1 + r2)^2: the difference of nearby floats is exact (Sterbenz), that of
     # their rounded square roots is not.
-    spread = _safe_ratio((q11 - q22) ** 2, (r1 + r2) ** 2)
+    spread = _safe_ratio(q11 - q22, r1 + r2) ** 2  # the ratio first: no overflow near float32's max
     return v * g + _safe_ratio(v * b * spread, new + v * r1 * r2 + b)
 
 
 def total(a11: Array, a22: Array, ga: Array, b11: Array, b22: Array, gb: Array) -> Array:
     """The gap of the sum of two independent kernels ``A + B`` (a residual connection)."""
     ra1, ra2, rb1, rb2 = jnp.sqrt(a11), jnp.sqrt(a22), jnp.sqrt(b11), jnp.sqrt(b22)
-    cross = (ra1 * rb2 - rb1 * ra2) ** 2
+    diff = ra1 * rb2 - rb1 * ra2
     den = jnp.sqrt(a11 + b11) * jnp.sqrt(a22 + b22) + ra1 * ra2 + rb1 * rb2
-    return ga + gb + _safe_ratio(cross, den)
+    return ga + gb + diff * _safe_ratio(diff, den)  # |diff| <= den: no overflow
 
 
 def half_angle_sine(norm: Array, g: Array) -> Array:
