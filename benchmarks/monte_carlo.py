@@ -12,12 +12,15 @@ depth 3, N = 256 inputs with 16 features, 64 sampled networks, NNGP and NTK of `
 float32. Measured:
 
 (a) ours: ``estimate_kernels(arch, x, width=512, n_samples=64, key=...)`` (sampling, forward, the
-    layer-wise exact NTK, streaming mean and standard error), against NT's
+    exact NTK in closed form from the forward activations and backward signals (``experiments.dense_chains``,
+    the path of Dense / Elementwise chains), streaming mean and standard error), against NT's
     ``nt.monte_carlo_kernel_fn(init_fn, apply_fn, key, 64, implementation=...)(x, None, ("nngp", "ntk"))``
     for each of NT's empirical-NTK implementations asked for (1 Jacobian contraction, the default;
     2 NTK-vector products; 3 structured derivatives), in the pinned reference environment
     (``benchmarks/nt_mc_worker.py``, a subprocess). Both sides: first call (compilation), then the
-    median of ``--reps`` warm calls. Ratio = NT's fastest implementation / ours.
+    median of ``--reps`` warm calls; ours is timed again after the NT half (the machine's load may have
+    changed in the minutes NT takes), and the ratios use the slower of our two medians. Target: NT's
+    fastest implementation / ours >= 100x (issue 15; issue 3 asked for 10x).
 (b) the forward pass of the 64 networks (``experiments.networks.apply`` vmapped over networks,
     parameters sampled beforehand): achieved FLOP/s (``2 N sum fan_in fan_out`` per network) over
     the machine's float32 matmul rate measured in the same run (square 2048 matmul).
@@ -42,7 +45,7 @@ from kernels import child_env, find_nt_python, machine_info, matmul_gflops  # no
 
 FULL = {"width": 512, "depth": 3, "n": 256, "features": 16, "n_samples": 64}
 QUICK = {"width": 256, "depth": 3, "n": 64, "features": 16, "n_samples": 16}
-SPEED_TARGET = 10.0
+SPEED_TARGET = 100.0  # issue 15 (issue 3 asked for 10x)
 FLOPS_TARGET = 0.5
 
 
@@ -80,7 +83,7 @@ def ours(workload: dict, reps: int) -> dict:
     first = time.perf_counter() - t0
     median, times = _median_time(call, reps)
     return {"first_call_s": first, "median_s": median, "times_s": times, "dtype": str(est.dtype),
-            "nngp": est.nngp, "ntk": est.ntk}
+            "nngp": est.nngp, "ntk": est.ntk, "call": call}
 
 
 def forward_rate(workload: dict, reps: int) -> dict:
@@ -163,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
          f"float32 2048^3 matmul: {peak:.1f} GFLOP/s; fraction {fwd['fraction']:.2f}; the same batched "
          f"matmul alone ({workload['n_samples']} x {workload['n']}x{workload['width']} @ "
          f"{workload['width']}x{workload['width']}): {fwd['batched_matmul_gflops']:.1f} GFLOP/s")
-    results["ours"] = {k: v for k, v in mine.items() if k not in ("nngp", "ntk")}
     results["forward"] = fwd
+    ours_call = mine["call"]
 
     rows = []
     if not args.skip_nt:
@@ -184,16 +187,32 @@ def main(argv: list[str] | None = None) -> int:
                 z = {name: float(np.max(np.abs(np.load(f"{save}_{name}.npy") - mine[name].mean)
                                         / (np.sqrt(2) * mine[name].stderr + 1e-30)))
                      for name in ("nngp", "ntk")}
-                answer.update(ratio=answer["median_s"] / mine["median_s"], max_z=z)
+                answer.update(max_z=z)
                 rows.append(answer)
                 _say(f"NT {answer['implementation']}: median {answer['median_s']:.1f} s, first call "
-                     f"{answer['first_call_s']:.1f} s; NT / deeplimits = {answer['ratio']:.1f}x; "
-                     f"max |NT - ours| / (sqrt(2) SE): nngp {z['nngp']:.1f}, ntk {z['ntk']:.1f}")
+                     f"{answer['first_call_s']:.1f} s; max |NT - ours| / (sqrt(2) SE): nngp {z['nngp']:.1f}, "
+                     f"ntk {z['ntk']:.1f}")
+    timed = [r for r in rows if "max_z" in r]
+    reference = mine["median_s"]
+    if timed:
+        # Ours again after the NT half (minutes later, on a machine whose load may have changed): the ratios use
+        # the slower of our two medians.
+        again, again_times = _median_time(ours_call, reps)
+        mine["after_nt_median_s"], mine["after_nt_times_s"] = again, again_times
+        reference = max(reference, again)
+        _say(f"deeplimits estimate_kernels again after NT: median {again:.2f} s of "
+             f"{[round(t, 2) for t in again_times]}; ratios against {reference:.2f} s")
+        for r in timed:
+            r["ratio"] = r["median_s"] / reference
+            _say(f"NT {r['implementation']} / deeplimits = {r['ratio']:.1f}x")
     results["nt"] = rows
+    results["load_avg_end"] = os.getloadavg()
+    _say(f"load average at the end {results['load_avg_end']}")
+    results["ours"] = {k: v for k, v in mine.items() if k not in ("nngp", "ntk", "call")}
 
     _say("\n| measurement | value | target |\n|---|---|---|")
-    _say(f"| deeplimits estimate_kernels (warm median) | {mine['median_s']:.2f} s | |")
-    timed = [r for r in rows if "ratio" in r]
+    after = f"; {mine['after_nt_median_s']:.2f} s after NT" if "after_nt_median_s" in mine else ""
+    _say(f"| deeplimits estimate_kernels (warm median) | {mine['median_s']:.2f} s{after} | |")
     for r in timed:
         _say(f"| NT monte_carlo_kernel_fn, {r['implementation']} | {r['median_s']:.1f} s "
              f"({r['ratio']:.1f}x ours) | |")

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import theory
+from experiments import dense_chains
 from experiments import monte_carlo as mc
+from theory import layers as nn
 
 X = np.random.default_rng(0).normal(size=(3, 4))
 
@@ -176,3 +178,91 @@ def test_median_standard_error_matches_the_asymptotic_formula():
     assert abs(est.stderr * np.sqrt(4000) / np.sqrt(np.pi / 2) - 1) < 0.15
     with pytest.raises(ValueError, match="at least 2 samples"):
         mc.median(np.ones(1))
+
+
+# -- the closed-form path of Dense / Elementwise chains (experiments.dense_chains) against the general one -----
+CHAINS = {
+    "relu-mlp": theory.MLP(3, "relu", 2**0.5, 0.0),
+    "erf-mlp-bias": theory.MLP(2, "erf", 1.5, 0.2),
+    "tanh-standard": theory.MLP(2, "tanh", 1.2, 0.1, weight_scaling="standard", width=16),
+    "mup": theory.parameterize(theory.MLP(2, "relu", 2**0.5, 0.1), "mup", width=16),
+    "serial": theory.serial(nn.Elementwise("tanh"), nn.Dense(w_std=1.5, b_std=0.2), nn.Elementwise("erf"),
+                            nn.Dense(w_std=1.1), nn.Dense(w_std=1.2, b_std=0.1), nn.Elementwise("relu"), nn.Dense()),
+}
+
+
+def _general_and_fast(arch, x1, x2=None, **kwargs):
+    """Per-network kernels of the general path and of the closed-form path, ``{"nngp": ..., "ntk": ...}`` each."""
+    args = {"width": 16, "n_samples": 5, "key": jax.random.key(5), "get": ("nngp", "ntk"), "weights": "gaussian",
+            "n_out": 1, "nngp_from": "outputs", "memory_budget": mc.DEFAULT_MEMORY_BUDGET, "progress": None} | kwargs
+    out = []
+    for general in (True, False):
+        order, _, chunks = mc._kernel_chunks(arch, x1, x2, general=general, **args)
+        chunks = list(chunks)
+        out.append({name: np.concatenate([np.asarray(c[i]) for c in chunks]) for i, name in enumerate(order)})
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("relu-mlp", {}),
+        ("erf-mlp-bias", {"n_out": 3, "x2": True}),
+        ("tanh-standard", {"nngp_from": "readout_kernel", "n_out": 2}),
+        ("mup", {"weights": "orthogonal", "x2": True}),
+        ("serial", {"n_out": 2, "memory_budget": 1}),
+        ("serial", {"nngp_from": "readout_kernel", "x2": True}),
+    ],
+    ids=["relu-mlp", "erf-n_out-cross", "tanh-standard-readout_kernel", "mup-orthogonal-cross", "serial-chunks-of-one",
+         "serial-readout_kernel-cross"],
+)
+def test_dense_chain_path_equals_the_general_path(name, kwargs):
+    """Same networks, same kernels (float64), and estimate_kernels reports the general samples' mean and SE."""
+    arch = CHAINS[name]
+    assert dense_chains.chain(arch, 2) is not None
+    x2 = np.random.default_rng(1).normal(size=(2, 4)) if kwargs.pop("x2", False) else None
+    general, fast = _general_and_fast(arch, X, x2, **kwargs)
+    est = mc.estimate_kernels(arch, X, x2, width=16, n_samples=5, key=jax.random.key(5), **kwargs)
+    for kernel in ("nngp", "ntk"):
+        ref = general[kernel]
+        assert fast[kernel].shape == ref.shape == (5, 3, 3 if x2 is None else 2)
+        np.testing.assert_allclose(fast[kernel], ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+        e = getattr(est, kernel)
+        np.testing.assert_allclose(e.mean, ref.mean(0), rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+        np.testing.assert_allclose(e.stderr, ref.std(0, ddof=1) / np.sqrt(5), rtol=1e-8, atol=1e-12 * np.abs(ref).max())
+
+
+def test_dense_chain_path_equals_the_general_path_unjitted_and_in_float32():
+    arch, x = CHAINS["serial"], X.astype(np.float32)
+    general, fast = _general_and_fast(arch, x, n_out=2, n_samples=2)
+    with jax.disable_jit():  # the closed-form path op by op (the general path's eager run takes ~30 s)
+        order, _, chunks = mc._kernel_chunks(arch, x, None, general=False, width=16, n_samples=2,
+                                             key=jax.random.key(5), get=("nngp", "ntk"), weights="gaussian", n_out=2,
+                                             nngp_from="outputs", memory_budget=mc.DEFAULT_MEMORY_BUDGET,
+                                             progress=None)
+        (eager,) = list(chunks)
+    for i, kernel in enumerate(order):
+        ref = general[kernel]
+        assert ref.dtype == fast[kernel].dtype == eager[i].dtype == np.float32
+        for got in (fast[kernel], np.asarray(eager[i])):
+            np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_programs_outside_the_dense_chain_path():
+    assert dense_chains.chain(theory.MLP(2), 3) is None  # Dense at every position of a sequence
+    assert dense_chains.chain(theory.ResNet(2), 2) is None
+    assert dense_chains.chain(theory.serial(nn.Dense(), nn.LayerNorm(), nn.Elementwise("relu"), nn.Dense()), 2) is None
+
+
+def test_normal_draws_jax_random_normal():
+    """The same numbers as jax.random.normal, bit for bit (typed and raw threefry keys, float32 and float64, eager
+    and jitted; other generators are passed to jax.random.normal)."""
+    jitted = jax.jit(dense_chains.normal, static_argnums=(1, 2))
+    for key in (jax.random.key(3), jax.random.PRNGKey(4), jax.random.key(5, impl="rbg")):
+        for dtype in (np.float32, np.float64):
+            for shape in ((7,), (16, 33)):
+                want = np.asarray(jax.random.normal(key, shape, dtype))
+                np.testing.assert_array_equal(np.asarray(dense_chains.normal(key, shape, dtype)), want)
+        np.testing.assert_array_equal(np.asarray(jitted(key, (3, 5), np.float32)),
+                                      np.asarray(jax.random.normal(key, (3, 5), np.float32)))
+    assert dense_chains.fast_rng(jax.random.key(0)) and not dense_chains.fast_rng(jax.random.key(0, impl="rbg"))
