@@ -24,9 +24,11 @@ Usage, from the repository root (``VENV/bin/python``: the pinned interpreter)::
     # print the case names
     .venv-nt/bin/python tests/reference/make_nt_fixtures.py --list
 
-Generation takes about 4 minutes on 2 CPU cores (mostly the tanh cases).  The
-output is deterministic: fixed seeds and fixed zip timestamps, so rerunning
-``--out`` in the same environment rewrites byte-identical files.
+Generation (and ``--check``) takes 4-5 minutes on 2 shared CPU cores (measured
+under a load average of ~5: 228 s / 298 s; peak memory 3 GB), the tanh cases (NT's
+quadrature at degree 1000) about half of it.  The output is deterministic:
+fixed seeds and fixed zip timestamps, so rerunning ``--out`` in the same
+environment rewrites byte-identical files.
 
 There are three kinds of fixtures, all float64: fully connected MLP / ResNet
 cases (``nt_mlp_*``, ``nt_resnet_*``), layer programs (``nt_prog_*``: CNNs,
@@ -34,7 +36,9 @@ pooling, LayerNorm, residual blocks; see "Layer programs" below) and one
 finite network's empirical NTK (``nt_empirical_cnn``, see the end).
 
 MLP / ResNet cases are evaluated on fixed inputs ``x1`` (5, 4) and ``x2``
-(3, 4).  Each ``.npz`` holds:
+(3, 4), the tanh cases on ``x1`` (3, 4) and ``x2`` (3, 4) (``TANH_N1``,
+``TANH_N2``: NT's quadrature costs deg**2 per pair of inputs and layer); below,
+5 and 3 stand for the sizes of x1 and x2.  Each ``.npz`` holds:
 
 ``config``
     0-d unicode array: JSON (sorted keys) describing the architecture.
@@ -43,7 +47,9 @@ MLP / ResNet cases are evaluated on fixed inputs ``x1`` (5, 4) and ``x2``
     derived from the case name; every row is rescaled so that its norm is
     ``f * sqrt(4)`` with ``f`` in [0.5, 2]; some cases contain a row of ``x1``
     proportional to another row of ``x1`` and/or rows of ``x2`` equal or
-    proportional to rows of ``x1``, i.e. pairs with correlation exactly 1).
+    proportional to rows of ``x1``, i.e. pairs with correlation exactly 1:
+    by the name-derived variant, nothing more, ``x1[-1] = c * x1[1]``,
+    ``x2[1] = x1[2]``, or both plus ``x2[2] = c' * x1[0]``, c, c' > 0).
 ``nngp_12``, ``ntk_12``
     NT's ``kernel_fn(x1, x2, ("nngp", "ntk"))`` of the full network, (5, 3).
 ``nngp_11``, ``ntk_11``
@@ -52,7 +58,8 @@ MLP / ResNet cases are evaluated on fixed inputs ``x1`` (5, 4) and ``x2``
     only for MLPs with depth <= 3: shape (depth + 1, 5, 5), the kernels (on
     ``x1``) of the pre-activations after each Dense layer (index 0 = the first
     Dense reading x, ..., index depth = the readout), each computed from the
-    NT network truncated right after that Dense layer.
+    NT network truncated right after that Dense layer (tanh: read off the one
+    staged evaluation of the network, see ``_staged_kernels``).
 ``nt_version``, ``jax_version``
     strings.
 
@@ -68,8 +75,17 @@ Config schema (JSON)::
 ``activation`` is ``{"name": ...}`` (plus ``"slope"`` for leaky_relu);
 ``width`` is the hidden width (an int for the "standard" parameterization,
 null for "ntk", where it does not enter the kernels); ``quadrature_degree`` is
-the Gauss-Hermite degree given to NT's ``ElementwiseNumerical`` (tanh only,
-null otherwise).
+the Gauss-Hermite degree NT's ``ElementwiseNumerical`` used (tanh only, null
+otherwise): TANH_DEGREE = 1000, where NT's kernels are converged to ~4e-11 (see
+TANH_DEGREE).  It records how the reference was computed; a test reproducing
+the kernels is not meant to use it.
+
+NT evaluates the closed-form cases eagerly (``kernel_fn`` as is) and the tanh
+cases under ``jax.jit``: programs as one jitted ``kernel_fn``, MLPs / ResNets
+stage by stage (``_staged_kernels``: one jitted ``kernel_fn`` per distinct
+stage, reused for identical layers / residual blocks).  Jitting is 2-4x faster
+at degree 1000 and agrees with the eager evaluation to ~1e-16 of the kernels'
+scale.
 
 Conventions realised with NT (the project's definitions):
 
@@ -139,11 +155,12 @@ readout, so the kernels have no spatial axes (checked: NT silently returns
 kernels with spatial axes, e.g. (4, 3, W, W, H, H), when a Dense readout reads
 an image).
 
-Inputs: ``x1`` (4, *input_shape), ``x2`` (3, *input_shape), with H, W, C = 5,
+Inputs: ``x1`` (4, *input_shape), ``x2`` (3, *input_shape) (tanh programs:
+(3, ...) and (2, ...), ``PROG_TANH_N1``, ``PROG_TANH_N2``), with H, W, C = 5,
 4, 3 (non-square on purpose), L, C = 7, 2 and D = 6; standard normal from
 ``np.random.default_rng(crc32(case name))`` (e.g. "prog_cnn2d_relu_same_flat"),
 each example rescaled to a mean square per entry uniform in [0.5, 2]; by the
-name-derived variant (as for the MLPs): nothing more, ``x1[3] = c * x1[1]``
+name-derived variant (as for the MLPs): nothing more, ``x1[-1] = c * x1[1]``
 (c > 0), ``x2[1] = x1[2]``, or both plus ``x2[2] = c' * x1[0]``.  NT
 normalises the input kernel by the channel count: ``x . x' / C`` per pair of
 positions.  In the "standard" scaling the NTK grows with the width (NT adds
@@ -166,7 +183,7 @@ channel counts (a residual block on the raw input).  Flatten readouts let NT
 keep only spatially diagonal kernels (cheap, hence the tanh programs use
 them); GlobalAvgPool needs the full (N1, N2, H, H, W, W) covariances, which
 for ElementwiseNumerical would cost deg**2 times that.  Quadrature accuracy
-of the tanh programs: see PROG_TANH_DEGREE.
+of the tanh programs: see TANH_DEGREE.
 
 Empirical NTK (``nt_empirical_cnn.npz``)
 ----------------------------------------
@@ -226,18 +243,25 @@ from neural_tangents import stax  # noqa: E402
 warnings.filterwarnings("ignore", category=UserWarning, module=r"neural_tangents(\.|$)")
 
 N1, N2, D_IN = 5, 3, 4  # x1: (N1, D_IN), x2: (N2, D_IN)
+# Fewer inputs for the tanh cases: NT's ElementwiseNumerical costs deg**2 per pair and
+# layer (deg = TANH_DEGREE), and x1-x1 pairs (N1**2) dominate.
+TANH_N1, TANH_N2 = 3, 3
 ROW_SCALE = (0.5, 2.0)  # row norm factor range (times sqrt(D_IN))
 STANDARD_WIDTH = 64  # hidden width for "standard" cases
 NTK_OUT_DIM = 512  # out_dim of hidden Dense in "ntk" (ignored)
 # Gauss-Hermite degree for tanh (NT's ElementwiseNumerical; stored per case as
-# "quadrature_degree").  NT suggests 25, but tanh' = sech^2 has poles at +-i pi/2, so
-# the rule converges only like exp(-c sqrt(deg / q)), and first-layer variances here
-# reach q ~ 9.  Entrywise relative error against deg=1000 (same NT code): deg=25 up
+# "quadrature_degree"), the same for every tanh case (MLP, ResNet, program).  NT suggests
+# 25, but tanh' = sech^2 has poles at +-i pi/2, so the rule converges only like
+# exp(-c sqrt(deg / q)), and first-layer variances here reach q ~ 9.  Measured
+# (earlier inputs; entrywise relative error against deg=1000, same NT code): deg=25 up
 # to 4e-2 (NNGP) / 3e-1 (NTK), deg=60 3e-3 / 4e-2, deg=400 with w_std=1 <= 2e-10,
-# deg=400 with w_std=1.5 1e-7, deg=700 with w_std=1.5 <= 3e-9.  Hence TANH_DEGREE
-# in general and TANH_DEGREE_HIGH for the MLPs with w_std >= 1.5.
-TANH_DEGREE = 400
-TANH_DEGREE_HIGH = 700
+# deg=400 with w_std=1.5 1e-7, deg=700 with w_std=1.5 <= 3e-9.  At TANH_DEGREE, on the
+# current cases and inputs, deg=1000 against deg=2000, entrywise relative error
+# |d| / (|entry| + 1e-3 max|entry|) over all stored arrays: MLPs with w_std=1.5 up to
+# 3.8e-11 (mlp_tanh_L1_w1.5_b0.2_ntk; the others <= 5e-12), MLPs with w_std=1 <= 2e-13,
+# ResNets <= 5e-14, programs <= 1e-12 (prog_cnn1d_tanh_valid_flat 9.3e-13,
+# prog_cnn2d_tanh_same_s22_flat 8e-14, prog_mlp_ln_tanh_bias 5e-14).
+TANH_DEGREE = 1000
 MAX_LAYER_DEPTH = 3  # per-layer kernels stored for MLP depth <= 3
 RTOL, ATOL = 1e-10, 1e-14  # --check tolerances
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamp: byte-identical files
@@ -248,13 +272,13 @@ PROG_INPUT_SHAPES = {"image": (5, 4, 3), "seq": (7, 2), "vec": (6,)}  # (H, W, C
 PROG_MEAN_SQ = (0.5, 2.0)  # per-example mean square per entry, uniform in this range
 PROG_STANDARD_WIDTH = 16  # hidden channels of "standard" programs
 PROG_NTK_OUT_DIM = 8  # hidden channels of "ntk" programs (ignored by kernel_fn)
-# Gauss-Hermite degrees of the tanh programs (diagonal-spatial networks: cheap).
-# Entrywise relative error against deg=1000/2000: prog_cnn2d_tanh_same_flat (w_std 1,
-# per-position variances q <~ 2) deg=200 <= 2e-11; prog_cnn1d_tanh_valid_flat
-# (w_std 1.5, q up to 6.2) deg=200 1e-5, deg=400 2e-8, deg=600 <= 1e-10;
-# prog_mlp_ln_tanh_bias (after LayerNorm q = 1) deg=200 <= 3e-14.
-PROG_TANH_DEGREE = 200
-PROG_TANH_DEGREE_HIGH = 600
+# tanh programs: TANH_DEGREE as well, on x1 (PROG_TANH_N1, ...), x2 (PROG_TANH_N2, ...)
+# (each pair of examples costs deg**2 per spatial position and layer, in time and memory).
+# Measured earlier (older inputs, entrywise relative error against deg=1000/2000):
+# prog_cnn2d_tanh_same_flat (w_std 1, per-position variances q <~ 2) deg=200 <= 2e-11;
+# prog_cnn1d_tanh_valid_flat (w_std 1.5, q up to 6.2) deg=200 1e-5, deg=400 2e-8,
+# deg=600 <= 1e-10; prog_mlp_ln_tanh_bias (after LayerNorm q = 1) deg=200 <= 3e-14.
+PROG_TANH_N1, PROG_TANH_N2 = 3, 2
 LN_EPS = 1e-12
 # Empirical NTK fixture: a finite "ntk"-scaled CNN.
 EMP_N1, EMP_N2, EMP_WIDTH, EMP_N_OUT, EMP_SEED = 3, 2, 6, 2, 20240
@@ -459,8 +483,7 @@ def mlp_case(act, depth, w_std, b_std, parameterization="ntk"):
         "quadrature_degree": None,
     }
     if act == "tanh":
-        high = w_std >= 1.5
-        cfg["quadrature_degree"] = TANH_DEGREE_HIGH if high else TANH_DEGREE
+        cfg["quadrature_degree"] = TANH_DEGREE
     name = (
         f"mlp_{_ACT_LABEL.get(act, act)}_L{depth}_w{_fmt(w_std)}_b{_fmt(b_std)}_{_param_label(parameterization, width)}"
     )
@@ -526,7 +549,7 @@ def _Conv(filter_shape, padding="SAME", w=1.0, b=0.0, strides=None):
     }
 
 
-def _Act(name, quadrature_degree=PROG_TANH_DEGREE):
+def _Act(name, quadrature_degree=TANH_DEGREE):
     return {
         "layer": "Elementwise",
         "activation": _act_config(name),
@@ -681,11 +704,13 @@ def program_cases():
     add("cnn2d_identity_act_idlayer_gap", "image",
         [_Conv(c33, "SAME", 1.0, 0.1), _Act("identity"), _Conv((2, 3), "VALID", 1.5), _ID, _GAP,
          _Dense(1.0)])
-    add("cnn2d_tanh_same_flat", "image",
-        [_Conv(c33, "SAME", 1.0), _Act("tanh"), _Conv(c33, "SAME", 1.0, 0.1), _Act("tanh"), _FLAT,
-         _Dense(1.0)])
+    # (strides 2: 3 x 2 positions, not 5 x 4; NT's quadrature arrays are deg**2 per pair of
+    # examples and position: 4.8 GB and 20 s at deg 1000 with 5 x 4)
+    add("cnn2d_tanh_same_s22_flat", "image",
+        [_Conv(c33, "SAME", 1.0, strides=(2, 2)), _Act("tanh"), _Conv(c33, "SAME", 1.0, 0.1), _Act("tanh"),
+         _FLAT, _Dense(1.0)])
     add("cnn1d_tanh_valid_flat", "seq",
-        [_Conv((3,), "VALID", 1.5, 0.2), _Act("tanh", PROG_TANH_DEGREE_HIGH), _FLAT, _Dense(1.0)])
+        [_Conv((3,), "VALID", 1.5, 0.2), _Act("tanh"), _FLAT, _Dense(1.0)])
     add("mlp_ln_tanh_bias", "vec",
         [_Dense(1.5, 0.1), _LN, _Act("tanh"), _Dense(1.0, 0.2), _LN, _Act("tanh"), _Dense(1.0, 0.1)])
     # 8. "standard" weight scaling, width 16.
@@ -823,21 +848,23 @@ def case_seed(name):
     return zlib.crc32(name.encode("utf-8"))
 
 
-def make_inputs(seed, variant):
-    """x1 (N1, D_IN), x2 (N2, D_IN); row norms sqrt(D_IN) * U[0.5, 2]."""
+def make_inputs(seed, variant, n1=N1, n2=N2):
+    """x1 (n1, D_IN), x2 (n2, D_IN); row norms sqrt(D_IN) * U[0.5, 2]."""
     rng = np.random.default_rng(seed)
-    x1 = rng.standard_normal((N1, D_IN))
-    x2 = rng.standard_normal((N2, D_IN))
-    f1 = rng.uniform(*ROW_SCALE, size=N1)
-    f2 = rng.uniform(*ROW_SCALE, size=N2)
+    x1 = rng.standard_normal((n1, D_IN))
+    x2 = rng.standard_normal((n2, D_IN))
+    f1 = rng.uniform(*ROW_SCALE, size=n1)
+    f2 = rng.uniform(*ROW_SCALE, size=n2)
     x1 *= (math.sqrt(D_IN) * f1 / np.linalg.norm(x1, axis=1))[:, None]
     x2 *= (math.sqrt(D_IN) * f2 / np.linalg.norm(x2, axis=1))[:, None]
     if variant in ("parallel", "both"):
-        # row 4 of x1 is a positive multiple of row 1 (correlation exactly 1).
-        x1[4] = x1[1] * (f1[4] / f1[1])
+        # the last row of x1 is a positive multiple of row 1 (correlation exactly 1).
+        x1[-1] = x1[1] * (f1[-1] / f1[1])
     if variant in ("shared", "both"):
         x2[1] = x1[2]  # identical row in x1 and x2
     if variant == "both":
+        if n2 < 3:
+            raise ValueError(f"the 'both' input variant needs 3 rows in x2, got {n2}")
         x2[2] = x1[0] * (f2[2] / f1[0])  # cross pair with correlation 1
     return x1, x2
 
@@ -856,18 +883,55 @@ def make_program_inputs(seed, variant, input_shape, n1=PROG_N1, n2=PROG_N2):
 
     x1, x2 = rescale(x1, m1), rescale(x2, m2)
     if variant in ("parallel", "both"):
-        x1[3] = x1[1] * math.sqrt(m1[3] / m1[1])  # positive multiple of example 1
+        x1[-1] = x1[1] * math.sqrt(m1[-1] / m1[1])  # positive multiple of example 1
     if variant in ("shared", "both"):
         x2[1] = x1[2]  # identical example in x1 and x2
     if variant == "both":
+        if n2 < 3:
+            raise ValueError(f"the 'both' input variant needs 3 examples in x2, got {n2}")
         x2[2] = x1[0] * math.sqrt(m2[2] / m1[0])  # cross pair, positive multiple
     return x1, x2
 
 
-def _kernels(layers, x1, x2):
+def _kernels(layers, x1, x2, jit=False):
     kernel_fn = stax.serial(*layers)[2]
+    if jit:
+        kernel_fn = jax.jit(kernel_fn, static_argnames="get")
     k = kernel_fn(x1, x2, ("nngp", "ntk"))
     return (np.asarray(k.nngp, dtype=np.float64), np.asarray(k.ntk, dtype=np.float64))
+
+
+def _staged_kernels(stages, x1, x2):
+    """[(nngp, ntk) after each stage] of the NT network ``stages[0] + stages[1] + ...`` (lists of NT
+    layers): stage 0 reads the inputs, each later one the previous stage's Kernel through its
+    ``kernel_fn`` jitted once per distinct stage object, so that a network of L identical blocks
+    compiles one block, not L of them (jitting a whole ResNet-64 takes about a minute; evaluating
+    it eagerly materialises every deg x deg quadrature array, 2-3x slower than jitted), and one pass
+    gives the kernels after every layer.  Used for the tanh MLPs / ResNets; values within 1e-16 of
+    the kernels' scale of the eager whole-network ``_kernels`` (measured)."""
+    out, jitted, k = [], {}, None
+    for i, stage in enumerate(stages):
+        if i == 0:
+            k = stax.serial(*stage)[2](x1, x2)
+        else:
+            if id(stage) not in jitted:
+                jitted[id(stage)] = jax.jit(stax.serial(*stage)[2])
+            k = jitted[id(stage)](k)
+        out.append((np.asarray(k.nngp, dtype=np.float64), np.asarray(k.ntk, dtype=np.float64)))
+    return out
+
+
+def network_stages(cfg):
+    """MLP: [Dense], [act, Dense] x (depth - 1) (one list object), [act, readout Dense]: the stages
+    end at the Dense layers.  ResNet: [stem], block x depth (one list object), [[act,] readout]."""
+    if cfg["arch"] == "MLP":
+        layers, _ = mlp_layers(cfg)
+        hidden = layers[1:3]
+        return [layers[:1]] + [hidden] * (cfg["depth"] - 1) + [layers[-2:]]
+    layers = resnet_layers(cfg)
+    depth = cfg["depth"]
+    block = layers[1:4]  # FanOut(2), parallel(Identity, act >> BRANCH), FanInSum: identical blocks
+    return [layers[:1]] + [block] * depth + [layers[1 + 3 * depth :]]
 
 
 def case_variant(name):
@@ -925,11 +989,29 @@ def compute_empirical_case(name, cfg):
     return out
 
 
+def uses_quadrature(cfg):
+    """Whether a case has a tanh (NT's ElementwiseNumerical) layer."""
+    if cfg["arch"] != "program":
+        return cfg["quadrature_degree"] is not None
+
+    def walk(layers):
+        for layer in layers:
+            if layer["layer"] == "Elementwise" and layer["quadrature_degree"] is not None:
+                return True
+            if layer["layer"] == "Residual" and walk(layer["branch"]):
+                return True
+        return False
+
+    return walk(cfg["layers"])
+
+
 def compute_program_case(name, cfg):
-    x1, x2 = make_program_inputs(case_seed(name), case_variant(name), tuple(cfg["input_shape"]))
+    quad = uses_quadrature(cfg)
+    sizes = (PROG_TANH_N1, PROG_TANH_N2) if quad else (PROG_N1, PROG_N2)
+    x1, x2 = make_program_inputs(case_seed(name), case_variant(name), tuple(cfg["input_shape"]), *sizes)
     layers = program_layers(cfg)
-    nngp_12, ntk_12 = _kernels(layers, x1, x2)
-    nngp_11, ntk_11 = _kernels(layers, x1, None)
+    nngp_12, ntk_12 = _kernels(layers, x1, x2, jit=quad)
+    nngp_11, ntk_11 = _kernels(layers, x1, None, jit=quad)
     if nngp_12.shape != (len(x1), len(x2)) or nngp_11.shape != (len(x1), len(x1)):
         # e.g. no Flatten / GlobalAvgPool before the readout: NT keeps the spatial axes.
         raise ValueError(f"{name}: kernels of shape {nngp_12.shape}, expected (N1, N2)")
@@ -953,10 +1035,19 @@ def compute_case(name, cfg):
         return compute_empirical_case(name, cfg)
     if cfg["arch"] == "program":
         return compute_program_case(name, cfg)
-    x1, x2 = make_inputs(case_seed(name), case_variant(name))
-    layers = network_layers(cfg)
-    nngp_12, ntk_12 = _kernels(layers, x1, x2)
-    nngp_11, ntk_11 = _kernels(layers, x1, None)
+    quad = uses_quadrature(cfg)
+    sizes = (TANH_N1, TANH_N2) if quad else (N1, N2)
+    x1, x2 = make_inputs(case_seed(name), case_variant(name), *sizes)
+    per_layer = None
+    if quad:  # (MLP or ResNet)
+        stages = network_stages(cfg)
+        nngp_12, ntk_12 = _staged_kernels(stages, x1, x2)[-1]
+        per_layer = _staged_kernels(stages, x1, None)
+        nngp_11, ntk_11 = per_layer[-1]
+    else:
+        layers = network_layers(cfg)
+        nngp_12, ntk_12 = _kernels(layers, x1, x2)
+        nngp_11, ntk_11 = _kernels(layers, x1, None)
     out = {
         "config": np.array(json.dumps(cfg, sort_keys=True)),
         "x1": x1,
@@ -967,8 +1058,9 @@ def compute_case(name, cfg):
         "ntk_11": ntk_11,
     }
     if cfg["arch"] == "MLP" and cfg["depth"] <= MAX_LAYER_DEPTH:
-        mlp, dense_idx = mlp_layers(cfg)
-        per_layer = [_kernels(mlp[: i + 1], x1, None) for i in dense_idx]
+        if per_layer is None:
+            mlp, dense_idx = mlp_layers(cfg)
+            per_layer = [_kernels(mlp[: i + 1], x1, None) for i in dense_idx]
         out["nngp_layers_11"] = np.stack([k[0] for k in per_layer])
         out["ntk_layers_11"] = np.stack([k[1] for k in per_layer])
     for key, val in out.items():
