@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                 worker.ask({"op": "release", "key": w.key})
             ref_nngp, ref_ntk = np.load(nt["nngp_path"]), np.load(nt["ntk_path"])
             diffs = {"nngp": max_rel_diff(nngp, ref_nngp), "ntk": max_rel_diff(ntk, ref_ntk)}
-            # Ours is exactly symmetric (the (i, j) and (j, i) evaluations are averaged); NT's is
+            # Ours is exactly symmetric (the upper tiles are computed and mirrored); NT's is
             # not where its quadrature rule treats the two inputs differently (tanh).
             diffs_sym = {"nngp": max_rel_diff(nngp, _sym(ref_nngp)), "ntk": max_rel_diff(ntk, _sym(ref_ntk))}
             diffs_off = {"nngp": max_rel_diff_off_diagonal(nngp, ref_nngp),
@@ -727,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
         if key.startswith("tanh"):
             text += (f"; against NT symmetrised, (NT+NT^T)/2: nngp {ds['nngp']:.1e}, ntk {ds['ntk']:.1e} (NT's "
                      "kernel is not symmetric: its rule integrates over the row input's variable first; ours "
-                     "averages the (i, j) and (j, i) evaluations)")
+                     "is exactly symmetric)")
         else:
             do = c["rel_diff_off_diag"]
             text += f"; off the diagonal: nngp {do['nngp']:.1e}, ntk {do['ntk']:.1e}"
