@@ -241,12 +241,14 @@ def _leaky_relu_gap_dual(slope: float) -> GapDual:
 
 
 def _erf_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
-    rho, norm = correlation(q11, q12, q22)
-    q12 = rho * norm  # |q12| <= sqrt(q11 q22): a rounded q12 above it would grow in the chaotic phase
-    a, b = 1 + 2 * q11, 1 + 2 * q22
-    arg = jnp.clip(2 * q12 / jnp.sqrt(a * b), -1, 1)
+    # Square roots per input (q11 (B, 1), q22 (1, N) broadcast), one product per pair. The argument is clipped to
+    # its bound 2 sqrt(q11 q22) / sqrt(ab) < 1: a rounded q12 above sqrt(q11 q22) would grow in the chaotic phase.
+    ra, rb = jnp.sqrt(1 + 2 * q11), jnp.sqrt(1 + 2 * q22)
+    den = ra * rb
+    bound = (jnp.sqrt(2 * q11) / ra) * (jnp.sqrt(2 * q22) / rb)
+    arg = jnp.clip(2 * q12 / den, -bound, bound)
     nngp = 2 / _PI * arcsin(arg)
-    ntk = 4 / _PI / jnp.sqrt(a * b - 4 * q12**2)
+    ntk = 4 / _PI / (den * jnp.sqrt(1 - arg * arg))
     return nngp, ntk
 
 

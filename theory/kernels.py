@@ -41,6 +41,11 @@ Array = jax.Array
 KERNEL_NAMES = ("nngp", "ntk")
 DEFAULT_MEMORY_BUDGET = 2**30
 """Bytes of temporaries per block of the off-diagonal recursion (see ``memory_budget``)."""
+TILE_BYTES = 2**28
+"""Kernels that do not fit ``memory_budget`` in one call are computed in tiles of at most
+``min(memory_budget, TILE_BYTES)`` bytes of temporaries: smaller tiles stay in cache
+(measured on 2 cores: relu MLP N = 4,000 0.33 s at 2^28 against 0.36 s at 2^30; ReLU CNN with Flatten, N = 256,
+0.19 s against 0.22 s); much smaller ones pay a dispatch each (0.26 s at 2^24 for the CNN)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,7 @@ def _first_full(analysis: Analysis) -> bool:
 
 def _pair_kernels(xr, xc, coeffs, plan, full, with_ntk, per_layer):
     """The kernels of every row input against every column input (``per_layer``: stacked over layers)."""
-    k = recursion.input_kernel(xr, xc, full, with_ntk)
+    k = recursion.input_kernel(xr, xc, full, with_ntk, recursion.carries_gap(plan, xr.dtype))
     k, _, records = recursion.apply_plan(plan, coeffs, k, recursion.new_watch(xr.shape[0], xr.dtype), per_layer)
     if per_layer:
         return recursion.concatenate_records(records)
@@ -207,7 +212,7 @@ def kernels(
       per_layer: also return every recorded layer's kernels (top-level Dense, Conv and Residual outputs;
         spatial ones averaged over the positions' diagonal), stacked on axis 0 (MLP: ``depth + 1``; ResNet:
         stem, every block, readout, ``depth + 2``).
-      memory_budget: bytes of temporaries per tile of pairs.
+      memory_budget: bytes of temporaries per tile of pairs (at most :data:`TILE_BYTES`).
       out: a directory: each kernel is written to ``<out>/<name>.npy`` and returned as a read-only memory map;
         calling again with the same arguments resumes (or, when finished, just reads) the store. A directory
         holding another computation's kernels (or one made by other library code) is refused.
@@ -248,7 +253,9 @@ def kernels(
         return _result(*(_symmetrize(q, t) if symmetric else (q, t)), wanted)
 
     per_pair = recursion.pair_bytes(plan, analysis.n_recorded, np.dtype(dtype).itemsize, with_ntk, per_layer)
-    layout = tiling.plan_tiles(x1.shape[0], x2.shape[0], memory_budget // per_pair, symmetric)
+    fits = x1.shape[0] * x2.shape[0] * per_pair <= memory_budget  # then one call: no dispatch per tile
+    layout = tiling.plan_tiles(x1.shape[0], x2.shape[0], (memory_budget if fits else min(memory_budget, TILE_BYTES))
+                               // per_pair, symmetric)
     if layout.grid == (1, 1) and out is None:  # one call computes the kernels and checks the diagonals
         q, t, watch = recursion.bound_cache(_evaluate)(x1, x2, arrays, block=x1.shape[0], symmetric=symmetric,
                                                        **static)
@@ -404,7 +411,8 @@ def _diagonal_max_variance(net: Program, x1: Any, x2: Any = None) -> float:
 
 @jax.jit(static_argnames=("plan", "full", "with_ntk"))
 def _diagonal_watch(x, coeffs, *, plan, full, with_ntk=False):
-    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(x, x[:0], full, with_ntk),
+    _, watch, _ = recursion.apply_plan(plan, coeffs, recursion.input_kernel(x, x[:0], full, with_ntk,
+                                                                          recursion.carries_gap(plan, x.dtype)),
                                        recursion.new_watch(x.shape[0], x.dtype))
     return watch
 

@@ -212,10 +212,11 @@ class KernelState:
     ``full``; ``q11`` ``(B, *S[, *S])`` and ``q22`` ``(N, *S[, *S])`` are each input with itself. ``t..`` are the
     NTKs (``None`` when not computed). ``spatial`` is ``S``; vectors have ``S = ()``.
 
-    ``g12`` (vectors in float32, else ``None``) is the gap ``sqrt(q11 q22) - q12 = sqrt(q11 q22) (1 - rho)``,
-    carried by the layers that can update it without cancellation (Dense, Elementwise, Residual): near-parallel
-    pairs at depth have ``1 - rho`` far below float32's resolution of ``rho``, and the kinked duals need the angle
-    ``theta = 2 arcsin(sqrt(g12 / (2 sqrt(q11 q22))))`` to relative accuracy. Other linear maps drop it.
+    ``g12`` (vectors in float32 through more than ``recursion.GAP_KINKS`` kinked duals, else ``None``) is the
+    gap ``sqrt(q11 q22) - q12 = sqrt(q11 q22) (1 - rho)``, carried by the layers that can update it without
+    cancellation (Dense, Elementwise, Residual): near-parallel pairs at depth have ``1 - rho`` far below float32's
+    resolution of ``rho``, and the kinked duals need the angle ``theta = 2 arcsin(sqrt(g12 / (2 sqrt(q11 q22))))``
+    to relative accuracy. Other linear maps drop it.
     """
 
     q11: Array
