@@ -174,7 +174,11 @@ def _solver(k: Array, name: str, diag_reg: float, absolute: bool, solver: str) -
 def _cholesky(k: Array, name: str, diag_reg: float, absolute: bool) -> tuple[Array, bool]:
     reg = _regularized(k, diag_reg, absolute)
     factor = jsl.cho_factor(reg, lower=False)
-    if _concrete(factor[0]) and not bool(jnp.all(jnp.isfinite(factor[0]))):
+    pivots = jnp.abs(jnp.diagonal(factor[0]))
+    # A pivot at rounding level (an exactly singular kernel can factor into a finite, meaningless one) is singular
+    # too: pivot^2 below n eps max(diag).
+    floor = reg.shape[0] * jnp.finfo(reg.dtype).eps * jnp.max(jnp.abs(jnp.diagonal(reg)))
+    if _concrete(factor[0]) and not (bool(jnp.all(jnp.isfinite(factor[0]))) and float(jnp.min(pivots)) ** 2 > floor):
         evals = jnp.linalg.eigvalsh(reg)
         _indefinite(evals, name, diag_reg, absolute, k)
         raise ValueError(f"{name} is singular to working precision (eigenvalues from {float(evals[0]):.3g} to "
