@@ -41,7 +41,7 @@ from theory.hermite import HermiteRule, series_expectations
 
 Array = jax.Array
 Dual = Callable[[Array, Array, Array], tuple[Array, Array]]
-GapDual = Callable[[Array, Array, Array, Array], tuple[Array, Array, Array]]
+GapDual = Callable[[Array, Array, Array, Array], tuple[Array, Array]]
 
 _PI = math.pi
 
@@ -224,18 +224,18 @@ def _leaky_relu_dual(slope: float) -> Dual:
 
 
 def _leaky_relu_gap_dual(slope: float) -> GapDual:
-    """The leaky-relu dual from the angle of the gap (:mod:`theory.gap`), and the output's gap
-    ``sqrt(q11 q22) / (2 pi) [2 pi (1 + a^2) sin^2(theta / 2) - (1 - a)^2 (sin theta - theta cos theta)]``."""
-    def dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array, Array]:
+    """The leaky-relu derivative kernel ``((1 + a^2)(pi - theta) + 2 a theta) / (2 pi)`` with the angle from the gap
+    (:mod:`theory.gap`), and the output's gap
+    ``sqrt(q11 q22) / (2 pi) [2 pi (1 + a^2) sin^2(theta / 2) - (1 - a)^2 (sin theta - theta cos theta)]``; the
+    caller recomputes the NNGP from the gap."""
+    def dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array]:
         norm = jnp.sqrt(q11) * jnp.sqrt(q22)  # per input, then one product per pair
         half = gap.half_angle_sine(norm, g12)
         theta = 2 * arcsin(half)
         slope_term = (1 + slope**2) * (_PI - theta) + 2 * slope * theta
-        sine = 2 * half * jnp.sqrt(jnp.maximum(1 - half * half, 0))
-        nngp = norm / (2 * _PI) * ((1 - slope) ** 2 * sine + slope_term * (1 - 2 * half * half))
         out_gap = norm / (2 * _PI) * (2 * _PI * (1 + slope**2) * half**2
                                       - (1 - slope) ** 2 * gap.sin_minus_half_angle(theta, half))
-        return nngp, slope_term / (2 * _PI), jnp.maximum(out_gap, 0)
+        return slope_term / (2 * _PI), jnp.maximum(out_gap, 0)
 
     return dual
 
@@ -261,10 +261,11 @@ def _sign_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:
     return 2 / _PI * arcsin(rho), jnp.zeros_like(rho)
 
 
-def _sign_gap_dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array, Array]:
-    """The sign dual ``1 - 2 theta / pi`` with the angle from the gap; the output's gap is ``2 theta / pi``."""
+def _sign_gap_dual(q11: Array, q12: Array, q22: Array, g12: Array) -> tuple[Array, Array]:
+    """The sign dual is ``1 - 2 theta / pi``: its derivative kernel is 0 and the output's gap ``2 theta / pi``, with
+    the angle from the gap."""
     turn = 4 / _PI * arcsin(gap.half_angle_sine(jnp.sqrt(q11) * jnp.sqrt(q22), g12))
-    return 1 - turn, jnp.zeros_like(turn), turn
+    return jnp.zeros_like(turn), turn
 
 
 def _gelu_dual(q11: Array, q12: Array, q22: Array) -> tuple[Array, Array]:

@@ -125,20 +125,7 @@ def series_expectations(fn: Callable[[Array], Array], q11: Array, q12: Array, q2
     a2, b2 = coefficients(fn, q22, rule, derivative)
     shape = jnp.broadcast_shapes(q11.shape, q12.shape, q22.shape)
     rho = jnp.broadcast_to(rho, shape)
-
-    def horner(c1: Array, c2: Array) -> Array:
-        # sum_k rho^k c1_k c2_k from the highest term down; the coefficient axis moved to the front for the scan.
-        c1 = jnp.moveaxis(c1, -1, 0)[::-1]
-        c2 = jnp.moveaxis(c2, -1, 0)[::-1]
-
-        def step(acc: Array, pair: tuple[Array, Array]) -> tuple[Array, None]:
-            return acc * rho + pair[0] * pair[1], None
-
-        out, _ = jax.lax.scan(step, jnp.zeros(shape, rho.dtype), (c1, c2))
-        return out
-
-    nngp = horner(a1, a2)
-    return nngp, (horner(b1, b2) if derivative else None)
+    return _horner(rho, a1, a2), (_horner(rho, b1, b2) if derivative else None)
 
 
 def series_parts(fn: Callable[[Array], Array], q11: Array, q12: Array, q22: Array, rule: HermiteRule,

@@ -66,7 +66,7 @@ class Elementwise(Layer):
             e11, d11 = act.expectations(a11, k.q11, b11, with_ntk)
             e22, d22 = act.expectations(a22, k.q22, b22, with_ntk)
             if k.g12 is not None and act.gap_dual is not None:  # vectors in float32 (theory.gap)
-                _, d12, g12 = act.gap_dual(a12, k.q12, b12, k.g12)
+                d12, g12 = act.gap_dual(a12, k.q12, b12, k.g12)  # the NNGP follows from the gap below
             else:
                 e12, d12 = act.expectations(a12, q12, b12, with_ntk)
         if k.g12 is not None:
