@@ -4,10 +4,14 @@
 
     deeplimits list                                    # the experiments: name, paper, what it shows
     deeplimits run NAME [--quick] [--set KEY=VALUE ...] [--results DIR] [--figures DIR] [--no-plot]
+                        [--jobs N | --scheduler ADDRESS]
     deeplimits report [--results DIR] [--figures DIR]  # markdown summary of stored results and figures
+    deeplimits clean --stale [NAME ...] [--results DIR] [--dry-run]   # remove records older code made
 
-Exit codes: 0 success, 2 bad usage (unknown experiment, malformed ``--set``), 1 a folder that cannot be
-written; a failing computation raises with its traceback.
+Exit codes: 0 success, 2 bad usage (unknown experiment, malformed ``--set``, bad ``--jobs``, a results folder
+that does not exist, an experiment module that cannot be imported), 1 a folder that cannot be written or a
+scheduler that cannot be reached, 130 interrupted (finished points are kept); a failing computation raises with
+its traceback.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ EPILOG = """examples:
   deeplimits list
   deeplimits run width-convergence --quick
   deeplimits run width-convergence --set widths=64,128,256 --set seeds=8
+  deeplimits run relu-kurtosis --jobs 2                   # on 2 local worker processes (Dask)
+  deeplimits run relu-kurtosis --scheduler tcp://host:8786  # on a running Dask cluster
   deeplimits report > results.md
+  deeplimits clean --stale
 
-Results go to ./results (or $DEEPLIMITS_RESULTS), figures to ./figures (or $DEEPLIMITS_FIGURES).
+Results go to ./results (or $DEEPLIMITS_RESULTS), figures to ./figures (or $DEEPLIMITS_FIGURES);
+quick runs put theirs in the figures folder's quick/ subfolder.
 Experiments declared outside experiments/figures/ are found through
 $DEEPLIMITS_EXPERIMENT_MODULES (comma-separated module names).
 Python API: `import theory; theory.kernels(...)`, `import experiments; experiments.run(...)`."""
@@ -52,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--results", metavar="DIR", help="results folder (default: $DEEPLIMITS_RESULTS or ./results)")
     run.add_argument("--figures", metavar="DIR", help="figures folder (default: $DEEPLIMITS_FIGURES or ./figures)")
     run.add_argument("--no-plot", action="store_true", help="compute and store only")
+    run.add_argument("--jobs", type=int, metavar="N",
+                     help="compute on a local Dask cluster of N worker processes (default: in this process)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute on the running Dask cluster of this scheduler, e.g. tcp://host:8786")
     bar = run.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help="always show the progress bar (default: only on a terminal)")
@@ -60,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="markdown summary of stored results and figures")
     rep.add_argument("--results", metavar="DIR", help="results folder (default: $DEEPLIMITS_RESULTS or ./results)")
     rep.add_argument("--figures", metavar="DIR", help="figures folder (default: $DEEPLIMITS_FIGURES or ./figures)")
+
+    cln = sub.add_parser("clean", help="remove stored records that the current code would not serve (--stale)")
+    cln.add_argument("names", nargs="*", metavar="NAME", help="only these experiments (default: all registered)")
+    cln.add_argument("--stale", action="store_true", help="remove the records of older code versions (required)")
+    cln.add_argument("--results", metavar="DIR", help="results folder (default: $DEEPLIMITS_RESULTS or ./results)")
+    cln.add_argument("--dry-run", action="store_true", help="only count what would be removed")
     return parser
 
 
@@ -76,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
 
-    from experiments.registry import UsageError, list_experiments, parse_set
+    from experiments.registry import ExperimentModuleError, UsageError, list_experiments, parse_set
 
     try:
         if args.command == "list":
@@ -94,14 +112,27 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(report(args.results, args.figures))
             return 0
 
+        if args.command == "clean":
+            from experiments.report import clean_stale
+
+            if not args.stale:
+                raise UsageError("say what to remove: `deeplimits clean --stale` removes the records of older code")
+            removed = clean_stale(args.results, args.names, dry_run=args.dry_run)
+            verb = "would remove" if args.dry_run else "removed"
+            for name, count in removed.items():
+                print(f"{name}: {verb} {count} stale record{'s' if count != 1 else ''}")
+            print(f"{verb} {sum(removed.values())} stale records in all")
+            return 0
+
         from experiments.runner import run
 
         overrides = parse_set(args.overrides)
         df = run(args.name, quick=args.quick, overrides=overrides, results_dir=args.results,
-                 figures_dir=args.figures, progress=args.progress, plot=not args.no_plot, quiet=True)
+                 figures_dir=args.figures, progress=args.progress, plot=not args.no_plot, quiet=True,
+                 jobs=args.jobs, scheduler=args.scheduler)
         print(df.attrs["summary"])
         return 0
-    except UsageError as err:
+    except (UsageError, ExperimentModuleError) as err:
         return _error(str(err), 2)
     except KeyboardInterrupt:
         return _error("interrupted; every finished point is stored, run the same command again to resume", 130)

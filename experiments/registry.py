@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from experiments.store import code_version
+from experiments.provenance import code_version
 
 ENV_MODULES = "DEEPLIMITS_EXPERIMENT_MODULES"
 FIGURES_PACKAGE = "experiments.figures"
@@ -45,6 +45,11 @@ class UsageError(ValueError):
 
 class UnknownExperimentError(UsageError):
     """No experiment of that name is registered (the message lists the known ones)."""
+
+
+class ExperimentModuleError(ImportError):
+    """A module named in ``$DEEPLIMITS_EXPERIMENT_MODULES`` (or under ``experiments/figures/``) cannot be imported,
+    or declares no experiment."""
 
 
 class ConfigError(UsageError):
@@ -72,8 +77,6 @@ class Experiment:
         dtype: the floating dtype the computation runs in, part of every record's key; a point's own
             ``"dtype"`` entry, if it has one, overrides it. ``"float64"`` runs ``compute`` with JAX's
             x64 mode on, anything else with it off.
-        depends: further modules (dotted names) whose source is part of the code version, besides the
-            module that defines ``compute``.
     """
 
     name: str
@@ -85,7 +88,6 @@ class Experiment:
     compute: Callable[[Point], Mapping[str, Any]]
     plot: Callable[..., list[Path]]
     dtype: str = "float64"
-    depends: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -104,7 +106,6 @@ class Experiment:
                 raise ValueError(f"{field} of experiment {self.name!r} must be callable")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype of experiment {self.name!r} must be one of {DTYPES}, got {self.dtype!r}")
-        object.__setattr__(self, "depends", tuple(self.depends))
         for tp in config_fields(self.config).values():  # every field must be parseable from --set
             _describe(tp)
 
@@ -115,12 +116,12 @@ class Experiment:
 
     @property
     def module(self) -> str:
-        """The module that defines ``compute`` (its source is hashed into the code version)."""
+        """The module that defines ``compute`` (it and every module of ours it imports make the code version)."""
         return self.compute.__module__
 
     def code_version(self) -> str:
-        """Package version + hash of the source of :attr:`module` and :attr:`depends` (see ``store.code_version``)."""
-        return code_version(self.module, *self.depends)
+        """Package version + hash of the source :attr:`module` reaches (see ``provenance.code_version``)."""
+        return code_version(self.module)
 
     def info(self) -> ExperimentInfo:
         return ExperimentInfo(self.name, self.paper, self.summary)
@@ -197,16 +198,24 @@ def _figure_modules() -> list[str]:
 
 def discover() -> None:
     """Import the modules under ``experiments/figures/`` and those in ``$DEEPLIMITS_EXPERIMENT_MODULES``
-    (once each) and register their ``EXPERIMENT``/``EXPERIMENTS``."""
+    (once each) and register their ``EXPERIMENT``/``EXPERIMENTS``.
+
+    Raises :class:`ExperimentModuleError` (an ``ImportError``) naming the module and where it was listed if one
+    cannot be imported (whatever it raised), or if a module from the environment declares no experiment.
+    """
     extra = [m.strip() for m in os.environ.get(ENV_MODULES, "").split(",") if m.strip()]
     for name in [*_figure_modules(), *extra]:
         if name in _SCANNED:
             continue
+        origin = f"${ENV_MODULES}" if name in extra else FIGURES_PACKAGE
         try:
             module = importlib.import_module(name)
-        except ImportError as err:
-            origin = f"${ENV_MODULES}" if name in extra else FIGURES_PACKAGE
-            raise ImportError(f"cannot import experiment module {name!r} (from {origin}): {err}") from err
+        except Exception as err:
+            raise ExperimentModuleError(f"cannot import experiment module {name!r} (from {origin}): "
+                                        f"{type(err).__name__}: {err}") from err
+        if name in extra and getattr(module, "EXPERIMENT", None) is None and not getattr(module, "EXPERIMENTS", ()):
+            raise ExperimentModuleError(f"experiment module {name!r} (from {origin}) declares no EXPERIMENT or "
+                                        "EXPERIMENTS")
         _register_module(module)
         _SCANNED.add(name)
 

@@ -7,17 +7,19 @@ at most the points in flight; a re-run recomputes nothing that was finished), th
 into the figures folder (PNG and PDF, and the data as ``<stem>.csv``) and returns them as a DataFrame.
 
 The figures folder is the ``figures_dir`` argument, else ``$DEEPLIMITS_FIGURES``, else ``figures/``
-under the current directory; the results folder is ``results_dir``, else ``$DEEPLIMITS_RESULTS``,
-else ``results/``.
+under the current directory, and for a quick run its ``quick/`` subfolder (a quick run never replaces a full
+run's figures); the results folder is ``results_dir``, else ``$DEEPLIMITS_RESULTS``, else ``results/``.
 
 Distribution: a grid point is a pure function of its config. :func:`compute_point` is the whole unit
 of work (module-level, picklable arguments, returns plain JSON-able values and the time taken), so
-any ``concurrent.futures.Executor`` can run it: ``run(name, executor=ProcessPoolExecutor(4))``, or a
-Dask ``Client.get_executor()``. Only the calling process touches the store.
+any ``concurrent.futures.Executor`` can run it: ``run(name, executor=ProcessPoolExecutor(4))``; ``jobs=N``
+and ``scheduler=ADDRESS`` run it on Dask (``experiments.cluster``). Only the calling process touches the store,
+and it claims each point before computing it, so two runs on one results folder share the work.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
@@ -29,14 +31,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from experiments.registry import DTYPES, Experiment, Point, apply_overrides, get_experiment
-from experiments.store import META_COLUMNS, RecordKey, Store, records_to_frame, to_jsonable
+from tqdm import tqdm
+
+from experiments import provenance
+from experiments.provenance import LIBRARIES
+from experiments.registry import DTYPES, Experiment, Point, UsageError, apply_overrides, get_experiment
+from experiments.store import META_COLUMNS, Claim, RecordKey, Store, records_to_frame, to_jsonable
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ENV_FIGURES = "DEEPLIMITS_FIGURES"
 DEFAULT_FIGURES_DIRNAME = "figures"
+QUICK_SUBDIR = "quick"
+"""Quick runs write their figures to this subfolder of the default figures folder (``figures/quick/``)."""
+POLL_S = 0.25
+"""Seconds between looks at the points another run on the same results folder is computing."""
 
 
 def default_figures_dir() -> Path:
@@ -54,11 +64,14 @@ def _x64(enabled: bool) -> contextlib.AbstractContextManager:
     return manager(enabled)
 
 
-def compute_point(compute: Callable[[Point], Mapping[str, Any]], point: Point, dtype: str) -> tuple[dict, float]:
+def compute_point(compute: Callable[[Point], Mapping[str, Any]], point: Point, dtype: str,
+                  code_version: str | None = None) -> tuple[dict, float, str | None]:
     """Run ``compute(point)`` under ``dtype`` (JAX x64 mode on for ``"float64"``, off otherwise).
 
-    Returns the values as plain JSON types (device arrays are fetched, so the time is honest) and the
-    wall-clock seconds. This is the unit of work an executor runs.
+    Returns the values as plain JSON types (device arrays are fetched, so the time is honest), the wall-clock
+    seconds, and, when ``code_version`` (the caller's) is given, the code version of ``compute``'s module here:
+    the caller checks that a worker in another process or on another machine ran the same code (``None`` for a
+    module that a worker cannot see, ``__main__``). This is the unit of work an executor runs.
     """
     start = time.perf_counter()
     with _x64(dtype == "float64"):
@@ -66,7 +79,11 @@ def compute_point(compute: Callable[[Point], Mapping[str, Any]], point: Point, d
         if not isinstance(values, Mapping):
             raise ValueError(f"compute must return a dict of values, got {type(values).__name__} for point {point}")
         values = to_jsonable(values)
-    return values, time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    here = None
+    if code_version is not None and compute.__module__ != "__main__":
+        here = provenance.code_version(compute.__module__)
+    return values, elapsed, here
 
 
 def _point_dtype(experiment: Experiment, point: Point) -> str:
@@ -126,6 +143,47 @@ def _check_values(experiment: Experiment, point: Point, values: Mapping[str, Any
                          f"or {META_COLUMNS}; rename them")
 
 
+class _InlineExecutor(cf.Executor):
+    """Runs each submitted call at once, in this process (the serial path); its futures are already done."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future:
+        future: cf.Future = cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as err:  # re-raised by future.result(), with its traceback
+            future.set_exception(err)
+        return future
+
+
+def _window(executor: cf.Executor, engine: Any) -> Callable[[], int]:
+    """How many points to hold claims on and have in flight at once: twice what can run at once (so workers never
+    idle between points), and no more, so that a second run on the same folder finds unclaimed points to share."""
+    if isinstance(executor, _InlineExecutor):
+        return lambda: 1
+    if engine is not None:
+        return lambda: 2 * max(1, engine.capacity())
+    workers = getattr(executor, "_max_workers", None) or os.cpu_count() or 1
+    return lambda: 2 * int(workers)
+
+
+def _figures_dir(figures_dir: str | os.PathLike[str] | None, quick: bool) -> Path:
+    """``figures_dir`` as given; else the default folder, or its ``quick/`` subfolder for a quick run (a quick run
+    never replaces the figures of a full one)."""
+    if figures_dir is not None:
+        return Path(figures_dir)
+    return default_figures_dir() / QUICK_SUBDIR if quick else default_figures_dir()
+
+
+def _ensure_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise type(err)(f"figures folder {folder} cannot be written: {err}") from err
+
+
 def run(
     name: str | Experiment,
     quick: bool = False,
@@ -135,6 +193,8 @@ def run(
     figures_dir: str | os.PathLike[str] | None = None,
     progress: bool | None = None,
     executor: cf.Executor | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
     plot: bool = True,
     quiet: bool = False,
 ) -> pd.DataFrame:
@@ -146,36 +206,53 @@ def run(
         overrides: config fields to change, ``{"widths": "64,128,256", "seeds": 8}`` (strings are parsed
             as after ``--set``; see ``registry.apply_overrides``).
         results_dir: the store's folder (default ``$DEEPLIMITS_RESULTS`` or ``./results``).
-        figures_dir: where figures and the CSV go (default ``$DEEPLIMITS_FIGURES`` or ``./figures``).
+        figures_dir: where figures and the CSV go (default ``$DEEPLIMITS_FIGURES`` or ``./figures``, and its
+            ``quick/`` subfolder for a quick run).
         progress: show a tqdm bar on stderr; ``None``: only when stderr is a terminal.
         executor: a ``concurrent.futures.Executor`` to compute points on (default: in this process, in
             grid order). Finished points are stored as they complete.
+        jobs: compute on a new local Dask cluster of ``jobs`` worker processes (``experiments.cluster``).
+        scheduler: compute on the running Dask cluster whose scheduler has this address (``tcp://host:8786``).
         plot: draw and save the figures (and CSV); ``False`` only computes and returns the data.
         quiet: do not print the one-line summary to stderr.
+
+    Points are claimed before they are computed (``Store.claim``): a point that another run on the same results
+    folder is computing is not computed twice; this run waits for its record (and computes it itself if that
+    run stops first). With workers in other processes every point's result carries the worker's code version,
+    checked against this process's.
 
     Returns:
         One row per grid point, in grid order: the point's fields, the computed values (list values as
         lists), and ``dtype``, ``code_version``, ``timestamp``, ``elapsed_s``, ``digest``. ``df.attrs``
-        holds ``experiment``, ``config`` (dict), ``computed``, ``cached``, ``figures`` (paths) and
-        ``summary`` (the one-line summary).
+        holds ``experiment``, ``config`` (dict), ``computed``, ``cached``, ``from_other_runs``, ``figures``
+        (paths) and ``summary`` (the one-line summary).
 
     Raises:
-        ValueError: unknown experiment (lists the known ones), bad overrides, bad points or values.
-        OSError: the results or figures folder cannot be written.
+        ValueError: unknown experiment (lists the known ones), bad overrides, bad points or values, bad ``jobs``
+            or ``scheduler``, or more than one of ``executor``, ``jobs``, ``scheduler``.
+        OSError: the results or figures folder cannot be written (checked before computing anything);
+            ``cluster.ClusterError`` the scheduler cannot be reached.
     """
-    from tqdm.auto import tqdm
+    from experiments.cluster import check_engine_args
 
     start = time.perf_counter()
+    check_engine_args(jobs, scheduler)
+    if executor is not None and (jobs is not None or scheduler is not None):
+        raise UsageError("give an executor, jobs or a scheduler, not more than one")
     experiment = get_experiment(name)
     config = apply_overrides(experiment.quick_config if quick else experiment.config, overrides,
                              experiment=experiment.name)
     points = experiment.points(config)
-    keys = _keys(experiment, points, experiment.code_version())
+    version = experiment.code_version()
+    keys = _keys(experiment, points, version)
     points = [dict(p) for p in points]
 
     store = Store(results_dir)
     store.ensure_writable(experiment.name)
     store.clean_temp_files(experiment.name)
+    outdir = _figures_dir(figures_dir, quick)
+    if plot:
+        _ensure_writable(outdir)  # before the sweep, not after hours of it
     records: dict[str, dict] = {}
     for key in keys:
         rec = store.get(key)
@@ -185,33 +262,40 @@ def run(
     cached = len(keys) - len(missing)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    with tqdm(total=len(keys), initial=cached, desc=experiment.name, unit="pt", disable=not show,
-              file=sys.stderr, dynamic_ncols=True) as bar:
+    counts = {"computed": 0, "others": 0}
+    with contextlib.ExitStack() as stack:
+        engine = None
+        if missing and (jobs is not None or scheduler is not None):
+            from experiments.cluster import dask_engine
 
-        def finish(key: RecordKey, values: dict, elapsed: float) -> None:
+            engine = stack.enter_context(dask_engine(jobs, scheduler))
+            executor = engine.executor
+        remote = executor is not None
+        pool = executor if executor is not None else _InlineExecutor()
+        bar = stack.enter_context(tqdm(total=len(keys), initial=cached, desc=experiment.name, unit="pt",
+                                       disable=not show, file=sys.stderr, dynamic_ncols=True))
+
+        def note(message: str) -> None:
+            tqdm.write(f"{experiment.name}: {message}", file=sys.stderr)
+
+        def finish(key: RecordKey, values: dict, elapsed: float, worker_version: str | None) -> None:
+            if worker_version is not None and worker_version != version:
+                raise RuntimeError(f"a worker computed {experiment.name!r} with code version {worker_version}, this "
+                                   f"process has {version}: run every worker on the same deeplimits source and "
+                                   f"libraries ({', '.join(LIBRARIES)}); the point was not stored")
             _check_values(experiment, key.config, values)
             records[key.digest] = store.put(key, values, elapsed_s=elapsed)
+            counts["computed"] += 1
             bar.update(1)
 
-        if executor is None:
-            for key in missing:
-                finish(key, *compute_point(experiment.compute, dict(key.config), key.dtype))
-        else:
-            futures = {executor.submit(compute_point, experiment.compute, dict(k.config), k.dtype): k
-                       for k in missing}
-            try:
-                for fut in cf.as_completed(futures):
-                    finish(futures[fut], *fut.result())
-            finally:
-                for fut in futures:
-                    fut.cancel()
+        _sweep(store, pool, _window(pool, engine), experiment, missing, version if remote else None, records,
+               finish, counts, bar, note)
 
     df = _frame(points, [records[k.digest] for k in keys])
     figures: list[Path] = []
     if plot:
         from experiments.figures import style
 
-        outdir = Path(figures_dir) if figures_dir is not None else default_figures_dir()
         try:
             outdir.mkdir(parents=True, exist_ok=True)
             csv = write_csv(df, outdir / f"{experiment.stem}.csv")  # the data first: kept even if plotting fails
@@ -224,16 +308,90 @@ def run(
             raise ValueError(f"plot of {experiment.name!r} returned paths it did not write: {missing_files}")
         figures.append(csv)
 
-    computed = len(missing)
+    computed, others = counts["computed"], counts["others"]
     shown = next((p for p in figures if p.suffix == ".png"), figures[0] if figures else None)
     target = _display(shown) if shown is not None else f"{_display(store.root / experiment.name)} (no plot)"
-    summary = (f"{experiment.name}: {len(keys)} points ({computed} computed, {cached} cached) "
+    from_others = f", {others} from another run" if others else ""
+    summary = (f"{experiment.name}: {len(keys)} points ({computed} computed, {cached} cached{from_others}) "
                f"in {time.perf_counter() - start:.1f} s -> {target}")
     df.attrs.update(experiment=experiment.name, config=dataclasses.asdict(config), computed=computed,
-                    cached=cached, figures=[str(p) for p in figures], summary=summary)
+                    cached=cached, from_other_runs=others, figures=[str(p) for p in figures], summary=summary)
     if not quiet:
         print(summary, file=sys.stderr)
     return df
+
+
+def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experiment: Experiment,
+           missing: list[RecordKey], version: str | None, records: dict[str, dict],
+           finish: Callable[..., None], counts: dict[str, int], bar: Any, note: Callable[[str], None]) -> None:
+    """Compute the ``missing`` points on ``pool``: claim each (a point another run holds is waited for, and taken
+    over if that run stops), keep at most ``window()`` in flight, store each as it completes. On any exception
+    (Ctrl-C included) the points already finished are stored, the rest cancelled, every claim released."""
+    pending = collections.deque(missing)
+    waiting: dict[str, RecordKey] = {}
+    running: dict[cf.Future, tuple[RecordKey, Claim]] = {}
+    told = False
+
+    def adopt(key: RecordKey, record: dict) -> None:
+        records[key.digest] = record
+        counts["others"] += 1
+        bar.update(1)
+
+    try:
+        while pending or running or waiting:
+            capacity = window()
+            while pending and len(running) < capacity:
+                key = pending.popleft()
+                claim = store.claim(key)
+                if claim is None:
+                    waiting[key.digest] = key
+                    if not told:
+                        told = True
+                        note(f"point {dict(key.config)} is being computed by another run ({store.holder(key)}); this "
+                             "run computes the others, reads that run's records as they appear, and computes any "
+                             "point it leaves")
+                    continue
+                try:
+                    record = store.get(key)  # finished by another run since this one looked?
+                    if record is not None:
+                        store.release(claim)
+                        adopt(key, record)
+                        continue
+                    future = pool.submit(compute_point, experiment.compute, dict(key.config), key.dtype, version)
+                except BaseException:
+                    store.release(claim)
+                    raise
+                running[future] = (key, claim)
+            if running:
+                done, _ = cf.wait(running, timeout=POLL_S if waiting else None, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    key, claim = running.pop(future)
+                    try:
+                        values, elapsed, worker_version = future.result()
+                        finish(key, values, elapsed, worker_version)
+                    finally:
+                        store.release(claim)
+            elif waiting:
+                time.sleep(POLL_S)
+            for digest, key in list(waiting.items()):
+                record = store.get(key)
+                if record is not None:
+                    del waiting[digest]
+                    adopt(key, record)
+                else:
+                    del waiting[digest]
+                    pending.appendleft(key)  # its claim is tried again (and taken if that run has stopped)
+    except BaseException:
+        for future, (key, _) in list(running.items()):  # keep what finished before the stop
+            if future.done() and not future.cancelled() and future.exception() is None:
+                with contextlib.suppress(Exception):
+                    finish(key, *future.result())
+        for future in running:
+            future.cancel()
+        raise
+    finally:
+        for _, claim in running.values():
+            store.release(claim)
 
 
 __all__ = ["compute_point", "default_figures_dir", "run", "write_csv"]

@@ -8,13 +8,19 @@ Layout::
 ``DEEPLIMITS_RESULTS``, or ``results/`` under the current working directory.
 
 A record's key (:class:`RecordKey`) is the experiment name, the full config (seed included), the code version
-(:func:`code_version`: ``__version__`` plus a hash of the experiment's module and of ``Experiment.depends``) and the
-dtype; ``digest`` is the sha256 of their canonical JSON. A record holds ``experiment``, ``digest``, ``config``,
-``code_version``, ``dtype``, ``values``, ``timestamp`` (ISO-8601 UTC) and ``elapsed_s``. Writes are atomic (temporary
+(``experiments.provenance.code_version``: ``__version__`` plus a hash of the source of every module of ``theory`` and
+``experiments`` the experiment's module reaches, and of the numerical libraries' versions) and the dtype; ``digest``
+is the sha256 of their canonical JSON. A record holds ``experiment``, ``digest``, ``config``, ``code_version``,
+``dtype``, ``values``, ``timestamp`` (ISO-8601 UTC) and ``elapsed_s``. Writes are atomic (temporary
 file, fsync, ``os.replace``); an unreadable record is reported with a :class:`CorruptRecordWarning`, moved aside to
 ``<digest>.json.corrupt`` and treated as missing.
 
-Derivation and notes: docs/results_store.md (the digest, what invalidates a record, the atomic write, temp files).
+Claims (:meth:`Store.claim`): a run computing a point holds an exclusive ``flock`` on ``.<digest>.claim`` in the
+experiment's folder, so two runs on one folder never compute the same point at once; the kernel drops the lock
+when its process dies (even by SIGKILL), so a claim is never stale.
+
+Derivation and notes: docs/results_store.md (the digest, what invalidates a record, the atomic write, temp files,
+claims).
 """
 
 from __future__ import annotations
@@ -23,26 +29,28 @@ import contextlib
 import datetime as _dt
 import functools
 import hashlib
-import inspect
 import json
 import math
 import os
 import re
 import secrets
-import sys
+import socket
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from theory import __version__
+try:
+    import fcntl
+except ImportError:  # not POSIX: claims do not exclude other runs
+    fcntl = None  # type: ignore[assignment]
 
 ENV_RESULTS = "DEEPLIMITS_RESULTS"
 DEFAULT_RESULTS_DIRNAME = "results"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_CLAIM_RE = re.compile(r"^\.(?P<digest>[0-9a-f]{64})\.claim$")
 _TMP_RE = re.compile(r"^\.(?P<digest>[0-9a-f]{64})\.(?P<pid>\d+)\.[0-9a-f]+\.tmp$")
 
 
@@ -94,34 +102,6 @@ def canonical_json(value: Any) -> str:
         raise ValueError(f"config is not hashable as canonical JSON ({err}): {value!r}") from None
 
 
-def _source_hash(modules: Iterable[ModuleType | str]) -> str:
-    h = hashlib.sha256()
-    for module in modules:
-        if isinstance(module, str):
-            module = sys.modules.get(module) or __import__(module, fromlist=["_"])
-        try:
-            source = inspect.getsource(module)
-        except (OSError, TypeError):  # no source on disk (frozen, interactive): hash the name only
-            source = f"<no source: {module.__name__}>"
-        h.update(module.__name__.encode())
-        h.update(b"\0")
-        h.update(source.encode())
-        h.update(b"\0")
-    return h.hexdigest()[:12]
-
-
-def code_version(*modules: ModuleType | str) -> str:
-    """``"<package version>+<12 hex digits>"``: the version of deeplimits and a sha256 of the modules' source.
-
-    ``modules`` are modules or dotted names (the experiment's own module first, then anything it
-    declares in ``Experiment.depends``). Editing any of them gives a new code version, so records
-    computed by the old code are no longer found (they stay on disk, under their old digest).
-    """
-    if not modules:
-        raise ValueError("code_version needs at least one module (the experiment's own module)")
-    return f"{__version__}+{_source_hash(modules)}"
-
-
 def _check_name(experiment: str) -> str:
     if not isinstance(experiment, str) or not _NAME_RE.match(experiment):
         raise ValueError(
@@ -158,6 +138,42 @@ class RecordKey:
         payload = {"experiment": self.experiment, "config": self.config, "code_version": self.code_version,
                    "dtype": self.dtype}
         return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A held claim on one point's computation: the open claim file (``fd``) with an exclusive flock on it."""
+
+    digest: str
+    path: Path
+    fd: int
+
+
+def _claim_file(path: Path, digest: str) -> Claim | None:
+    """An exclusive non-blocking flock on ``path`` (created if missing), or ``None`` if another holds it."""
+    if fcntl is None:
+        return Claim(digest, path, -1)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino  # not unlinked by a releaser meanwhile
+        except (BlockingIOError, FileNotFoundError) as err:
+            os.close(fd)
+            if isinstance(err, BlockingIOError):
+                return None
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        if not same:
+            os.close(fd)
+            continue
+        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        return Claim(digest, path, fd)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -281,6 +297,42 @@ class Store:
             return None
         return record
 
+    # -- claims: which run computes a point ------------------------------------------------------
+    def claim_path(self, key: RecordKey) -> Path:
+        """The claim file of ``key``: ``<root>/<experiment>/.<digest>.claim``."""
+        return self._dir(key.experiment) / f".{key.digest}.claim"
+
+    def claim(self, key: RecordKey) -> Claim | None:
+        """Claim the computation of ``key`` for this run: a :class:`Claim` (release it), or ``None`` if another run
+        (another process, or another claim in this one) holds it now.
+
+        The claim is an exclusive ``flock`` on :meth:`claim_path`, which names the holder (pid and host); the
+        kernel releases it when the holder dies, so a crashed run never blocks a point. Without ``fcntl`` (not
+        POSIX) every claim succeeds.
+        """
+        path = self.claim_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _claim_file(path, key.digest)
+
+    @staticmethod
+    def release(claim: Claim) -> None:
+        """Give up ``claim`` (after its record is written, or when the run stops): its file is removed."""
+        if claim.fd < 0:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                claim.path.unlink()  # while holding the lock: a new claimer re-checks the inode
+        finally:
+            os.close(claim.fd)
+
+    def holder(self, key: RecordKey) -> str:
+        """Who holds the claim of ``key``, for messages: ``"pid 123 on host"`` (``"another run"`` if unknown)."""
+        try:
+            info = json.loads(self.claim_path(key).read_text(encoding="utf-8"))
+            return f"pid {int(info['pid'])} on {info['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another run"
+
     # -- many records --------------------------------------------------------------------------
     def experiments(self) -> list[str]:
         """Names of the experiments that have a folder in the store, sorted."""
@@ -308,7 +360,8 @@ class Store:
         return out
 
     def clean_temp_files(self, experiment: str | None = None) -> list[Path]:
-        """Remove temporary files left by writers that were killed (their pid is gone); return them.
+        """Remove temporary files left by writers that were killed (their pid is gone) and claim files nobody
+        holds; return them.
 
         Files of a process that is still running are left alone: it may be about to rename them.
         """
@@ -323,6 +376,14 @@ class Store:
                     continue
                 with contextlib.suppress(OSError):
                     path.unlink()
+                    removed.append(path)
+            for path in folder.glob(".*.claim"):
+                m = _CLAIM_RE.match(path.name)
+                if m is None:
+                    continue
+                claim = _claim_file(path, m.group("digest"))
+                if claim is not None:
+                    self.release(claim)
                     removed.append(path)
         return removed
 

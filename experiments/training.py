@@ -378,13 +378,20 @@ def fit_slopes(df: pd.DataFrame, axis: str = "width", value: str = "delta_rms",
     Per ``axis`` value the seeds' mean and its standard error are fitted with ``experiments.scaling.fit_power_law``
     (weighted by the SEs with the scale re-estimated from the residuals, ``absolute_sigma=False``, so that
     finite-size curvature widens the error; unweighted with one seed). Rows with a non-finite or non-positive
-    ``value`` (diverged runs, the zero change at step 0) are left out, and a group needs 3 ``axis`` values.
-    Returns one row per group: ``slope``, ``slope_se``, ``n_points``.
+    ``value`` (diverged runs, the zero change at step 0) are left out, and a group needs 3 ``axis`` values (a group
+    with fewer is left out). Returns one row per group: ``slope``, ``slope_se``, ``n_points``.
+
+    Raises ``ValueError`` if ``df`` has fewer than 3 ``axis`` values with a finite positive ``value`` (e.g.
+    ``coord_check`` run at two widths), or if no group has 3: a slope needs three points.
     """
     from experiments.scaling import fit_power_law  # only here: training itself does not fit
 
     rows = []
     ok = df[np.isfinite(df[value]) & (df[value] > 0)]
+    present = sorted(ok[axis].unique().tolist())
+    if len(present) < 3:
+        raise ValueError(f"fit_slopes needs at least 3 values of {axis!r} with a finite, positive {value!r} to fit a "
+                         f"slope, got {len(present)}: {present}; run more {axis}s")
     for key, part in ok.groupby(list(by), sort=False):
         stats = part.groupby(axis)[value].agg(["mean", "std", "count"])
         if len(stats) < 3:
@@ -395,4 +402,7 @@ def fit_slopes(df: pd.DataFrame, axis: str = "width", value: str = "delta_rms",
                             err if use_err else None, absolute_sigma=False)
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
                      "slope": fit.exponent, "slope_se": fit.exponent_stderr, "n_points": fit.n_points})
+    if not rows:
+        raise ValueError(f"fit_slopes: no group of {list(by)} has 3 values of {axis!r} with a finite, positive "
+                         f"{value!r} (diverged runs and step 0 are left out)")
     return pd.DataFrame(rows, columns=[*by, "slope", "slope_se", "n_points"])

@@ -31,7 +31,7 @@ def test_monte_carlo_example_runs():
     assert namespace["est"].nngp.mean.shape == (4, 4)
 
 
-def test_theory_tools_example_runs():
+def test_theory_tools_example_runs(capsys):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     namespace: dict = {}
     exec(compile(blocks[2], "README.md", "exec"), namespace)
@@ -39,7 +39,14 @@ def test_theory_tools_example_runs():
     assert namespace["crit"].universality_class == "K*=0"
     assert namespace["kappa"].shape[0] == 9
     assert namespace["verdict"].regime == "unstable"
-    assert set(namespace["df"]["width"]) == {64, 256}
+    assert set(namespace["df"]["width"]) == {64, 256, 1024}
+    # what the block prints, as a reader sees it: the verdicts, then one fitted slope per layer and step
+    printed = capsys.readouterr().out
+    assert "Empty DataFrame" not in printed
+    assert printed.splitlines()[0].startswith("unstable") and "feature learning depth-mup" in printed
+    rows = [line.split() for line in printed.splitlines() if line.split()[1:2] == ["mup"]]
+    assert len(rows) == 6  # 3 layers x 2 steps
+    assert all(abs(float(r[-3])) < 0.2 for r in rows), rows  # muP: the change per step is width-independent
 
 
 def test_layer_program_example_runs():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments import provenance
 from experiments.figures import relu_kurtosis
 from theory import finite_width
 
@@ -77,5 +78,5 @@ def test_config_validation_and_grid():
 
 def test_the_experiment_uses_the_theory_module():
     """compute's exact column is theory.finite_width's law (no second copy of the formula)."""
-    assert "theory.finite_width" in relu_kurtosis.EXPERIMENT.depends
+    assert "theory.finite_width" in provenance.reachable_modules(relu_kurtosis.EXPERIMENT.module)
     assert finite_width.relu_output_excess_kurtosis(4, 32) == pytest.approx(3 * (1 + 5 / 32) ** 4 - 3)

@@ -27,7 +27,7 @@ from experiments.registry import (
     parse_set,
     register,
 )
-from experiments.store import CorruptRecordWarning, Store
+from experiments.store import CorruptRecordWarning, RecordKey, Store
 
 TESTS = Path(__file__).resolve().parent
 TOY = toy_experiment.EXPERIMENT
@@ -157,24 +157,24 @@ def test_malformed_set(items, match):
 def test_run_stores_plots_and_caches(tmp_path, monkeypatch, capsys):
     log = tmp_path / "log.jsonl"
     monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(log))
-    monkeypatch.chdir(tmp_path)  # default folders: ./results and ./figures
+    monkeypatch.chdir(tmp_path)  # default folders: ./results and ./figures (./figures/quick for a quick run)
     df = experiments.run("toy", quick=True)
     assert list(df.columns) == ["width", "seed", "scale", "noisy", "exponent", "draws", "y", "y_err",
                                 "dtype", "code_version", "timestamp", "elapsed_s", "digest"]
     assert list(zip(df.width, df.seed, strict=True)) == [(4, 0), (4, 1), (8, 0), (8, 1)]
     assert len(df.draws[0]) == 3 and set(df.dtype) == {"float64"}
     assert df.code_version[0] == TOY.code_version()
-    assert df.attrs["computed"] == 4 and df.attrs["cached"] == 0
-    assert re.fullmatch(r"toy: 4 points \(4 computed, 0 cached\) in \d+\.\d s -> figures/toy\.png",
+    assert df.attrs["computed"] == 4 and df.attrs["cached"] == 0 and df.attrs["from_other_runs"] == 0
+    assert re.fullmatch(r"toy: 4 points \(4 computed, 0 cached\) in \d+\.\d s -> figures/quick/toy\.png",
                         df.attrs["summary"])
     assert capsys.readouterr().err.strip() == df.attrs["summary"]  # no bar: stderr is not a terminal
+    quick = tmp_path / "figures" / "quick"
     for suffix in ("png", "pdf", "csv"):
-        path = tmp_path / "figures" / f"toy.{suffix}"
-        assert path.stat().st_size > 0
+        assert (quick / f"toy.{suffix}").stat().st_size > 0
     assert [Path(p).name for p in df.attrs["figures"]] == ["toy.png", "toy.pdf", "toy.csv"]
-    assert (tmp_path / "figures" / "toy.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "figures" / "toy.pdf").read_bytes()[:5] == b"%PDF-"
-    csv = pd.read_csv(tmp_path / "figures" / "toy.csv")
+    assert (quick / "toy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (quick / "toy.pdf").read_bytes()[:5] == b"%PDF-"
+    csv = pd.read_csv(quick / "toy.csv")
     assert list(csv.y) == list(df.y) and json.loads(csv.draws[0]) == df.draws[0]
     assert len(Store(tmp_path / "results").records("toy")) == 4
     assert len(log_entries(log)) == 4
@@ -189,6 +189,20 @@ def test_run_stores_plots_and_caches(tmp_path, monkeypatch, capsys):
     assert len(log_entries(log)) == 6
 
 
+def test_a_quick_run_never_replaces_the_full_runs_figures(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    full = experiments.run("toy", quiet=True)
+    assert full.attrs["summary"].endswith("-> figures/toy.png")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "figures").glob("toy.*")}
+    assert set(before) == {"toy.png", "toy.pdf", "toy.csv"}
+    experiments.run("toy", quick=True, overrides={"seeds": 1}, quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "figures").glob("toy.*")} == before
+    assert len(pd.read_csv(tmp_path / "figures" / "quick" / "toy.csv")) == 2
+    monkeypatch.setenv("DEEPLIMITS_FIGURES", str(tmp_path / "gallery"))  # the default folder moved: same rule
+    experiments.run("toy", quick=True, quiet=True, plot=True)
+    assert (tmp_path / "gallery" / "quick" / "toy.csv").exists() and not (tmp_path / "gallery" / "toy.csv").exists()
+
+
 def test_progress_bar(tmp_path, capsys):
     experiments.run("toy", quick=True, results_dir=tmp_path, plot=False, progress=True, quiet=True)
     err = capsys.readouterr().err
@@ -197,11 +211,10 @@ def test_progress_bar(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_code_change_invalidates_the_cache(tmp_path):
+def test_code_change_invalidates_the_cache(tmp_path, monkeypatch):
     first = experiments.run("toy", quick=True, results_dir=tmp_path, plot=False, quiet=True)
-    edited = dataclasses.replace(TOY, depends=("experiments.store",))  # same name, other code version
-    assert edited.code_version() != TOY.code_version()
-    second = experiments.run(edited, quick=True, results_dir=tmp_path, plot=False, quiet=True)
+    monkeypatch.setattr(Experiment, "code_version", lambda self: "0.1.0+edited")  # (tests/test_provenance.py: when)
+    second = experiments.run("toy", quick=True, results_dir=tmp_path, plot=False, quiet=True)
     assert second.attrs["computed"] == 4
     assert len(Store(tmp_path).records("toy")) == 8
     pd.testing.assert_frame_equal(first.drop(columns=[*VOLATILE, "digest", "code_version"]),
@@ -231,6 +244,65 @@ def test_results_folder_that_is_a_file(tmp_path):
     blocker.write_text("")
     with pytest.raises(OSError, match="not writable"):
         experiments.run("toy", quick=True, results_dir=blocker, plot=False, quiet=True)
+
+
+def test_an_unwritable_figures_folder_is_refused_before_computing(tmp_path, monkeypatch):
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(log))
+    blocker = tmp_path / "figs"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=r"figures folder .*figs cannot be written"):
+        experiments.run("toy", quick=True, results_dir=tmp_path / "res", figures_dir=blocker, quiet=True)
+    assert log_entries(log) == [] and Store(tmp_path / "res").records("toy") == []
+    experiments.run("toy", quick=True, results_dir=tmp_path / "res", figures_dir=blocker, quiet=True, plot=False)
+    assert len(log_entries(log)) == 4  # without a plot the folder does not matter
+
+
+# -- two runs on one results folder ------------------------------------------------------------------
+def test_two_runs_on_one_folder_share_the_points(tmp_path, monkeypatch):
+    """Two runs at once (threads here; tests/test_dask.py has processes): each point is computed once, by one of
+    them, and both return every point."""
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(log))
+    monkeypatch.setenv("DEEPLIMITS_TOY_DELAY", "0.05")
+    with cf.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(experiments.run, "toy", results_dir=tmp_path, plot=False, quiet=True) for _ in range(2)]
+        a, b = (r.result() for r in runs)
+    started = log_entries(log)
+    assert sorted(started) == sorted(set(started)) and len(started) == 12  # no point twice
+    assert a.attrs["computed"] + b.attrs["computed"] == 12
+    assert a.attrs["computed"] + a.attrs["from_other_runs"] == 12 == b.attrs["computed"] + b.attrs["from_other_runs"]
+    pd.testing.assert_frame_equal(a.drop(columns=VOLATILE), b.drop(columns=VOLATILE))
+    assert len(Store(tmp_path).records("toy")) == 12 and sorted(p.suffix for p in (tmp_path / "toy").iterdir()) \
+        == [".json"] * 12  # no claim file left
+
+
+def test_a_point_another_run_holds_is_waited_for_or_taken_over(tmp_path, monkeypatch, capsys):
+    """Two points are claimed by "another run": this run computes the rest, then reads the record that run writes
+    for one of them, and computes the other itself once that run lets go of it without a record."""
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(log))
+    store = Store(tmp_path)
+    keys = {(p["width"], p["seed"]): RecordKey("toy", p, TOY.code_version(), "float64")
+            for p in TOY.points(TOY.quick_config)}
+    held = {w_s: store.claim(keys[w_s]) for w_s in [(4, 1), (8, 0)]}
+    assert all(held.values())
+    with cf.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(experiments.run, "toy", quick=True, results_dir=tmp_path, plot=False, quiet=True)
+        deadline = time.monotonic() + 60
+        while len(log_entries(log)) < 2:  # it computes the two free points, then waits
+            assert time.monotonic() < deadline and not future.done(), "the run did not go on with the free points"
+            time.sleep(0.01)
+        store.put(keys[(4, 1)], {"y": 0.5, "y_err": 0.1, "draws": [0.0] * 3}, elapsed_s=0.0)  # "the other run"
+        store.release(held[(4, 1)])
+        store.release(held[(8, 0)])  # ... which stops before (8, 0)
+        df = future.result(timeout=60)
+    assert (df.attrs["computed"], df.attrs["cached"], df.attrs["from_other_runs"]) == (3, 0, 1)
+    assert sorted(log_entries(log)) == [(4, 0), (8, 0), (8, 1)]
+    assert df.y[1] == 0.5  # the other run's record, read as it appeared
+    assert "(3 computed, 0 cached, 1 from another run)" in df.attrs["summary"]
+    err = capsys.readouterr().err
+    assert f"is being computed by another run (pid {os.getpid()} on {os.uname().nodename})" in err
 
 
 # An experiment that reports the floating dtype JAX computes in: the runner sets x64 from the point's dtype.
@@ -301,7 +373,7 @@ def test_killed_sweep_resumes_without_recomputing_anything(tmp_path):
     assert len(started) == len(set(started))
     assert 3 <= len(stored) < 12, "the kill must land mid-sweep"
     assert stored <= set(started) and len(set(started) - stored) <= 1  # at most the point in flight is lost
-    assert not figures.exists()
+    assert list(figures.iterdir()) == []  # checked writable before the sweep, nothing plotted
 
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -1,6 +1,7 @@
-"""A toy experiment for the runner's tests (not a real experiment: cheap numpy, no theory).
+"""Toy experiments for the runner's tests (not real experiments): ``toy`` (cheap numpy, no theory) and
+``jax-toy`` (a few small Monte-Carlo kernel estimates in float32 and float64, for bit-identity across processes).
 
-The tests make the command line find it with ``DEEPLIMITS_EXPERIMENT_MODULES=toy_experiment`` and
+The tests make the command line find them with ``DEEPLIMITS_EXPERIMENT_MODULES=toy_experiment`` and
 ``tests/`` on ``PYTHONPATH``. Two environment variables instrument it without entering the results
 (they are not part of any point's config): ``DEEPLIMITS_TOY_LOG`` names a file to which ``compute``
 appends one JSON line per point it *starts*, and ``DEEPLIMITS_TOY_DELAY`` is the seconds it then
@@ -71,3 +72,43 @@ EXPERIMENT = Experiment(
     compute=compute,
     plot=plot,
 )
+
+
+@dataclass(frozen=True)
+class JaxToyConfig:
+    widths: tuple[int, ...] = (8, 32)
+    dtypes: tuple[str, ...] = ("float32", "float64")
+
+
+def jax_points(config: JaxToyConfig) -> list[dict]:
+    return grid(dtype=config.dtypes, width=config.widths, seed=0)
+
+
+def jax_compute(point: dict) -> dict:
+    """Monte-Carlo NNGP / NTK of a small tanh MLP (seeded by the point) and the limit, in the point's dtype."""
+    import jax
+    import jax.numpy as jnp
+
+    import theory
+    from experiments import monte_carlo
+
+    net = theory.MLP(depth=2, activation="tanh", w_std=1.5, b_std=0.1)
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    est = monte_carlo.estimate_kernels(net, x, width=point["width"], n_samples=4,
+                                       key=jax.random.key(point["seed"]), n_out=2)
+    return {"nngp": est.nngp.mean, "ntk": est.ntk.mean, "limit": theory.kernels(net, x).ntk,
+            "itemsize": int(jnp.zeros(1).dtype.itemsize)}
+
+
+JAX_EXPERIMENT = Experiment(
+    name="jax-toy",
+    paper="test fixture",
+    summary="Monte-Carlo kernels of a small tanh MLP in float32 and float64",
+    config=JaxToyConfig(),
+    quick_config=JaxToyConfig(widths=(8,)),
+    points=jax_points,
+    compute=jax_compute,
+    plot=lambda df, config, outdir: [],
+)
+
+EXPERIMENTS = (JAX_EXPERIMENT,)

@@ -228,8 +228,6 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("experiments.teacher_student", "experiments.scaling", "theory.learning_curves", "theory.predict",
-             "theory.kernels", "theory.recursion"),
 )
 
 __all__ = ["EXPERIMENT", "STUDENTS", "Config", "asymptotic_exponents", "compute", "curves", "exponent_fit",

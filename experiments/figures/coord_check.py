@@ -333,8 +333,7 @@ EXPERIMENTS = (
         summary="MLP under SP vs muP, SGD: per-layer activation and update size against width, fitted slopes",
         config=WidthConfig(),
         quick_config=WidthConfig(widths=(64, 256, 1024), depth=2, steps=2, seeds=2),
-        points=width_points, compute=width_compute, plot=width_plot, depends=("experiments.training",
-                                                                               "theory.parameterizations"),
+        points=width_points, compute=width_compute, plot=width_plot,
     ),
     Experiment(
         name="coord-check-depth",
@@ -343,6 +342,5 @@ EXPERIMENTS = (
         config=DepthConfig(),
         quick_config=DepthConfig(depths=(4, 16, 64), width=64, steps=2, seeds=1, linear_width=256, linear_seeds=12),
         points=depth_points, compute=depth_compute, plot=depth_plot,
-        depends=("experiments.training", "theory.parameterizations", "theory.linear_resnet_training"),
     ),
 )

@@ -309,5 +309,4 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("theory.depth_diffusion", "experiments.depth_diffusion", "experiments.networks"),
 )

@@ -200,8 +200,6 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("experiments.datasets", "experiments.networks", "experiments.training", "theory.predict",
-             "theory.training_dynamics", "theory.kernels", "theory.recursion"),
 )
 
 __all__ = ["EXPERIMENT", "MODELS", "Config", "compute", "distance_fit", "plot", "points"]

@@ -200,5 +200,4 @@ EXPERIMENT = Experiment(
     compute=compute,
     plot=plot,
     dtype="float32",
-    depends=("theory.finite_width", "experiments.monte_carlo", "experiments.networks"),
 )

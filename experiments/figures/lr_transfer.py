@@ -240,5 +240,4 @@ EXPERIMENT = Experiment(
     compute=compute,
     plot=plot,
     dtype="float32",
-    depends=("experiments.training", "experiments.transfer"),
 )

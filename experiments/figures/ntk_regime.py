@@ -162,5 +162,4 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("theory.training_dynamics", "experiments.transfer", "experiments.training"),
 )

@@ -201,5 +201,4 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("theory.signal_propagation", "experiments.monte_carlo", "experiments.networks"),
 )

@@ -233,5 +233,4 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("theory.finite_width", "experiments.monte_carlo", "experiments.networks"),
 )

@@ -177,5 +177,4 @@ EXPERIMENT = Experiment(
     points=points,
     compute=compute,
     plot=plot,
-    depends=("theory.signal_propagation", "theory.activations", "experiments.monte_carlo", "experiments.networks"),
 )
