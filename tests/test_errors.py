@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import theory
-from theory import activations
+from theory import activations, hermite
 
 X = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
 
@@ -473,3 +473,16 @@ def test_quadrature_degree_too_small_is_refused():
         theory.kernels(net, X)
     auto = theory.kernels(theory.MLP(depth=1, activation="tanh", w_std=1.5, b_std=0.1), X)
     assert np.all(np.isfinite(auto.nngp)) and np.all(np.diag(auto.nngp) > 0)
+
+
+def test_chosen_series_beyond_its_variance_is_refused():
+    """A series the user chose for small variances is not silently used beyond them (nor lengthened)."""
+    rule = hermite.choose_rule(jnp.tanh, 0.05)
+    net = theory.MLP(depth=2, activation=activations.get("tanh").with_series(rule), w_std=1.0, b_std=0.1)
+    x = np.random.default_rng(0).normal(size=(4, 3))
+    with pytest.raises(theory.kernels.QuadratureAccuracyError, match=r"reach .*beyond the 0.05 .*with_series"):
+        theory.kernels(net, x)
+    ok = theory.MLP(depth=2, activation=activations.get("tanh").with_series(hermite.choose_rule(jnp.tanh, 2.0)),
+                    w_std=1.0, b_std=0.1)
+    np.testing.assert_allclose(theory.kernels(ok, x).ntk, theory.kernels(theory.MLP(
+        depth=2, activation="tanh", w_std=1.0, b_std=0.1), x).ntk, rtol=1e-6)

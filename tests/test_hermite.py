@@ -46,7 +46,8 @@ def test_tanh_against_a_high_degree_rule(q):
 
 def test_rule_grows_with_the_variance_and_is_jittable():
     small, large = hermite.choose_rule(jnp.tanh, 1.0), hermite.choose_rule(jnp.tanh, 6.0)
-    assert small.terms < large.terms <= 512, (small, large)  # lengths on a ladder of powers of 2
+    assert small.terms < large.terms <= 512, (small, large)
+    assert small.terms % hermite.TERM_STEP == 0 and large.terms % hermite.TERM_STEP == 0
     with jax.enable_x64(True):
         q11, q12, q22 = _pairs(1.0, 0.8)
         eager = hermite.series_expectations(jnp.tanh, q11, q12, q22, small)
@@ -60,3 +61,48 @@ def test_rough_activation_is_refused():
         hermite.choose_rule(jax.nn.relu, 1.0, max_terms=256, name="relu")
     with pytest.raises(ValueError, match="finite variance"):
         hermite.choose_rule(jnp.tanh, float("nan"))
+
+
+@pytest.mark.parametrize("name", ["erf", "gelu"])
+def test_every_level_is_accurate_up_to_its_variance(name):
+    """Each shorter series a rule carries meets the tail bound at its own variance (just below the switch), and a
+    layer whose variances fit a level uses it: the values differ from the longest series' by less than the bound."""
+    act = activations.get(name)
+    rule = hermite.choose_rule(act.fn, 6.0)
+    assert len(rule.lower) >= 2, rule
+    lengths = [level[1] for level in rule.levels()]
+    assert all(2 * a <= b for a, b in zip(lengths, lengths[1:])), rule  # each at most half the next
+    longest = hermite.HermiteRule(rule.terms, rule.step, rule.variance, span=rule.span)
+    with jax.enable_x64(True):
+        for variance, terms, step, span in rule.lower:
+            q = 0.999 * variance
+            q11, q12, q22 = _pairs(q, 0.7 * q)
+            e_ref, d_ref = act.expectations(q11, q12, q22)
+            e_scale = np.sqrt(act.expectations(q11, q11, q11)[0] * act.expectations(q22, q22, q22)[0])
+            d_scale = np.sqrt(act.expectations(q11, q11, q11)[1] * act.expectations(q22, q22, q22)[1])
+            for fn in (hermite.series_expectations, jax.jit(hermite.series_expectations, static_argnums=(0, 4))):
+                e, d = fn(act.fn, q11, q12, q22, rule)
+                assert np.all(np.abs(e - e_ref) <= 1e-7 * e_scale + 1e-15), (variance, terms)
+                assert np.all(np.abs(d - d_ref) <= 1e-7 * d_scale + 1e-15), (variance, terms)
+            # series_parts (the recursion's path) agrees with the longest series to the two bounds
+            parts = hermite.series_parts(act.fn, q11[0], q12, q22[0], rule)
+            full = hermite.series_parts(act.fn, q11[0], q12, q22[0], longest)
+            assert np.all(np.abs(parts[1][0] - full[1][0]) <= 2e-7 * e_scale), (variance, terms)
+            assert np.all(np.abs(parts[1][1] - full[1][1]) <= 2e-7 * d_scale), (variance, terms)
+            own = act.expectations(q11[0], q11[0], q11[0])
+            np.testing.assert_allclose(parts[0][0], own[0], rtol=2e-7)
+            np.testing.assert_allclose(parts[0][1], own[1], rtol=2e-7)
+
+
+def test_vmapped_level_selection_matches_per_call():
+    """Under vmap the switch runs every branch and keeps the selected one: same values as separate calls."""
+    rule = hermite.choose_rule(jnp.tanh, 4.0)
+    qs = jnp.asarray([0.05, 0.3, 1.5, 3.9], jnp.float32)
+
+    def one(q):
+        q11 = jnp.full((1,), q)
+        return hermite.series_parts(jnp.tanh, q11, 0.5 * q11[:, None], q11, rule)[1][1]
+
+    batched = jax.vmap(one)(qs)
+    for i, q in enumerate(qs):
+        np.testing.assert_allclose(batched[i], one(q), rtol=1e-6)

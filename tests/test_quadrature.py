@@ -43,3 +43,15 @@ def test_correlation_is_exactly_one_on_the_diagonal_and_clipped():
     assert float(rho) == 1.0
     rho, norm = correlation(jnp.asarray(0.0), jnp.asarray(0.0), jnp.asarray(2.0))
     assert float(rho) == 0.0 and float(norm) == 0.0
+
+
+@pytest.mark.parametrize("degree", [20, 150])
+def test_variances_use_the_one_dimensional_rule(degree):
+    """With q11, q12, q22 the same array (a variance), the 2-D rule at rho = 1 is the 1-D rule of its degree."""
+    from theory.gaussian import gauss_hermite_expectations
+
+    q = jnp.asarray([0.01, 0.7, 3.0, 9.0])
+    e, d = gauss_hermite_expectations(jnp.tanh, q, q, q, degree)
+    e2, d2 = gauss_hermite_expectations(jnp.tanh, q, q + 0.0, q, degree)  # a copy: the 2-D rule
+    np.testing.assert_allclose(e, e2, rtol=1e-5)
+    np.testing.assert_allclose(d, d2, rtol=1e-5)

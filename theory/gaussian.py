@@ -109,10 +109,15 @@ def gauss_hermite_expectations(
     dtype = jnp.result_type(q12)
     nodes = jnp.asarray(nodes_np, dtype)
     weights = jnp.asarray(weights_np, dtype)
-    rho, _ = correlation(q11, q12, q22)
 
     def values_and_slopes(points: Array) -> tuple[Array, Array]:
         return jax.jvp(fn, (points,), (jnp.ones_like(points),))
+
+    if q11 is q12 and q12 is q22:  # variances (u = v): the 2-D rule at rho = 1 is this 1-D rule, degree^2 -> degree
+        u = jnp.sqrt(q11)[..., None] * nodes
+        fu, dfu = values_and_slopes(u) if derivative else (fn(u), None)
+        return fu**2 @ weights, (dfu**2 @ weights if derivative else None)
+    rho, _ = correlation(q11, q12, q22)
 
     u = jnp.sqrt(q11)[..., None] * nodes
     s22 = jnp.sqrt(q22)[..., None, None]

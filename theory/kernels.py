@@ -264,8 +264,14 @@ def kernels(
                                 with_ntk=with_ntk)
     if _needs_longer_series(net, plan, watch, dtype):
         seen = float(np.max(watch.max_variance))
-        return kernels(with_series(original, x1_in, x2_in, at_least=1.25 * seen), x1_in, x2_in, get, per_layer,
-                       memory_budget, out, progress)
+        longer = with_series(original, x1_in, x2_in, at_least=1.25 * seen)
+        if series_bound(longer) <= seen:  # a series the user chose (not automatic) cannot be lengthened here
+            raise QuadratureAccuracyError(
+                f"the pre-activation variances of {_short(net)} reach {seen:.4g}, beyond the {series_bound(net):.4g} "
+                "that its Hermite series was chosen for (Activation.with_series), so the kernels would not be "
+                "accurate; leave the activation automatic (theory.kernels chooses the series from the variances "
+                f"met) or pass hermite.choose_rule(fn, q_max={1.25 * seen:.3g})")
+        return kernels(longer, x1_in, x2_in, get, per_layer, memory_budget, out, progress)
     if layout.grid == (1, 1) and out is None:
         return _result(*(_symmetrize(q, t) if symmetric else (q, t)), wanted)
     names = tuple(n for n in KERNEL_NAMES if n in wanted)
@@ -392,6 +398,7 @@ def _series_for(act: Activation, bound: float) -> Activation:
         return _two_d_rule(act)
 
 
+@functools.lru_cache(maxsize=256)
 def _two_d_rule(act: Activation) -> Activation:
     """``act`` with its default 2-D Gauss-Hermite degree made explicit (name and parameters kept)."""
     return dataclasses.replace(act, quadrature_degree=act.degree)
