@@ -1,5 +1,5 @@
 """Toy experiments for the runner's tests (not real experiments): ``toy`` (cheap numpy, no theory) and
-``jax-toy`` (a few small Monte-Carlo kernel estimates in float32 and float64, for bit-identity across processes).
+``jax-toy`` (small JAX kernels in float32 and float64, seeded by JAX keys: bit-identity across processes).
 
 The tests make the command line find them with ``DEEPLIMITS_EXPERIMENT_MODULES=toy_experiment`` and
 ``tests/`` on ``PYTHONPATH``. Two environment variables instrument it without entering the results
@@ -85,25 +85,25 @@ def jax_points(config: JaxToyConfig) -> list[dict]:
 
 
 def jax_compute(point: dict) -> dict:
-    """Monte-Carlo NNGP / NTK of a small tanh MLP (seeded by the point) and the limit, in the point's dtype."""
+    """A width-n random-feature kernel of tanh (weights from the point's JAX key) and an erf MLP's limit kernels,
+    in the point's dtype (JAX's x64 mode is the runner's to set)."""
     import jax
     import jax.numpy as jnp
 
     import theory
-    from experiments import monte_carlo
 
-    net = theory.MLP(depth=2, activation="tanh", w_std=1.5, b_std=0.1)
-    x = np.random.default_rng(0).normal(size=(3, 4))
-    est = monte_carlo.estimate_kernels(net, x, width=point["width"], n_samples=4,
-                                       key=jax.random.key(point["seed"]), n_out=2)
-    return {"nngp": est.nngp.mean, "ntk": est.ntk.mean, "limit": theory.kernels(net, x).ntk,
-            "itemsize": int(jnp.zeros(1).dtype.itemsize)}
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)))
+    w = jax.random.normal(jax.random.key(point["seed"]), (point["width"], 4))
+    h = jnp.tanh(x @ w.T / 2.0)
+    limit = theory.kernels(theory.MLP(depth=2, activation="erf", w_std=1.5, b_std=0.1), np.asarray(x))
+    return {"features": h @ h.T / point["width"], "nngp": limit.nngp, "ntk": limit.ntk,
+            "itemsize": int(x.dtype.itemsize)}
 
 
 JAX_EXPERIMENT = Experiment(
     name="jax-toy",
     paper="test fixture",
-    summary="Monte-Carlo kernels of a small tanh MLP in float32 and float64",
+    summary="a random-feature kernel and an MLP's limit kernels in float32 and float64",
     config=JaxToyConfig(),
     quick_config=JaxToyConfig(widths=(8,)),
     points=jax_points,
