@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +19,7 @@ def _layout(spatial_dims: int | None) -> str:
     return _LAYOUTS.get(spatial_dims, f"(batch, {spatial_dims} spatial dims, channels)")
 
 
-def _as_inputs(name: str, x: object, spatial_dims: int | None, network: str | None) -> Array:
+def _as_inputs(name: str, x: object, spatial_dims: int | None, network: str | Callable[[], str] | None) -> Array:
     layout = _layout(spatial_dims)
     try:
         x = jnp.asarray(x)
@@ -30,6 +32,7 @@ def _as_inputs(name: str, x: object, spatial_dims: int | None, network: str | No
     if not ok:
         hint = ("reshape a single input with x[None, :] or flatten image inputs to one axis" if spatial_dims == 0
                 else "add the batch axis (x[None]) or a channel axis (x[..., None])")
+        network = network() if callable(network) else network  # a callable: named only when an error needs it
         for_net = f" for {network}" if network and spatial_dims != 0 else ""
         raise ValueError(f"{name} must have shape {layout}{for_net}, got shape {tuple(x.shape)}; {hint}")
     if any(s == 0 for s in x.shape):
@@ -45,7 +48,7 @@ def _as_inputs(name: str, x: object, spatial_dims: int | None, network: str | No
 
 
 def validate_inputs(x1: object, x2: object | None = None, *, spatial_dims: int | None = 0,
-                    network: str | None = None) -> tuple[Array, Array | None]:
+                    network: str | Callable[[], str] | None = None) -> tuple[Array, Array | None]:
     """Return ``(x1, x2)`` as floating JAX arrays of one dtype.
 
     ``spatial_dims``: 0 for ``(batch, features)``, 1 for ``(batch, length, channels)``, 2 for
