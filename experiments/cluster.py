@@ -41,6 +41,15 @@ class DaskEngine:
         return int(sum(self.client.nthreads().values()))
 
 
+def executor_capacity(executor: Any) -> int | None:
+    """Tasks a Dask ``Client.get_executor()`` can run at once now (its cluster's worker threads), ``None`` for
+    any other executor. Read each time: a cluster can grow (``dask-jobqueue``'s ``scale``) or lose workers."""
+    client = getattr(executor, "_client", None)  # ClientExecutor keeps its client there
+    if client is None or not callable(getattr(client, "nthreads", None)):
+        return None
+    return int(sum(client.nthreads().values()))
+
+
 def check_engine_args(jobs: Any = None, scheduler: Any = None) -> None:
     """``UsageError`` for ``jobs`` that is not a positive int, a ``scheduler`` that is not an address, or both."""
     if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
@@ -109,4 +118,4 @@ def dask_engine(jobs: int | None = None, scheduler: str | None = None, *,
         yield DaskEngine(client, client.get_executor(pure=False), description)
 
 
-__all__ = ["CONNECT_TIMEOUT_S", "ClusterError", "DaskEngine", "check_engine_args", "dask_engine"]
+__all__ = ["CONNECT_TIMEOUT_S", "ClusterError", "DaskEngine", "check_engine_args", "dask_engine", "executor_capacity"]

@@ -177,4 +177,13 @@ def code_version(*modules: ModuleType | str) -> str:
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 
-__all__ = ["LIBRARIES", "PACKAGES", "code_version", "library_versions", "reachable_modules"]
+@functools.cache
+def loaded_code_version(module: str) -> str:
+    """:func:`code_version` of ``module`` as this process first computed it: the code a worker process runs is the
+    code it imported (at its first point, just before this is first called), not what is on disk later, while a
+    developer edits the checkout during a long sweep. Python does not re-import a module, so this is fixed per
+    process."""
+    return code_version(module)
+
+
+__all__ = ["LIBRARIES", "PACKAGES", "code_version", "library_versions", "loaded_code_version", "reachable_modules"]

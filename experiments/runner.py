@@ -69,9 +69,10 @@ def compute_point(compute: Callable[[Point], Mapping[str, Any]], point: Point, d
     """Run ``compute(point)`` under ``dtype`` (JAX x64 mode on for ``"float64"``, off otherwise).
 
     Returns the values as plain JSON types (device arrays are fetched, so the time is honest), the wall-clock
-    seconds, and, when ``code_version`` (the caller's) is given, the code version of ``compute``'s module here:
-    the caller checks that a worker in another process or on another machine ran the same code (``None`` for a
-    module that a worker cannot see, ``__main__``). This is the unit of work an executor runs.
+    seconds, and, when ``code_version`` (the caller's) is given, the code version of ``compute``'s module as this
+    process loaded it (``provenance.loaded_code_version``): the caller checks that a worker in another process or
+    on another machine ran the same code (``None`` for ``__main__``, which a worker receives by value). This is the
+    unit of work an executor runs.
     """
     start = time.perf_counter()
     with _x64(dtype == "float64"):
@@ -82,7 +83,7 @@ def compute_point(compute: Callable[[Point], Mapping[str, Any]], point: Point, d
     elapsed = time.perf_counter() - start
     here = None
     if code_version is not None and compute.__module__ != "__main__":
-        here = provenance.code_version(compute.__module__)
+        here = provenance.loaded_code_version(compute.__module__)
     return values, elapsed, here
 
 
@@ -155,13 +156,15 @@ class _InlineExecutor(cf.Executor):
         return future
 
 
-def _window(executor: cf.Executor, engine: Any) -> Callable[[], int]:
+def _window(executor: cf.Executor) -> Callable[[], int]:
     """How many points to hold claims on and have in flight at once: twice what can run at once (so workers never
     idle between points), and no more, so that a second run on the same folder finds unclaimed points to share."""
+    from experiments.cluster import executor_capacity
+
     if isinstance(executor, _InlineExecutor):
         return lambda: 1
-    if engine is not None:
-        return lambda: 2 * max(1, engine.capacity())
+    if executor_capacity(executor) is not None:  # a Dask cluster: as many as its workers have threads now
+        return lambda: 2 * max(1, executor_capacity(executor) or 0)
     workers = getattr(executor, "_max_workers", None) or os.cpu_count() or 1
     return lambda: 2 * int(workers)
 
@@ -264,19 +267,21 @@ def run(
     show = sys.stderr.isatty() if progress is None else bool(progress)
     counts = {"computed": 0, "others": 0}
     with contextlib.ExitStack() as stack:
-        engine = None
+
+        def note(message: str) -> None:
+            tqdm.write(f"{experiment.name}: {message}", file=sys.stderr)
+
         if missing and (jobs is not None or scheduler is not None):
             from experiments.cluster import dask_engine
 
             engine = stack.enter_context(dask_engine(jobs, scheduler))
             executor = engine.executor
+            if engine.capacity() == 0:
+                note(f"{engine.description} has no workers yet; the points wait for some (`dask worker ADDRESS`)")
         remote = executor is not None
         pool = executor if executor is not None else _InlineExecutor()
         bar = stack.enter_context(tqdm(total=len(keys), initial=cached, desc=experiment.name, unit="pt",
                                        disable=not show, file=sys.stderr, dynamic_ncols=True))
-
-        def note(message: str) -> None:
-            tqdm.write(f"{experiment.name}: {message}", file=sys.stderr)
 
         def finish(key: RecordKey, values: dict, elapsed: float, worker_version: str | None) -> None:
             if worker_version is not None and worker_version != version:
@@ -288,7 +293,7 @@ def run(
             counts["computed"] += 1
             bar.update(1)
 
-        _sweep(store, pool, _window(pool, engine), experiment, missing, version if remote else None, records,
+        _sweep(store, pool, _window(pool), experiment, missing, version if remote else None, records,
                finish, counts, bar, note)
 
     df = _frame(points, [records[k.digest] for k in keys])
