@@ -84,3 +84,24 @@ def test_predictions_example_runs():
     assert namespace["g"].mean.shape == (5, 1) and namespace["g"].covariance.shape == (5, 5)
     assert namespace["curve"].shape == (3, 5, 1)
     assert namespace["fx_test_t"].shape == (5, 1) and namespace["lr_max"] > 0
+
+
+def test_experiments_section_commands_parse():
+    """Every `deeplimits ...` line of the Experiments section is a valid command line; the SLURM example compiles
+    (it needs dask-jobqueue and a cluster to run)."""
+    import shlex
+
+    from experiments.cli import build_parser
+
+    section = README.read_text().split("## Experiments", 1)[1].split("\n## ", 1)[0]
+    lines = [line.split("#", 1)[0].strip() for block in re.findall(r"```\n(.*?)```", section, flags=re.S)
+             for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("deeplimits ")]
+    assert len(commands) >= 8 and ["clean", "--stale"] in commands
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)
+    assert any("--jobs" in argv for argv in commands) and any("--scheduler" in argv for argv in commands)
+    slurm = [b for b in re.findall(r"```python\n(.*?)```", section, flags=re.S) if "SLURMCluster" in b]
+    assert len(slurm) == 1
+    compile(slurm[0], "README.md", "exec")
