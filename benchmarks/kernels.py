@@ -155,24 +155,33 @@ def depth_rows(depths: tuple[int, ...], reps: int) -> list[dict]:
     _say(f"\n[depth] MLPs on N={DEPTH_N} inputs, float32, NNGP+NTK, median of {reps} calls after one warm-up")
     for depth in depths:
         row: dict = {"depth": depth}
-        for act, w_std, b_std in (("relu", SQRT2, 0.0), ("tanh", 1.0, 0.1)):
-            net = theory.MLP(depth=depth, activation=act, w_std=w_std, b_std=b_std)
+        nets = {act: theory.MLP(depth=depth, activation=act, w_std=w_std, b_std=b_std)
+                for act, w_std, b_std in (("relu", SQRT2, 0.0), ("tanh", 1.0, 0.1))}
+        times: dict = {act: [] for act in nets}
+        for act, net in nets.items():
             t0 = time.perf_counter()
             jax.block_until_ready(theory.kernels(net, x))
-            first = time.perf_counter() - t0
-            times = []
-            for _ in range(reps):
+            row[act] = {"first_call_s": time.perf_counter() - t0}
+        for _ in range(reps):  # alternate call by call: load from other processes falls on both alike
+            for act, net in nets.items():
                 t0 = time.perf_counter()
                 jax.block_until_ready(theory.kernels(net, x))
-                times.append(time.perf_counter() - t0)
-            row[act] = {"s": float(np.median(times)), "first_call_s": first, "per_layer_ms": 1e3 * float(
-                np.median(times)) / depth}
+                times[act].append(time.perf_counter() - t0)
+        for act in nets:
+            row[act].update(s=float(np.median(times[act])), per_layer_ms=1e3 * float(np.median(times[act])) / depth)
         row["tanh_over_relu"] = row["tanh"]["s"] / row["relu"]["s"]
         _say(f"    L={depth:>6,}: relu {row['relu']['s']:.3f} s ({row['relu']['per_layer_ms']:.3f} ms/layer), "
              f"tanh {row['tanh']['s']:.3f} s ({row['tanh']['per_layer_ms']:.3f} ms/layer), tanh/relu "
              f"{row['tanh_over_relu']:.1f}x; first calls {row['relu']['first_call_s']:.1f} / "
              f"{row['tanh']['first_call_s']:.1f} s")
         out.append(row)
+    if len(out) >= 2:  # the marginal cost of a layer, free of the per-call work (inputs, checks, series choice)
+        lo, hi = out[-2], out[-1]
+        slope = {act: (hi[act]["s"] - lo[act]["s"]) / (hi["depth"] - lo["depth"]) for act in ("relu", "tanh")}
+        hi["marginal_tanh_over_relu"] = slope["tanh"] / slope["relu"]
+        _say(f"    marginal cost per layer between L={lo['depth']:,} and {hi['depth']:,}: relu "
+             f"{1e3 * slope['relu']:.3f} ms, tanh {1e3 * slope['tanh']:.3f} ms, tanh/relu "
+             f"{hi['marginal_tanh_over_relu']:.1f}x")
     return out
 
 

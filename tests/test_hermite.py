@@ -106,3 +106,23 @@ def test_vmapped_level_selection_matches_per_call():
     batched = jax.vmap(one)(qs)
     for i, q in enumerate(qs):
         np.testing.assert_allclose(batched[i], one(q), rtol=1e-6)
+
+
+@pytest.mark.slow  # ~15 s: the degree-200 reference
+def test_deep_tanh_network_through_the_levels_against_a_high_degree_rule():
+    """A tanh MLP whose variances fall from ~1.5 to the fixed point ~0.08 over depth passes through every level of
+    its rule: the kernels (float64) equal those of a degree-200 2-D Gauss-Hermite rule at every layer."""
+    import theory
+    from theory.kernels import with_series
+
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(3).normal(size=(5, 4)))
+        net = theory.MLP(depth=30, activation="tanh", w_std=1.0, b_std=0.1)
+        rule = with_series(net, x).layers[1].activation.series
+        assert len(rule.lower) >= 2, rule
+        ours = theory.kernels(net, x, per_layer=True)
+        ref = theory.kernels(theory.MLP(depth=30, activation=activations.tanh(quadrature_degree=200), w_std=1.0,
+                                        b_std=0.1), x, per_layer=True)
+        for a, b in ((ours.nngp, ref.nngp), (ours.ntk, ref.ntk)):
+            scale = np.max(np.abs(np.asarray(b)), axis=(1, 2), keepdims=True)
+            assert np.max(np.abs(np.asarray(a) - np.asarray(b)) / scale) < 1e-6
