@@ -206,8 +206,8 @@ def _horner(rho: Array, a1: Array, a2: Array, b1: Array | None = None,
     """``sum_k rho^k a1_k a2_k`` and (when given) ``sum_k rho^k b1_k b2_k`` (coefficients on the last axis,
     broadcast against ``rho``), highest term first, both in one loop over the terms."""
     pairs = [(a1, a2)] + ([] if b1 is None else [(b1, b2)])
-    terms = a1.shape[-1]
-    if terms <= UNROLLED_TERMS:
+    terms = a1.shape[-1]  # k = 0 .. terms - 1
+    if terms <= UNROLLED_TERMS + 1:
         sums = []
         for c1, c2 in pairs:
             acc = c1[..., -1] * c2[..., -1] * jnp.ones_like(rho)
