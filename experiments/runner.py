@@ -12,9 +12,10 @@ run's figures); the results folder is ``results_dir``, else ``$DEEPLIMITS_RESULT
 
 Distribution: a grid point is a pure function of its config. :func:`compute_point` is the whole unit
 of work (module-level, picklable arguments, returns plain JSON-able values and the time taken), so
-any ``concurrent.futures.Executor`` can run it: ``run(name, executor=ProcessPoolExecutor(4))``; ``jobs=N``
-and ``scheduler=ADDRESS`` run it on Dask (``experiments.cluster``). Only the calling process touches the store,
-and it claims each point before computing it, so two runs on one results folder share the work.
+any ``concurrent.futures.Executor`` can run it: ``run(name, executor=ProcessPoolExecutor(4,
+mp_context=multiprocessing.get_context("spawn")))`` (spawn: forking a process that has imported JAX can deadlock);
+``jobs=N`` and ``scheduler=ADDRESS`` run it on Dask (``experiments.cluster``). Only the calling process touches the
+store, and it claims each point before computing it, so two runs on one results folder share the work.
 """
 
 from __future__ import annotations
