@@ -247,3 +247,31 @@ def test_bad_input():
         dc.limit_classifier(dc.hermite_activation([0.6, 0.79, 0.1]), np.eye(2), np.eye(2), np.eye(2))
     with pytest.raises(ValueError, match="depth"):
         dc.network("erf", -1)
+
+
+# -- the experiment (quick sweep) ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def frame(quick_run):
+    return quick_run("deep-classifiers")[0]
+
+
+@pytest.mark.experiments
+def test_deep_classifiers_quick_sweep(frame):
+    circle = frame[frame.dataset == "circle"].set_index("activation")
+    digits = frame[frame.dataset == "digits"].set_index("activation")
+    for rows in (circle, digits):
+        assert rows.loc["relu", "classifier"] == "majority vote"
+        assert rows.loc["erf", "classifier"] == "singular kernel"
+        assert rows.loc["nearest", "classifier"] == "nearest neighbour"
+        # the limits are the classifiers they name: majority vote's and 1-NN's errors, computed independently
+        assert rows.loc["relu", "limit_error"] == rows.loc["relu", "majority_error"]
+        assert rows.loc["nearest", "limit_error"] == rows.loc["nearest", "one_nn_error"]
+        assert all(len(e) == 4 for e in rows.errors)
+    assert circle.loc["optimal", "exponent"] == pytest.approx(1.0) and digits.loc["optimal", "exponent"] == (
+        pytest.approx(63.0))
+    # the optimal (Hilbert-kernel) classifier: far better than majority vote, near 1-NN on both data sets
+    for rows in (circle, digits):
+        assert rows.loc["optimal", "limit_error"] < rows.loc["optimal", "majority_error"] / 3
+        assert rows.loc["optimal", "limit_error"] <= rows.loc["optimal", "one_nn_error"] + 0.05
+    # the nearest-neighbour network is 1-NN at depth 1 on the circle's dense training set, within a few inputs
+    assert circle.loc["nearest", "errors"][0] <= circle.loc["nearest", "one_nn_error"] + 0.02

@@ -19,6 +19,7 @@ Nothing here does I/O or keeps state; randomness, where it ever enters, is an ex
 
 from theory import (
     activations,
+    deep_classifiers,
     deep_linear,
     depth_diffusion,
     finite_width,
@@ -52,6 +53,7 @@ __all__ = [
     "activations",
     "critical_line",
     "criticality",
+    "deep_classifiers",
     "deep_linear",
     "depth_diffusion",
     "edge_of_chaos",
