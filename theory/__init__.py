@@ -29,6 +29,7 @@ from theory import (
     parameterizations,
     predict,
     signal_propagation,
+    signature_kernels,
     solvers,
     training_dynamics,
 )
@@ -39,6 +40,7 @@ from theory.kernels import Kernels, QuadratureAccuracyError
 from theory.layers import Serial, serial
 from theory.parameterizations import parameterize
 from theory.signal_propagation import critical_line, criticality, edge_of_chaos
+from theory.signature_kernels import neural_signature_kernel, signature_kernel
 
 __version__ = "0.1.0"
 
@@ -61,6 +63,7 @@ __all__ = [
     "kernels",
     "layers",
     "linear_resnet_training",
+    "neural_signature_kernel",
     "parameterizations",
     "parameterize",
     "predict",
@@ -68,6 +71,8 @@ __all__ = [
     "resnet_limit",
     "serial",
     "signal_propagation",
+    "signature_kernel",
+    "signature_kernels",
     "solvers",
     "training_dynamics",
 ]
