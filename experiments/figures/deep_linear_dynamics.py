@@ -182,7 +182,7 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     ax_a.text(0.97, 0.04, f"{config.seeds} networks per width; GD at $\\eta$, $\\eta/2$ extrapolated\n"
               f"max |mean − theory| = {worst:.3f} (largest SE {worst_se:.3f})",
               transform=ax_a.transAxes, ha="right", va="bottom", fontsize=7.5, color="0.3")
-    ax_a.legend(fontsize=7, loc="center right")
+    ax_a.legend(fontsize=7, loc="upper left")
     # (b) decoupled, balanced: each depth's modes against the exact theory.
     dyn = df[df["panel"] == "dynamics"].sort_values("depth")
     styles = ["-", "--", ":", "-."]
@@ -231,6 +231,9 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     ax_c.set(xscale="log", yscale="log", xlabel="weight matrices $L + 1$",
              ylabel=f"steps until every $u_\\alpha \\geq$ {config.fraction:g} $s_\\alpha$",
              title=r"(c) learning time, $\eta = \eta_0 / (L + 1)$")
+    ticks = sorted({L + 1 for L in times["depth"].unique()})
+    ax_c.set_xticks(ticks, [str(t) for t in ticks])
+    ax_c.minorticks_off()
     ax_c.axhline(top, color="0.6", lw=0.6)
     ax_c.text(0.02, 0.97, f"▲: not learned in {top} steps", transform=ax_c.transAxes, fontsize=7, va="top",
               color="0.3")
