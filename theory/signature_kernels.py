@@ -100,9 +100,9 @@ class SignatureKernelSolution:
 @dataclass(frozen=True)
 class _Params:
     activation: Activation
-    sigma_0: float
-    sigma_a: float
-    sigma_b: float
+    sigma_0: Any  # floats, or traced scalars inside the compiled programs
+    sigma_a: Any
+    sigma_b: Any
 
     @property
     def linear(self) -> bool:
@@ -340,14 +340,29 @@ def _cross_scan(dx: Array, dy: Array, qx: Array, qy: Array, p: _Params, m: int, 
     return k[..., -1], ok
 
 
-@functools.partial(jax.jit, static_argnames=("p", "m", "scheme"))
+def _traced(p: _Params, dtype: Any) -> tuple[Activation, Array]:
+    """The compiled programs take the activation as static and the sigmas as an array (one program for all)."""
+    return p.activation, jnp.asarray([p.sigma_0, p.sigma_a, p.sigma_b], dtype)
+
+
 def _self_jit(dx: Array, *, p: _Params, m: int, scheme: str) -> tuple[Array, Array]:
-    return _self_scan(dx, p, m, scheme)
+    act, sig = _traced(p, dx.dtype)
+    return _self_compiled(dx, sig, act=act, m=m, scheme=scheme)
 
 
-@functools.partial(jax.jit, static_argnames=("p", "m", "scheme"))
 def _cross_jit(dx: Array, dy: Array, qx: Array, qy: Array, *, p: _Params, m: int, scheme: str):
-    return _cross_scan(dx, dy, qx, qy, p, m, scheme)
+    act, sig = _traced(p, dx.dtype)
+    return _cross_compiled(dx, dy, qx, qy, sig, act=act, m=m, scheme=scheme)
+
+
+@functools.partial(jax.jit, static_argnames=("act", "m", "scheme"))
+def _self_compiled(dx: Array, sig: Array, *, act: Activation, m: int, scheme: str) -> tuple[Array, Array]:
+    return _self_scan(dx, _Params(act, *sig), m, scheme)
+
+
+@functools.partial(jax.jit, static_argnames=("act", "m", "scheme"))
+def _cross_compiled(dx: Array, dy: Array, qx: Array, qy: Array, sig: Array, *, act: Activation, m: int, scheme: str):
+    return _cross_scan(dx, dy, qx, qy, _Params(act, *sig), m, scheme)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,7 +414,8 @@ def _level(dx: Array, dy: Array, symmetric: bool, p: _Params, m: int, scheme: st
     nodes = m * dx.shape[1] + 1
     plan = tiling.plan_tiles(n, mm, max(1, budget // (_BYTES_PER_NODE * nodes)), symmetric)
     if len(plan.tiles()) == 1 and both.shape[0] * nodes * _BYTES_PER_NODE <= budget:
-        return _one_tile_jit(both, n=n, p=p, m=m, scheme=scheme, symmetric=symmetric)  # one compiled program
+        act, sig = _traced(p, dx.dtype)
+        return _one_tile_jit(both, sig, n=n, act=act, m=m, scheme=scheme, symmetric=symmetric)  # one program
     q, ok = _diagonals(both, p, m, scheme, budget)
     qx, qy = (q, q) if symmetric else (q[:n], q[n:])
     out = jnp.zeros((n, mm), dx.dtype)
@@ -412,8 +428,9 @@ def _level(dx: Array, dy: Array, symmetric: bool, p: _Params, m: int, scheme: st
     return out, qx, qy, ok
 
 
-@functools.partial(jax.jit, static_argnames=("n", "p", "m", "scheme", "symmetric"))
-def _one_tile_jit(both: Array, *, n: int, p: _Params, m: int, scheme: str, symmetric: bool):
+@functools.partial(jax.jit, static_argnames=("n", "act", "m", "scheme", "symmetric"))
+def _one_tile_jit(both: Array, sig: Array, *, n: int, act: Activation, m: int, scheme: str, symmetric: bool):
+    p = _Params(act, *sig)
     q, ok = _self_scan(both, p, m, scheme)
     dx, qx = both[:n], q[:n]
     dy, qy = (dx, qx) if symmetric else (both[n:], q[n:])
