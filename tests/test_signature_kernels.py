@@ -92,6 +92,7 @@ def test_signature_kernel_equals_truncated_signatures():
     np.testing.assert_allclose(k, reference, rtol=2e-7)
 
 
+@pytest.mark.slow
 def test_identity_neural_kernel_is_the_scaled_signature_kernel():
     x = _paths(3, 3, 5)
     s0, sa, sb = 0.7, 1.3, 0.4
