@@ -118,6 +118,7 @@ def test_singular_kernel_is_the_depth_limit_with_its_1_over_L_correction(act):
     assert np.isinf(one.kernel[0]) and one.kernel[0] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["erf", dc.optimal_activation(3)])
 def test_singular_kernel_blows_up_with_the_exponent(act):
     alpha = dc.taxonomy(act).exponent
@@ -264,9 +265,11 @@ def test_deep_classifiers_quick_sweep(frame):
         assert rows.loc["erf", "classifier"] == "singular kernel"
         assert rows.loc["nearest", "classifier"] == "nearest neighbour"
         # the limits are the classifiers they name: majority vote's and 1-NN's errors, computed independently
-        assert rows.loc["relu", "limit_error"] == rows.loc["relu", "majority_error"]
+        # (digits' 100 training labels tie for the most frequent class: rounding in sum_i y_i breaks the tie)
+        assert rows.loc["relu", "limit_error"] == pytest.approx(rows.loc["relu", "majority_error"], abs=0.05)
         assert rows.loc["nearest", "limit_error"] == rows.loc["nearest", "one_nn_error"]
         assert all(len(e) == 4 for e in rows.errors)
+    assert circle.loc["relu", "limit_error"] == circle.loc["relu", "majority_error"]
     assert circle.loc["optimal", "exponent"] == pytest.approx(1.0) and digits.loc["optimal", "exponent"] == (
         pytest.approx(63.0))
     # the optimal (Hilbert-kernel) classifier: far better than majority vote, near 1-NN on both data sets
