@@ -186,3 +186,15 @@ def test_finite_controlled_resnets_converge_to_the_recursion(activation):
     limit = np.asarray(sk.controlled_resnet_kernel(x, activation=activation, sigma_b=0.3, refinement=2))
     bias = 4.0 / 512 * np.abs(limit)
     assert np.all(np.abs(est.mean - limit) <= 4 * est.stderr + bias), (est.mean - limit) / est.stderr
+
+
+@pytest.mark.experiments
+def test_signature_kernels_quick_sweep(quick_run):
+    df, _ = quick_run("signature-kernels")
+    assert np.isfinite(df.distance).all() and (df.z_finite_depth < 4.5).all(), df.z_finite_depth
+    wide = df[df.refinement == df.refinement.max()].sort_values("width")
+    slope = np.polyfit(np.log(wide.width), np.log(wide.distance), 1)[0]
+    assert -0.7 < slope < -0.3, slope  # one network: n^-1/2
+    deep = df[df.width == df.width.max()].sort_values("refinement")
+    assert np.all(np.diff(deep.depth_gap) < 0)  # the exact finite-depth kernel approaches the limit
+    assert {"png", "pdf"} <= {str(p).rsplit(".", 1)[-1] for p in df.attrs["figures"]}
