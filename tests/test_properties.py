@@ -238,13 +238,15 @@ def test_blocking_does_not_change_results(structure, data):
         one_row = theory.kernels(net, x, per_layer=per_layer, memory_budget=1)
         for name in ("nngp", "ntk"):
             d = np.asarray(getattr(default, name))
-            _close(
-                np.asarray(getattr(one_row, name))[..., keep],
-                d[..., keep],
-                _diag_scale(d),
-                _blocking_rtol(net),
-                f"{name} per_layer={per_layer}",
-            )
+            actual, desired = np.asarray(getattr(one_row, name))[..., keep], d[..., keep]
+            if net.activation.has_closed_form:
+                _close(actual, desired, _diag_scale(d), _blocking_rtol(net), f"{name} per_layer={per_layer}")
+            else:
+                # Each tile evaluates the shortest Hermite series covering its own inputs' variances
+                # (theory.hermite levels): tiles of other inputs may take another series, both within the
+                # series' bound (1e-7 of the scale per layer), well inside the 1e-6 guarantee.
+                np.testing.assert_allclose(actual, desired, rtol=0, atol=1e-6 * _diag_scale(d),
+                                           err_msg=f"{name} per_layer={per_layer}")
 
 
 @structures

@@ -38,8 +38,9 @@ __all__ = ["MAX_TERMS", "SPAN", "HermiteRule", "RoughActivationError", "choose_r
 TERM_STEP = 8
 """Series lengths are multiples of this (few distinct compiled shapes)."""
 
-MAX_LEVELS = 10
-"""Most shorter series a rule carries, at variances ``q_max / 2, q_max / 4, ...``."""
+MAX_LEVELS = 2
+"""Most shorter series a rule carries, at variances ``q_max / 4`` and ``q_max / 16`` (each branch adds ~0.25 s of
+compilation; the deep layers of a network sit at a fixed point well below the first layers' variances)."""
 
 UNROLLED_TERMS = 16
 """Series up to this length are summed by straight-line code that XLA fuses into one loop (measured 1.7-2.5x
@@ -255,8 +256,8 @@ def choose_rule(fn: Callable[[Array], Array], q_max: float, q_min: float = 0.0, 
     the kernel's scale for variances in ``[q_min, q_max]`` (checked on a grid of them): every tail
     ``T(q) <= tol E[phi^2]``, so that ``sqrt(T(q1) T(q2)) <= tol sqrt(E1 E2)`` (NNGP), and likewise for ``phi'``
     (NTK). The trapezoid step is halved until the second moments agree to ``tol / 100`` and the coefficients to
-    ``tol / 100`` of their scale. The rule carries the same choice for the variances ``q_max / 2^j`` where it is
-    shorter (``lower``), down to :data:`TERM_STEP` terms.
+    ``tol / 100`` of their scale. The rule carries the same choice for the variances ``q_max / 4`` and
+    ``q_max / 16`` where it is at most half as long (``lower``).
 
     Raises:
       ValueError: when no series of up to ``max_terms`` terms reaches ``tol`` (a non-smooth activation, whose
@@ -272,9 +273,9 @@ def choose_rule(fn: Callable[[Array], Array], q_max: float, q_min: float = 0.0, 
     lower: list[tuple[float, int, float, float]] = []
     variance, longer = top, terms
     for _ in range(MAX_LEVELS):
-        if longer <= TERM_STEP or variance / 2 <= q_min:
+        if longer <= TERM_STEP or variance / 4 <= q_min:
             break
-        variance /= 2
+        variance /= 4
         level = _shortest(fn, variance, q_min, tol, max_terms, refusal)
         if 2 * level[0] <= longer:  # a branch (compiled code) only for a series at most half as long
             lower.insert(0, (variance, *level))
