@@ -7,6 +7,11 @@ Dask scheduler (``dask scheduler`` / ``dask worker``, or ``dask-jobqueue`` on SL
 same deeplimits checkout and libraries installed, which the runner checks on every point (a worker whose code
 version differs is an error). Either way the runner sees a ``concurrent.futures`` executor
 (``Client.get_executor``), and only the calling process touches the results store.
+
+The local workers share one JAX compilation cache on disk (a temporary folder, removed with the cluster): a
+program one worker compiled is loaded, not compiled again, by the others. Many sweeps spend most of their time
+compiling one program per shape (``relu-kurtosis``: 15 shapes x 16 seeds), and the runner hands the points out
+seed-major on a cluster (``runner._spread``), so the workers first compile different shapes, then share them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,9 +109,11 @@ def dask_engine(jobs: int | None = None, scheduler: str | None = None, *,
 
     with contextlib.ExitStack() as stack:
         if jobs is not None:
+            cache = stack.enter_context(tempfile.TemporaryDirectory(prefix="deeplimits-xla-cache-"))
             cluster = stack.enter_context(LocalCluster(
                 n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-                memory_limit=0, silence_logs=logging.CRITICAL, preload=[__name__]))
+                memory_limit=0, silence_logs=logging.CRITICAL, preload=[__name__],
+                env={"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}))
             address, description = cluster.scheduler_address, f"a local Dask cluster of {jobs} worker processes"
         else:
             address = _checked_address(scheduler)

@@ -37,7 +37,15 @@ from tqdm import tqdm
 from experiments import provenance
 from experiments.provenance import LIBRARIES
 from experiments.registry import DTYPES, Experiment, Point, UsageError, apply_overrides, get_experiment
-from experiments.store import META_COLUMNS, Claim, RecordKey, Store, records_to_frame, to_jsonable
+from experiments.store import (
+    META_COLUMNS,
+    Claim,
+    RecordKey,
+    Store,
+    canonical_json,
+    records_to_frame,
+    to_jsonable,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -155,6 +163,21 @@ class _InlineExecutor(cf.Executor):
         except Exception as err:  # re-raised by future.result(), with its traceback
             future.set_exception(err)
         return future
+
+
+def _spread(keys: list[RecordKey]) -> list[RecordKey]:
+    """``keys`` in the order to hand them to parallel workers: seed-major. Points that differ only in their
+    ``"seed"`` usually run the same compiled programs; in grid order (seed fastest) the workers would all start by
+    compiling the first shape at once. Here the first points in flight are of different shapes, and the later
+    seeds find their programs compiled (in the worker, or in the local cluster's shared compilation cache).
+    Without a ``"seed"`` field the order is unchanged."""
+    groups: dict[str, int] = {}
+    rank: list[tuple[int, int]] = []
+    for key in keys:
+        group = canonical_json({k: v for k, v in key.config.items() if k != "seed"})
+        groups[group] = groups.get(group, -1) + 1
+        rank.append((groups[group], len(rank)))
+    return [keys[i] for _, i in sorted(rank)]
 
 
 def _window(executor: cf.Executor) -> Callable[[], int]:
@@ -294,8 +317,9 @@ def run(
             counts["computed"] += 1
             bar.update(1)
 
-        _sweep(store, pool, _window(pool), experiment, missing, version if remote else None, records,
-               finish, counts, bar, note)
+        order = _spread(missing) if remote else missing
+        _sweep(store, pool, _window(pool), experiment, order, version if remote else None, records, finish, counts,
+               bar, note)
 
     df = _frame(points, [records[k.digest] for k in keys])
     figures: list[Path] = []
