@@ -1,5 +1,7 @@
 """theory.hermite: Hermite-series duals against closed forms and a high-degree 2-D rule, the tail bound, refusals."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,10 +73,10 @@ def test_every_level_is_accurate_up_to_its_variance(name):
     rule = hermite.choose_rule(act.fn, 6.0)
     assert len(rule.lower) >= 2, rule
     lengths = [level[1] for level in rule.levels()]
-    assert all(2 * a <= b for a, b in zip(lengths, lengths[1:])), rule  # each at most half the next
+    assert all(2 * a <= b for a, b in itertools.pairwise(lengths)), rule  # each at most half the next
     longest = hermite.HermiteRule(rule.terms, rule.step, rule.variance, span=rule.span)
     with jax.enable_x64(True):
-        for variance, terms, step, span in rule.lower:
+        for variance, terms, _step, _span in rule.lower:
             q = 0.999 * variance
             q11, q12, q22 = _pairs(q, 0.7 * q)
             e_ref, d_ref = act.expectations(q11, q12, q22)
