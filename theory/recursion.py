@@ -107,10 +107,10 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool, gap_rows: boo
     same = (sq1[:, None] == sq2[None, :]) & jnp.all(proj1[:, None, :] == proj2[None, :, :], axis=-1)
     same = same.reshape(n1, n2, *(1,) * (q12.ndim - 2))
     q12 = _exact_self_pairs(same, q11[:, None], q12)
-    # The input NTK is 0. A value computed from the inputs, not a constant: XLA constant-folds layers applied to a
-    # constant (a Conv's window sums of zeros on every pair of a tile: 8 s of compilation for 86 x 86 pairs of 8 x 8
-    # images, 69 s for 256 x 256).
-    zeros = (lambda a: 0 * a) if with_ntk else (lambda a: None)
+    # The input NTK is 0. For spatial kernels a value computed from the inputs, not a constant: XLA constant-folds
+    # layers applied to a constant (a Conv's window sums of zeros on every pair of a tile: 8 s of compilation for
+    # 86 x 86 pairs of 8 x 8 images, 69 s for 256 x 256).
+    zeros = (lambda a: (0 * a) if spatial else jnp.zeros_like(a)) if with_ntk else (lambda a: None)
     # float32 vectors of deep kinked networks carry the correlation gap (theory.gap, carries_gap); float64 resolves
     # correlations to 1e-16 without it.
     g12 = gap.initial(q11[:, None], q12, q22[None]) if gap_rows and not spatial else None
