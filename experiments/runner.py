@@ -362,6 +362,18 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
     running: dict[cf.Future, tuple[RecordKey, Claim]] = {}
     told = False
 
+    held: dict[int, Any] = {}  # the claims this run holds (by identity): each released once, also on Ctrl-C
+
+    def take(key: RecordKey) -> Any:
+        claim = store.claim(key)
+        if claim is not None:
+            held[id(claim)] = claim
+        return claim
+
+    def drop(claim: Any) -> None:
+        if held.pop(id(claim), None) is not None:
+            store.release(claim)
+
     def adopt(key: RecordKey, record: dict) -> None:
         records[key.digest] = record
         counts["others"] += 1
@@ -372,7 +384,7 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
             capacity = window()
             while pending and len(running) < capacity:
                 key = pending.popleft()
-                claim = store.claim(key)
+                claim = take(key)
                 if claim is None:
                     waiting[key.digest] = key
                     if not told:
@@ -384,12 +396,12 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
                 try:
                     record = store.get(key)  # finished by another run since this one looked?
                     if record is not None:
-                        store.release(claim)
+                        drop(claim)
                         adopt(key, record)
                         continue
                     future = pool.submit(compute_point, experiment.compute, dict(key.config), key.dtype, version)
                 except BaseException:
-                    store.release(claim)
+                    drop(claim)
                     raise
                 running[future] = (key, claim)
             if running:
@@ -400,7 +412,7 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
                         values, elapsed, worker_version = future.result()
                         finish(key, values, elapsed, worker_version)
                     finally:
-                        store.release(claim)
+                        drop(claim)
             elif waiting:
                 time.sleep(POLL_S)
             for digest, key in list(waiting.items()):
@@ -420,8 +432,8 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
             future.cancel()
         raise
     finally:
-        for _, claim in running.values():
-            store.release(claim)
+        for claim in list(held.values()):  # every claim this run took, wherever an interrupt fell
+            drop(claim)
 
 
 __all__ = ["compute_point", "default_figures_dir", "run", "write_csv"]
