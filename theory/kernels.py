@@ -399,6 +399,12 @@ def series_bound(net: Program) -> float:
     return min(bounds) if bounds else float("inf")
 
 
+def series_activation(act: Activation, variance: float) -> Activation:
+    """``act`` with the automatic Hermite series accurate to :data:`SERIES_TOLERANCE` for pre-activation variances
+    up to ``variance`` (rounded up to a power of ``sqrt(2)``; cached), or its 2-D rule where it is too rough."""
+    return _series_for(act, _bucket(variance))
+
+
 def _bucket(q: float) -> float:
     """Round a variance bound up to a power of sqrt(2), so that nearby calls share one cached series."""
     return float(2.0 ** (np.ceil(2 * np.log2(max(q, 1e-12))) / 2))
@@ -491,4 +497,4 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["KERNEL_NAMES", "SERIES_TOLERANCE", "Kernels", "QuadratureAccuracyError", "check_quadrature", "kernels",
-           "with_series"]
+           "series_activation", "with_series"]

@@ -61,9 +61,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory import activations, hermite, tiling
+from theory import activations, tiling
 from theory.activations import Activation
-from theory.kernels import SERIES_TOLERANCE, check_quadrature
+from theory.kernels import check_quadrature, series_activation
 
 Array = jax.Array
 
@@ -444,23 +444,11 @@ def _one_tile_jit(both: Array, sig: Array, *, n: int, act: Activation, m: int, s
 # Activations without a closed form: a Hermite series for the variances met
 
 
-def _bucket(q: float) -> float:
-    return float(2.0 ** (np.ceil(2 * np.log2(max(q, 1e-12))) / 2))
-
-
-@functools.lru_cache(maxsize=64)
-def _series(act: Activation, bound: float) -> Activation:
-    try:
-        return act.with_series(hermite.choose_rule(act.fn, bound, tol=SERIES_TOLERANCE, name=act.name))
-    except hermite.RoughActivationError:
-        return dataclasses.replace(act, quadrature_degree=act.degree)
-
-
 def _with_dual(p: _Params, seen: float) -> _Params:
     """``p`` with an automatic activation given the Hermite series accurate at variances up to ``1.25 seen``."""
     if not p.activation.automatic:
         return p
-    return dataclasses.replace(p, activation=_series(p.activation, _bucket(max(1.25 * seen, 1.0))))
+    return dataclasses.replace(p, activation=series_activation(p.activation, max(1.25 * seen, 1.0)))
 
 
 def _check_dual(p: _Params, seen: float) -> bool:
@@ -507,8 +495,8 @@ def _fixed_level(x: object, y: object | None, activation: object, sigma_0: objec
         seen = max(float(jnp.max(qx)), float(jnp.max(qy)))
         if _check_dual(p, seen):
             break
-        p = dataclasses.replace(p, activation=_series(dataclasses.replace(p.activation, series=None),
-                                                      _bucket(1.25 * seen)))
+        p = dataclasses.replace(p, activation=series_activation(dataclasses.replace(p.activation, series=None),
+                                                                 1.25 * seen))
     if not bool(ok):
         raise ValueError(f"the trapezoid scheme at refinement {m} has a cell too coarse for it (|<dx, dy>| sigma_a^2 "
                          "/ 4 near 1) or did not converge; use a larger refinement")
@@ -606,8 +594,8 @@ def solve(x: object, y: object | None = None, activation: str | Activation = "id
         k, qx, qy, ok = _level(dx, dy, symmetric, p, m, "trapezoid", memory_budget)
         seen = max(float(jnp.max(qx)), float(jnp.max(qy)))
         if not _check_dual(p, seen):  # variances beyond the series' range: a longer series, from the start
-            p = dataclasses.replace(p, activation=_series(dataclasses.replace(p.activation, series=None),
-                                                          _bucket(1.25 * seen)))
+            p = dataclasses.replace(p, activation=series_activation(dataclasses.replace(p.activation, series=None),
+                                                                     1.25 * seen))
             levels = []
             continue
         if not bool(ok):  # Newton failed on cells too coarse for the scheme: refine, from the start
