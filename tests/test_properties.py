@@ -10,6 +10,7 @@ everything else. All tests are derandomized: the same examples every run.
 
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
@@ -393,6 +394,27 @@ def test_duplicate_inputs_across_sets_are_exact_for_sign_networks():
     net = theory.MLP(20, "sign", w_std=1.0, b_std=0.0)
     k = np.asarray(theory.kernels(net, x, x[[3, 0]]).nngp)
     np.testing.assert_array_equal(k[[3, 0], [0, 1]], [1.0, 1.0])
+
+
+def test_self_pairs_of_chaotic_networks_stay_on_the_variance_map():
+    """cos with w_std = 3 is chaotic at correlation 1 (slope ~6 per layer), so the last-bit difference between a
+    pair's dual and the variance map grows 6x per layer: before identical pairs were pinned at every layer, the
+    diagonal of a depth-48 kernel was inf. Closed form: E[cos(u)^2] = (1 + exp(-2 q)) / 2."""
+    x = np.random.default_rng(0).normal(size=(7, 5)) * 2
+    net = theory.MLP(48, "cos", w_std=3.0)
+    q = np.mean(x**2, axis=1)
+    for _ in range(48):
+        q = 9.0 * (1 + np.exp(-2 * q)) / 2
+    for fn in (theory.kernels, jax.jit(theory.kernels, static_argnums=0)):
+        full = np.asarray(fn(net, x).nngp)
+        np.testing.assert_allclose(np.diagonal(full), q, rtol=1e-13)
+        cross = np.asarray(fn(net, x, x[[3, 0]]).nngp)
+        np.testing.assert_allclose(cross[[3, 0], [0, 1]], q[[3, 0]], rtol=1e-13)
+    res = theory.ResNet(48, "cos", w_std=2.0, branch_scale=2.0, readout="activation", stem_w_std=0.75)
+    k, alone = theory.kernels(res, x), [theory.kernels(res, x[i:i + 1]) for i in range(len(x))]
+    for name in ("nngp", "ntk"):
+        np.testing.assert_allclose(np.diagonal(np.asarray(getattr(k, name))),
+                                   [float(getattr(a, name)[0, 0]) for a in alone], rtol=1e-13, err_msg=name)
 
 
 def test_parallel_inputs_relu_nngp():

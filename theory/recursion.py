@@ -73,8 +73,8 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool, gap_rows: boo
 
     The matmul and the sums of squares round differently, so an input paired with itself would get a
     correlation a few ulps below 1; relu-type duals have infinite slope there (and sign networks are
-    chaotic). Identical examples are found by comparing their squared norms and two fixed projections (the
-    same reduction for both sets, so equal examples give bitwise equal values) and get ``q12 = q11``.
+    chaotic). Identical examples are found by two integer fingerprints of their bits (``_fingerprints``) and
+    get ``q12 = q11`` here and after every layer (``pin_self_pairs``).
     """
     n1, n2 = x1.shape[0], x2.shape[0]
     spatial = tuple(x1.shape[1:-1])
@@ -98,15 +98,9 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool, gap_rows: boo
             shape = spatial
         q11, q22 = q11.reshape(n1, *shape), q22.reshape(n2, *shape)
         q12 = q12.reshape(n1, n2, *shape)
-    features = f1.shape[1]
-    probes = jnp.stack([jnp.sin(jnp.arange(1.0, features + 1)), jnp.cos(jnp.arange(features) * 0.7)])
-    probes = probes.astype(x1.dtype)
-    sq1, sq2 = jnp.sum(f1**2, axis=1), jnp.sum(f2**2, axis=1)
-    proj1 = jnp.sum(f1[:, None, :] * probes, axis=-1)
-    proj2 = jnp.sum(f2[:, None, :] * probes, axis=-1)
-    same = (sq1[:, None] == sq2[None, :]) & jnp.all(proj1[:, None, :] == proj2[None, :, :], axis=-1)
-    same = same.reshape(n1, n2, *(1,) * (q12.ndim - 2))
-    q12 = _exact_self_pairs(same, q11[:, None], q12)
+    h1, h2 = _fingerprints(f1), _fingerprints(f2)
+    same = jnp.all(h1[:, None, :] == h2[None, :, :], axis=-1)
+    q12 = _exact_self_pairs(same.reshape(n1, n2, *(1,) * (q12.ndim - 2)), q11[:, None], q12)
     # The input NTK is 0. For spatial kernels a value computed from the inputs, not a constant: XLA constant-folds
     # layers applied to a constant (a Conv's window sums of zeros on every pair of a tile: 8 s of compilation for
     # 86 x 86 pairs of 8 x 8 images, 69 s for 256 x 256).
@@ -114,7 +108,46 @@ def input_kernel(x1: Array, x2: Array, full: bool, with_ntk: bool, gap_rows: boo
     # float32 vectors of deep kinked networks carry the correlation gap (theory.gap, carries_gap); float64 resolves
     # correlations to 1e-16 without it.
     g12 = gap.initial(q11[:, None], q12, q22[None]) if gap_rows and not spatial else None
-    return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial), g12)
+    return KernelState(q11, q12, q22, zeros(q11), zeros(q12), zeros(q22), spatial, full and bool(spatial), g12,
+                       same)
+
+
+def pin_self_pairs(k: KernelState) -> KernelState:
+    """``k`` with the pairs of identical inputs (``k.same``) set to each input's own kernel.
+
+    The pair path and the variance path of a layer round differently; at correlation 1 a chaotic map (slope
+    above 1 there) multiplies that last-bit difference every layer (a cos ResNet of depth 16 moved its diagonal
+    by 3e-4), so the pairs are pinned after every layer, not only at the input.
+    """
+    if k.same is None:
+        return k
+    same = k.same.reshape(k.same.shape + (1,) * (k.q12.ndim - 2))
+    q12 = _exact_self_pairs(same, k.q11[:, None], k.q12)
+    t12 = None if k.t12 is None else _exact_self_pairs(same, k.t11[:, None], k.t12)
+    g12 = None if k.g12 is None else _exact_self_pairs(same, jnp.zeros_like(k.g12), k.g12)
+    return k.replace(q12=q12, t12=t12, g12=g12)
+
+
+def _fingerprints(f: Array) -> Array:
+    """Two integer hashes of each row's bits, ``(n, 2)``, equal for equal rows whatever the batch.
+
+    Float sums of the same row round differently in batches of different sizes (XLA vectorises them by shape:
+    a row's sum of squares differed by one ulp between a batch of 7 and one of 2 under ``jit``), so equal rows
+    must be recognised by integer arithmetic, which is exact modulo ``2^bits`` in any order. Each hash is
+    ``sum_f mix(bits(x_f)) c_f`` with odd per-feature constants ``c_f``; ``-0.0`` counts as ``0.0``.
+    """
+    if jnp.dtype(f.dtype).itemsize < 4:
+        f = f.astype(jnp.float32)  # exact
+    wide = jnp.dtype(f.dtype).itemsize == 8
+    utype, shift = (jnp.uint64, 31) if wide else (jnp.uint32, 15)
+    bits = jax.lax.bitcast_convert_type(jnp.where(f == 0, jnp.zeros_like(f), f), utype)
+    bits = bits ^ (bits >> shift)
+    index = np.arange(1, f.shape[1] + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        c = np.stack([index * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0xD1B54A32D192ED03),
+                      (index ^ np.uint64(0x5851F42D4C957F2D)) * np.uint64(0xBF58476D1CE4E5B9)])
+    c = (c | np.uint64(1)) if wide else ((c >> np.uint64(32)) | np.uint64(1)).astype(np.uint32)
+    return jnp.sum(bits[:, None, :] * jnp.asarray(c, utype), axis=-1, dtype=utype)
 
 
 @jax.custom_jvp
@@ -252,6 +285,7 @@ def apply_steps(steps: Sequence[Step], coeffs: Sequence[Any], k: KernelState, wa
             k = layer.combine(k, branch_k, gain)
         else:
             k = layer.kernel(k, c)
+        k = pin_self_pairs(k)
         if step.record >= 0:
             watch = _watch_record(watch, k, jnp.int32(step.record) + offset)
             if per_layer:
@@ -361,6 +395,7 @@ __all__ = [
     "kinked_duals",
     "new_watch",
     "pair_bytes",
+    "pin_self_pairs",
     "residual_coefficients",
     "shape_of",
     "skeleton",

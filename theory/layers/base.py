@@ -203,7 +203,7 @@ class WeightScaling:
 
 
 # -- the kernel state ----------------------------------------------------------------------------------------
-@pytree("q11", "q12", "q22", "t11", "t12", "t22", "g12")
+@pytree("q11", "q12", "q22", "t11", "t12", "t22", "g12", "same")
 @dataclasses.dataclass(frozen=True)
 class KernelState:
     """Kernels of row inputs (``B``) against column inputs (``N``) at one layer.
@@ -217,6 +217,9 @@ class KernelState:
     cancellation (Dense, Elementwise, Residual): near-parallel pairs at depth have ``1 - rho`` far below float32's
     resolution of ``rho``, and the kinked duals need the angle ``theta = 2 arcsin(sqrt(g12 / (2 sqrt(q11 q22))))``
     to relative accuracy. Other linear maps drop it.
+
+    ``same`` (``(B, N)`` booleans, or ``None``) marks pairs of identical inputs, whose ``q12`` and ``t12`` the
+    recursion keeps bitwise equal to ``q11`` and ``t11`` after every layer (``recursion.pin_self_pairs``).
     """
 
     q11: Array
@@ -228,6 +231,7 @@ class KernelState:
     spatial: tuple[int, ...] = ()
     full: bool = False
     g12: Array | None = None
+    same: Array | None = None
 
     @property
     def with_ntk(self) -> bool:
@@ -247,7 +251,7 @@ class KernelState:
 
         return KernelState(f(self.q11, 1), f(self.q12, 2), f(self.q22, 1), f(self.t11, 1), f(self.t12, 2),
                            f(self.t22, 1), self.spatial if spatial is None else spatial,
-                           self.full if full is None else full)
+                           self.full if full is None else full, same=self.same)
 
     def position_variances(self) -> tuple[Array, Array]:
         """Each input's variance at each position: ``(B, *S)`` and ``(N, *S)``."""
