@@ -186,8 +186,16 @@ class _Layout(NamedTuple):
 _SYMBOLIC = 2**20  # spatial size used to plan a network when the input size does not matter
 
 
+def _sized_layers(layers: Sequence[Any]) -> bool:
+    """Whether a layer's parameters depend on the number of positions (positional embeddings of attention)."""
+    return any(_sized_layers(layer.branch) if isinstance(layer, Residual) else
+               getattr(layer, "needs_spatial_size", False) for layer in layers)
+
+
 def _needs_spatial_size(net: Program) -> bool:
-    return bool(expected_spatial_dims(net.layers)) and any(type(layer).__name__ == "Flatten" for layer in net.layers)
+    flatten = bool(expected_spatial_dims(net.layers)) and any(type(layer).__name__ == "Flatten"
+                                                              for layer in net.layers)
+    return flatten or _sized_layers(net.layers)
 
 
 def _symbolic_dims(net: Program) -> int:
@@ -211,9 +219,10 @@ def _input_shape(net: Program, features: object) -> Shape:
     if isinstance(features, numbers.Integral) and not isinstance(features, bool):
         channels = check_positive_int("features", features)
         if _needs_spatial_size(net):
-            raise ValueError("the network has a Flatten after spatial layers, so the Dense after it has "
-                             "prod(spatial) * channels inputs: pass features=(height, width, channels) (the "
-                             "per-example input shape) instead of the channel count")
+            raise ValueError("the network has a Flatten after spatial layers (the Dense after it has "
+                             "prod(spatial) * channels inputs) or positional embeddings (one per position): pass "
+                             "features=(length, channels) or (height, width, channels) (the per-example input "
+                             "shape) instead of the channel count")
         return Shape((_SYMBOLIC,) * _symbolic_dims(net), channels, False)
     try:
         dims = tuple(check_positive_int("features", f) for f in features)  # type: ignore[union-attr]
@@ -348,6 +357,12 @@ def _apply_unit(unit: tuple, params: tuple, probes: tuple | None, h: Array, top:
             inputs += inner
             outs.append(z)
             h = h + layer.scale * branch
+        elif layer.weight_layer and not isinstance(layer, WeightLayer):  # own parameters (SelfAttention)
+            inputs.append(h)
+            h = layer.apply(p, h)
+            if probe is not None:
+                h = h + probe
+            outs.append(h)
         elif layer.weight_layer:
             if not isinstance(p, Weights) or p.W.ndim != len(layer.window) + 2 or \
                     tuple(p.W.shape[:-2]) != tuple(layer.window) or (p.b is None) == layer.bias:
@@ -517,10 +532,49 @@ def empirical_ntk(net: Program, params: NetworkParams, x1: Array, x2: Array | No
 
     in1, g1 = trace(x1)
     in2, g2 = (in1, g1) if x2 is None else trace(x2)
+    own = _unit_params(params, layout)
     ntk = 0.0
-    for layer, a1, a2, d1, d2 in zip(layers, in1, in2, g1, g2, strict=True):
-        ntk = ntk + _layer_ntk(layer, a1, a2, d1, d2)
+    for layer, p, a1, a2, d1, d2 in zip(layers, own, in1, in2, g1, g2, strict=True):
+        if isinstance(layer, WeightLayer):
+            ntk = ntk + _layer_ntk(layer, a1, a2, d1, d2)
+        else:
+            ntk = ntk + _parameter_ntk(layer, p, a1, a2, d1, d2)
     return ntk
+
+
+def _unit_params(params: NetworkParams, layout: _Layout) -> list:
+    """Per weight layer of the layout's units (the order of ``_weight_leaves``), its parameters with a leading
+    ``count`` axis (a run's stacked repeats; 1 for a single unit)."""
+    out = []
+    for s, unit in enumerate(layout.units):
+        for path in _weight_paths(unit):
+            node = params.segments[s]
+            for step in path:
+                node = node[step]
+            out.append(jax.tree.map(lambda a: a[None], node) if params.counts[s] == 1 else node)
+    return out
+
+
+def _parameter_ntk(layer: Any, p: Any, a1: Array, a2: Array, d1: Array, d2: Array) -> Array:
+    """The contribution of a layer with its own parameters (not ``z = m W h + b``: SelfAttention), summed over a
+    run's ``count`` layers: ``sum_p <dF_k(x)/dp, dF_k(x')/dp>`` from per-example vector-Jacobian products of
+    ``layer.apply`` with the output gradients ``d`` (``(n_out, count, batch, ...)``); ``a``: the layer's inputs."""
+    def grads(p_r: Any, a_r: Array, d_r: Array) -> Any:  # -> leaves (n_out, batch, *shape)
+        def one(a_i: Array, d_i: Array) -> Any:
+            _, pullback = jax.vjp(lambda q: layer.apply(q, a_i[None])[0], p_r)
+            return pullback(d_i)[0]
+
+        return jax.vmap(lambda d_k: jax.vmap(one)(a_r, d_k))(d_r)
+
+    def per_run(x: Array, d: Array) -> Any:  # -> leaves (n_out, count, batch, *shape)
+        return jax.vmap(grads, in_axes=(0, 0, 1), out_axes=1)(p, x, d)
+
+    ga = per_run(a1, d1)
+    gb = ga if (a2 is a1 and d2 is d1) else per_run(a2, d2)
+    total = 0.0
+    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
+        total = total + jnp.einsum("kria,krja->kij", u.reshape(*u.shape[:3], -1), v.reshape(*v.shape[:3], -1))
+    return total
 
 
 def _weight_leaves(grads: tuple, layout: _Layout, counts: tuple[int, ...]) -> list:
@@ -580,7 +634,11 @@ def weight_tree(net: Program, params: NetworkParams, fn: Callable[[WeightLayer, 
                 return jnp.asarray(v[0], ref.dtype)
             return jnp.asarray(np.array(v), ref.dtype).reshape(count, *(1,) * (ref.ndim - 1))
 
-        new = Weights(leaf([v[0] for v in vals], node.W), leaf([v[1] for v in vals], node.b))
+        if isinstance(node, Weights):
+            new = Weights(leaf([v[0] for v in vals], node.W), leaf([v[1] for v in vals], node.b))
+        else:  # a layer with its own parameters (SelfAttention): the bias gets the b value, the rest the W value
+            new = type(node)(*(leaf([v[1 if name == "b" else 0] for v in vals], ref)
+                               for name, ref in zip(node._fields, node, strict=True)))
         segments[s] = _set(segments[s], path, new)
     return NetworkParams(tuple(segments), params.counts, params.index)
 

@@ -34,7 +34,7 @@ from theory import (
     training_dynamics,
 )
 from theory.activations import Activation
-from theory.architectures import MLP, ResNet
+from theory.architectures import MLP, ResNet, Transformer
 from theory.depth_limits import residual_stream_limit, resnet_limit
 from theory.kernels import Kernels, QuadratureAccuracyError
 from theory.layers import Serial, serial
@@ -51,6 +51,7 @@ __all__ = [
     "QuadratureAccuracyError",
     "ResNet",
     "Serial",
+    "Transformer",
     "__version__",
     "activations",
     "critical_line",

@@ -1,4 +1,4 @@
-"""``MLP`` and ``ResNet``: constructors of layer programs with the fields the depth and width theories read.
+"""``MLP``, ``ResNet`` and ``Transformer``: constructors of layer programs with the fields the theories read.
 
 Dense convention (neural-tangents' "ntk" parameterization, Jacot et al. 2018): a Dense layer with ``w_std``,
 ``b_std`` maps ``h -> w_std / sqrt(fan_in) * W h + b_std * b`` with ``W, b ~ N(0, 1)``.
@@ -17,8 +17,11 @@ from functools import cached_property
 from typing import Any
 
 from theory.activations import Activation, get
+from theory.layers.attention import SelfAttention
 from theory.layers.base import Layer, WeightScaling, check_scale
 from theory.layers.elementwise import Elementwise
+from theory.layers.normalization import LayerNorm
+from theory.layers.pooling import GlobalAvgPool
 from theory.layers.program import Program
 from theory.layers.residual import Residual
 from theory.layers.weighted import Dense
@@ -232,6 +235,96 @@ class ResNet(_Architecture):
 
     def recorded_names(self) -> tuple[str, ...]:
         return ("stem", *(f"block {i + 1}" for i in range(self.depth)), "output")
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class Transformer(Program):
+    """A pre-LayerNorm transformer encoder on ``(batch, length, channels)`` inputs, as a layer program.
+
+    ``h_0 = Dense_embed(x)`` at every position (``embed_w_std``, no bias), then ``depth`` blocks
+
+        h <- h + s * SelfAttention(LayerNorm(h)),     h <- h + s * Dense(phi(Dense(LayerNorm(h)))),
+
+    ``s = branch_scale / depth**depth_exponent`` (as ``ResNet``), then ``LayerNorm``, the mean over positions
+    (``GlobalAvgPool``) and the readout ``Dense`` (``readout_w_std``, no bias). The attention layers are
+    :class:`theory.layers.SelfAttention` with ``n_heads``, ``qk_std``, ``ov_std``, bias ``b_std``, ``attention``,
+    ``linear_scaling`` and ``positional`` / ``pos_std`` (their kernels: neural-tangents' ``GlobalSelfAttention``);
+    the MLP's Dense layers have ``w_std``, ``b_std``. ``per_layer`` kernels: the embedding, each residual block
+    (two per layer: attention, MLP) and the readout (``2 depth + 2``).
+    """
+
+    depth: int
+    n_heads: int
+    activation: Activation
+    w_std: Any
+    b_std: Any
+    qk_std: Any
+    ov_std: Any
+    branch_scale: Any
+    depth_exponent: Any
+    embed_w_std: Any
+    readout_w_std: Any
+    attention: str
+    linear_scaling: bool
+    positional: str | None
+    pos_std: Any
+
+    def __init__(self, depth: int, n_heads: int = 1, activation: str | Activation = "relu", w_std: Any = 1.0,
+                 b_std: Any = 0.0, qk_std: Any = 1.0, ov_std: Any = 1.0, branch_scale: Any = 1.0,
+                 depth_exponent: Any = 0.5, embed_w_std: Any = 1.0, readout_w_std: Any = 1.0,
+                 attention: str = "softmax", linear_scaling: bool = True, positional: str | None = None,
+                 pos_std: Any = 1.0) -> None:
+        set_ = object.__setattr__
+        set_(self, "depth", _check_depth(depth))
+        set_(self, "activation", get(activation))
+        for name, value in (("w_std", w_std), ("b_std", b_std), ("branch_scale", branch_scale),
+                            ("depth_exponent", depth_exponent), ("embed_w_std", embed_w_std),
+                            ("readout_w_std", readout_w_std)):
+            set_(self, name, check_scale(name, value, "Transformer: "))
+        attn = SelfAttention(n_heads, qk_std, ov_std, self.b_std, linear_scaling, attention, positional, pos_std)
+        for name in ("n_heads", "qk_std", "ov_std", "attention", "linear_scaling", "positional", "pos_std"):
+            set_(self, name, getattr(attn, name))
+
+    @property
+    def branch_multiplier(self) -> Any:
+        """``branch_scale / depth**depth_exponent`` (the factor in front of every branch)."""
+        if self.depth == 0:
+            return self.branch_scale
+        return self.branch_scale / self.depth**self.depth_exponent
+
+    @property
+    def blocks(self) -> tuple[Residual, Residual]:
+        """One layer's two residual blocks: ``Residual(LayerNorm, SelfAttention)``, ``Residual(LayerNorm, Dense,
+        Elementwise, Dense)``, each scaled by :attr:`branch_multiplier`."""
+        s = self.branch_multiplier
+        attn = SelfAttention(self.n_heads, self.qk_std, self.ov_std, self.b_std, self.linear_scaling, self.attention,
+                             self.positional, self.pos_std)
+        dense = Dense(self.w_std, self.b_std)
+        return (Residual(LayerNorm(), attn, scale=s),
+                Residual(LayerNorm(), dense, Elementwise(self.activation), dense, scale=s))
+
+    @cached_property
+    def _segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        segments: list[tuple[tuple[Layer, ...], ...]] = [((Dense(self.embed_w_std, 0.0),),)]
+        if self.depth:
+            segments.append((self.blocks,) * self.depth)
+        segments += [((LayerNorm(),),), ((GlobalAvgPool(),),), ((Dense(self.readout_w_std, 0.0),),)]
+        return tuple(segments)
+
+    def segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
+        return self._segments
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        return tuple(layer for repeats in self.segments() for unit in repeats for layer in unit)
+
+    @property
+    def n_recorded(self) -> int:
+        return 2 * self.depth + 2
+
+    def recorded_names(self) -> tuple[str, ...]:
+        names = [f"block {i + 1} {part}" for i in range(self.depth) for part in ("attention", "mlp")]
+        return ("embedding", *names, "output")
 
 
 Architecture = MLP | ResNet

@@ -31,7 +31,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from theory.layers import Program, Residual, Serial, WeightScaling, weight_layers
+from theory.layers import Program, Residual, Serial, WeightLayer, WeightScaling, weight_layers
 
 OPTIMIZERS = ("sgd", "adam")
 GROUPS = ("input", "hidden", "output")
@@ -485,6 +485,9 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
     counter = iter(range(len(groups)))
 
     def scaled(layer: Any) -> Any:
+        if not isinstance(layer, WeightLayer):
+            raise ValueError(f"parameterize: {layer.name} has no abc-parameterization rule yet (only Dense and Conv "
+                             "have); kernels and finite networks of the program work in the NTK parameterization")
         i = next(counter)
         group = groups[i]
         e = p.exponents(group, n_hidden)

@@ -69,7 +69,7 @@ class Program:
 
 
 def _recorded(layer: Layer) -> bool:
-    return isinstance(layer, (WeightLayer, Residual))
+    return layer.weight_layer or isinstance(layer, Residual)
 
 
 def _recorded_layers(layers: Sequence[Layer]) -> list[Layer]:
@@ -411,7 +411,8 @@ def _merge_runs(analysis: Analysis) -> Analysis:
 
 
 def weight_layers(layers: Sequence[Layer]) -> list[WeightLayer]:
-    """Every Dense and Conv in program order, residual branches included where they sit."""
+    """Every layer with trained parameters (Dense, Conv, SelfAttention) in program order, residual branches
+    included where they sit."""
     out: list[WeightLayer] = []
     for layer in layers:
         if isinstance(layer, Residual):
