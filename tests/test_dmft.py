@@ -1,0 +1,255 @@
+"""theory.dmft: the infinite-width feature-learning dynamics (DMFT) of a mean-field / muP MLP.
+
+Independent sources: the NTK-regime trajectory of theory.training_dynamics and the NNGP / NTK of theory.kernels
+(gamma -> 0 and t = 0); for the linear network, a closed recursion on the weights' overlaps (one hidden layer,
+derived in docs/dmft.md, written out here) and the exact matrix recursion against the Monte-Carlo solver; finite
+networks of the same parameterization (a small JAX MLP written here, not the package's) whose mean over seeds must
+match within their standard errors, and whose deviation and fluctuation shrink like 1/width and width^-1/2 (slow).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import theory
+from theory import dmft
+from theory import training_dynamics as td
+
+jax.config.update("jax_enable_x64", True)
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(4, 3))
+Y = np.sin(X[:, 0]) + 0.5 * X[:, 1]
+XT = RNG.normal(size=(2, 3))
+KEY = jax.random.key(0)
+
+
+def _ntk_outputs(net, lr, steps):
+    k, kt = theory.kernels(net, X), theory.kernels(net, XT, X)
+    ft, fte = td.linear_outputs(k.ntk, np.zeros(4), Y, lr, steps, ntk_test_train=kt.ntk, f0_test=np.zeros((2, 1)))
+    return np.asarray(ft[:, 0]), np.asarray(fte[:, 0]), np.asarray(k.ntk)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_lazy_limit_of_the_linear_network_is_ntk_gradient_descent(depth):
+    """gamma -> 0: the exact recursion is theory.training_dynamics' linearised gradient descent (the kernel
+    corrections are O(gamma^2)), on training and test inputs, and its NTK(0) is theory.kernels'."""
+    net = theory.MLP(depth, "identity", w_std=1.2)
+    sol = dmft.solve(net, X, Y, XT, gamma=1e-6, learning_rate=0.3, steps=6)
+    ft, fte, ntk = _ntk_outputs(net, 0.3, 6)
+    np.testing.assert_allclose(sol.f_train[-1], ft, atol=1e-10)
+    np.testing.assert_allclose(sol.f_test[-1], fte, atol=1e-10)
+    np.testing.assert_allclose(sol.ntk[0, :4, :4], ntk, rtol=1e-12)
+    assert sol.method == "exact" and sol.dtype == "float64" and sol.iterations <= 20
+    np.testing.assert_allclose(sol.loss, 0.5 * np.mean((sol.f_train - Y) ** 2, axis=1), rtol=1e-13)
+
+
+def test_lazy_limit_monte_carlo_tanh():
+    """gamma -> 0 with tanh, two hidden layers: within 4 SE of the NTK trajectory, and the NTK at t = 0 and at the
+    last step within 4 SE of theory.kernels' (the kernel does not move)."""
+    net = theory.MLP(2, "tanh", w_std=1.0)
+    sol = dmft.solve(net, X, Y, XT, gamma=1e-5, learning_rate=0.5, steps=4, key=KEY, samples=256, replicas=6)
+    ft, fte, ntk = _ntk_outputs(net, 0.5, 4)
+    for got, se, want in ((sol.f_train[-1], sol.f_train_stderr[-1], ft), (sol.f_test[-1], sol.f_test_stderr[-1], fte),
+                          (sol.ntk[0, :4, :4], sol.ntk_stderr[0, :4, :4], ntk),
+                          (sol.ntk[-1, :4, :4], sol.ntk_stderr[-1, :4, :4], ntk)):
+        assert np.all(np.abs(got - want) < 4 * se + 1e-12), (got, want, se)
+    np.testing.assert_allclose(sol.ntk[-1], sol.ntk[0], atol=1e-8)  # lazy: the same fields at every step
+
+
+def test_initial_feature_kernels_are_the_nngp():
+    """Phi^l(0, 0) = NNGP of hidden layer l / sigma^2 (theory.kernels per_layer): exactly for the linear network,
+    within 4 SE by Monte Carlo for relu, depth 3; G^L(0, 0) = sigma^2 E[phi'(u) phi'(v)] likewise."""
+    for act, kw in (("identity", {}), ("relu", dict(key=KEY, samples=256, replicas=6))):
+        net = theory.MLP(3, act, w_std=1.3)
+        sol = dmft.solve(net, X, Y, gamma=0.5, learning_rate=0.2, steps=1, **kw)
+        nngp = np.asarray(theory.kernels(net, X, per_layer=True).nngp)[1:] / 1.3**2
+        got, se = sol.phi[:, 0, 0], sol.phi_stderr[:, 0, 0]
+        if act == "identity":
+            np.testing.assert_allclose(got, nngp, rtol=1e-12)
+        else:
+            assert np.all(np.abs(got - nngp) < 4 * se + 1e-12)
+            q = np.asarray(theory.kernels(net, X, per_layer=True).nngp)[2]  # the covariance of h^3
+            dual = theory.activations.get("relu").expectations(q.diagonal()[:, None], q, q.diagonal()[None, :])[1]
+            assert np.all(np.abs(sol.g[-1, 0, 0] - 1.3**2 * dual) < 4 * sol.g_stderr[-1, 0, 0] + 1e-12)
+
+
+def _overlap_recursion(x, y, sigma, gamma, eta, steps):
+    """One-hidden-layer linear network, exactly at infinite width, from the overlaps of its weights.
+
+    f(x) = sigma^2 a^T W x / (gamma n sqrt(d)); a gradient step moves a += c W b, W += c a b^T with
+    c = eta gamma sigma^2, b = X^T (y - f) / (P sqrt(d)). The overlaps C_aa = a.a/n, C_w = W^T a / n, C_ww =
+    W^T W / n then follow a closed recursion, started at (1, 0, I) as n -> inf."""
+    p, d = x.shape
+    caa, cw, cww = 1.0, np.zeros(d), np.eye(d)
+    c = eta * gamma * sigma**2
+    fs, phis, gs = [], [], []
+    for _ in range(steps + 1):
+        f = sigma**2 * x @ cw / (gamma * np.sqrt(d))
+        fs.append(f)
+        phis.append(x @ cww @ x.T / d)
+        gs.append(sigma**2 * caa)
+        b = x.T @ (y - f) / (p * np.sqrt(d))
+        caa, cw, cww = (caa + 2 * c * b @ cw + c**2 * b @ cww @ b,
+                        cw + c * cww @ b + c * caa * b + c**2 * b * (b @ cw),
+                        cww + c * (np.outer(cw, b) + np.outer(b, cw)) + c**2 * caa * np.outer(b, b))
+    return np.array(fs), np.array(phis), np.array(gs)
+
+
+@pytest.mark.parametrize("gamma, eta", [(1.0, 0.5), (3.0, 0.2)])
+def test_linear_network_equals_the_overlap_recursion(gamma, eta):
+    """The exact DMFT of a one-hidden-layer linear network against the closed overlap recursion, to round-off:
+    the outputs, the equal-time feature kernel and the (input-independent) gradient kernel at every step."""
+    sigma, steps = 0.9, 8
+    sol = dmft.solve(theory.MLP(1, "identity", w_std=sigma), X, Y, gamma=gamma, learning_rate=eta, steps=steps)
+    f, phi, g = _overlap_recursion(X, Y, sigma, gamma, eta, steps)
+    tt = np.arange(steps + 1)
+    np.testing.assert_allclose(sol.f_train, f, atol=1e-11)
+    np.testing.assert_allclose(sol.phi[0, tt, tt], phi, atol=1e-11)
+    np.testing.assert_allclose(sol.g[0, tt, tt], g[:, None, None] * np.ones((4, 4)), atol=1e-11)
+    assert np.max(np.abs(f[-1] - _ntk_outputs(theory.MLP(1, "identity", w_std=sigma), eta, steps)[0])) > 1e-2
+
+
+def test_monte_carlo_solver_equals_the_exact_linear_recursion():
+    """The Monte-Carlo solver (responses by differentiation of sampled paths) on the identity activation against
+    the exact matrix recursion, two hidden layers in the rich regime: outputs within 4 SE, and the kernels' mean
+    squared z-score (t with 7 degrees of freedom: expectation 1.4) below 3."""
+    net = theory.MLP(2, "identity", w_std=1.0)
+    kw = dict(gamma=1.5, learning_rate=0.4, steps=5)
+    exact = dmft.solve(net, X, Y, XT, **kw)
+    mc = dmft.solve(net, X, Y, XT, **kw, key=KEY, method="monte_carlo", samples=256, replicas=8)
+    assert exact.method == "exact" and mc.method == "monte_carlo" and mc.change <= 1e-8
+    assert np.all(np.abs(mc.f_train[-1] - exact.f_train[-1]) < 4 * mc.f_train_stderr[-1])
+    assert np.all(np.abs(mc.f_test[-1] - exact.f_test[-1]) < 4 * mc.f_test_stderr[-1])
+    for got, se, want in ((mc.phi, mc.phi_stderr, exact.phi), (mc.g, mc.g_stderr, exact.g)):
+        z = (got - want) / np.maximum(se, 1e-14)
+        assert np.mean(z**2) < 3, np.mean(z**2)
+    lazy = _ntk_outputs(net, 0.4, 5)[0]
+    assert np.max(np.abs(exact.f_train[-1] - lazy)) > 20 * np.max(mc.f_train_stderr[-1])  # the test can fail
+
+
+# -- finite networks -----------------------------------------------------------------------------------------------
+def _finite(act, depth, sigma, gamma, eta, steps, width, seeds, x, y):
+    """Outputs (seeds, steps + 1, N) and equal-time last-layer feature kernels of finite mean-field networks
+    h^1 = sigma W0 x / sqrt(d), h^{l+1} = sigma W phi(h) / sqrt(n), f = sigma w.phi(h^L) / (gamma n), trained by
+    gradient descent on 1/P sum 1/2 (f - y)^2 (the first P = len(y) rows of x) at rate eta gamma^2 n."""
+    p, d = len(y), x.shape[1]
+
+    def forward(params, x):
+        w0, ws, w = params
+        h = sigma * x @ w0.T / np.sqrt(d)
+        for wl in ws:
+            h = sigma * act(h) @ wl.T / np.sqrt(width)
+        feats = act(h)
+        return sigma * feats @ w / (gamma * width), feats
+
+    def run(key):
+        k0, k1, k2 = jax.random.split(key, 3)
+        params = (jax.random.normal(k0, (width, d)),
+                  [jax.random.normal(k, (width, width)) for k in jax.random.split(k1, depth - 1)],
+                  jax.random.normal(k2, (width,)))
+
+        def loss(params):
+            return 0.5 * jnp.mean((forward(params, x[:p])[0] - y) ** 2)
+
+        def step(params, _):
+            f, feats = forward(params, x)
+            grads = jax.grad(loss)(params)
+            params = jax.tree.map(lambda a, g: a - eta * gamma**2 * width * g, params, grads)
+            return params, (f, feats @ feats.T / width)
+
+        _, (f, phi) = jax.lax.scan(step, params, None, length=steps + 1)
+        return f, phi
+
+    f, phi = jax.jit(jax.vmap(run))(jax.random.split(jax.random.key(1), seeds))
+    return np.asarray(f), np.asarray(phi)
+
+
+def test_finite_networks_agree_with_the_dmft():
+    """tanh, two hidden layers, gamma = 1: 24 networks of width 1024, 4 steps; their mean output at every step and
+    input (training and test) within 4 SE of the DMFT (SE of both combined; the O(1/width) bias is ~0.1 SE)."""
+    act, depth, sigma, gamma, eta, steps = jnp.tanh, 2, 1.0, 1.0, 0.5, 4
+    sol = dmft.solve(theory.MLP(depth, "tanh", w_std=sigma), X, Y, XT, gamma=gamma, learning_rate=eta,
+                     steps=steps, key=KEY, samples=512, replicas=8)
+    f, phi = _finite(act, depth, sigma, gamma, eta, steps, 1024, 24, np.concatenate([X, XT]), Y)
+    mean, se = f.mean(0), f.std(0, ddof=1) / np.sqrt(len(f))
+    want = np.concatenate([sol.f_train, sol.f_test], axis=1)
+    want_se = np.concatenate([sol.f_train_stderr, sol.f_test_stderr], axis=1)
+    z = (mean - want) / np.sqrt(se**2 + want_se**2)
+    assert np.all(np.abs(z) < 4), z
+    tt = np.arange(steps + 1)
+    se = np.sqrt(phi.std(0, ddof=1) ** 2 / len(phi) + sol.phi_stderr[-1, tt, tt] ** 2)
+    kz = (phi.mean(0) - sol.phi[-1, tt, tt]) / se
+    assert np.all(np.abs(kz) < 4.5), kz
+    lazy = _ntk_outputs(theory.MLP(depth, "tanh", w_std=sigma), eta, steps)[0]
+    assert np.max(np.abs(sol.f_train[-1] - lazy) / sol.f_train_stderr[-1]) > 10  # the test can fail
+
+
+# -- checks of the arguments ---------------------------------------------------------------------------------------
+def test_bad_input():
+    net = theory.MLP(2, "tanh")
+    ok = dict(gamma=1.0, learning_rate=0.1, steps=2, key=KEY, samples=64, replicas=2)
+    bad = [
+        (dict(net=theory.ResNet(2, "tanh")), "theory.MLP"),
+        (dict(net=theory.MLP(5, "tanh")), "1 to 4"),
+        (dict(net=theory.MLP(2, "tanh", b_std=0.1)), "b_std=0"),
+        (dict(gamma=0.0), "gamma"),
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(steps=1.5), "steps"),
+        (dict(key=None), "key"),
+        (dict(replicas=1), "replicas"),
+        (dict(method="magic"), "method"),
+        (dict(method="exact"), "identity"),
+        (dict(samples=100, chunk=64), "multiple"),
+        (dict(y=np.ones(3)), "y_train"),
+        (dict(damping=1.5), "damping"),
+    ]
+    for change, msg in bad:
+        kw = {**ok, **change}
+        args = (kw.pop("net", net), X, kw.pop("y", Y))
+        with pytest.raises(ValueError, match=msg):
+            dmft.solve(*args, **kw)
+    with pytest.raises(dmft.DMFTConvergenceError, match="did not converge"):
+        dmft.solve(theory.MLP(2, "identity"), X, Y, gamma=2.0, learning_rate=0.5, steps=6, max_iterations=2)
+
+
+def test_unjitted_path_equals_jitted():
+    """The solver's internals run eagerly under jax.disable_jit with the same numbers."""
+    net = theory.MLP(2, "identity")
+    kw = dict(gamma=1.0, learning_rate=0.3, steps=2)
+    want = dmft.solve(net, X, Y, **kw)
+    with jax.disable_jit():
+        got = dmft.solve(net, X, Y, **kw)
+    np.testing.assert_allclose(got.f_train, want.f_train, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got.phi, want.phi, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.slow
+def test_width_convergence_exponents():
+    """tanh, two hidden layers, gamma = 1, 6 steps: finite networks of widths 128-4096 converge to the DMFT.
+
+    The one-network fluctuation (the spread over seeds of the final test output) falls like width^-1/2 and the
+    deviation of the mean final training loss from the DMFT's like 1/width: fitted exponents (weighted least squares
+    in log-log, experiments.scaling) with 95% intervals that must contain -1/2 and -1 and exclude 0."""
+    from experiments import scaling
+
+    act, depth, sigma, gamma, eta, steps = jnp.tanh, 2, 1.0, 1.0, 0.5, 6
+    sol = dmft.solve(theory.MLP(depth, "tanh", w_std=sigma), X, Y, XT, gamma=gamma, learning_rate=eta, steps=steps,
+                     key=KEY, samples=2048, replicas=16)
+    widths, seeds = (128, 256, 512, 1024, 2048, 4096), (256, 256, 128, 64, 32, 16)
+    spread, spread_se, dev, dev_se = [], [], [], []
+    for width, s in zip(widths, seeds, strict=True):
+        f, _ = _finite(act, depth, sigma, gamma, eta, steps, width, s, np.concatenate([X, XT]), Y)
+        loss = 0.5 * np.mean((f[:, -1, :4] - Y) ** 2, axis=1)
+        sd = f[:, -1, 4:].std(0, ddof=1).mean()
+        spread.append(sd)
+        spread_se.append(sd / np.sqrt(2 * (s - 1)))
+        dev.append(abs(loss.mean() - sol.loss[-1]))
+        dev_se.append(np.sqrt(loss.var(ddof=1) / s + sol.loss_stderr[-1] ** 2))
+    fl = scaling.fit_power_law(widths, spread, spread_se)
+    assert fl.ci_low < -0.5 < fl.ci_high and fl.ci_high < -0.3, fl
+    md = scaling.fit_power_law(widths, dev, dev_se)
+    assert md.ci_low < -1.0 < md.ci_high and md.ci_high < -0.5, (md, dev, dev_se)

@@ -1,0 +1,534 @@
+r"""Feature learning at infinite width: the dynamical mean-field theory (DMFT) of a mean-field / muP MLP.
+
+Bordelon & Pehlevan 2022 ("Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide Neural Networks",
+arXiv 2205.09653), in discrete time (full-batch gradient descent; gradient flow is its small-step limit). The
+network, of width ``n`` and ``L`` hidden layers, ``sigma = w_std``, no biases:
+
+    h^1 = sigma W^0 x / sqrt(d),   h^{l+1} = sigma W^l phi(h^l) / sqrt(n),   f = sigma w^L . phi(h^L) / (gamma n)
+
+with ``W, w ~ N(0, 1)``, trained by gradient descent on ``1/P sum_mu 1/2 (f_mu - y_mu)^2`` over ``P`` training
+points with learning rate ``eta gamma^2 n`` on every weight (``gamma`` is Bordelon & Pehlevan's ``gamma_0``; output
+multiplier ``1 / gamma``, ``gamma -> 0`` is the NTK / lazy limit). As ``n -> inf`` each layer's coordinates become
+independent copies of a single-site process on the ``M = (T + 1) N`` pairs (step ``t``, input ``mu``):
+
+    h^k(t) = u^k(t) + sigma^2 sum_{s<t} [A^{k-1}(t, s) + eta gamma Phi^{k-1}(t, s) w Delta(s)] g^k(s)
+    z^k(t) = r^k(t) + sigma^2 sum_{s<=t} B^k(t, s) phi(h^k(s))
+                    + sigma^2 sum_{s<t} eta gamma G^{k+1}(t, s) w Delta(s) phi(h^k(s))
+    g^k = phi'(h^k) z^k,     u^k ~ GP(0, sigma^2 Phi^{k-1}),     r^k ~ GP(0, sigma^2 G^{k+1}),
+
+(sums over inputs implied, ``w_nu = 1/P`` on training inputs and 0 on test inputs, ``Delta = y - f``), with
+``Phi^0 = x.x'/d`` (constant in time), ``G^{L+1} = 1``, ``A^0 = B^L = 0`` and the order parameters
+
+    Phi^k = <phi(h^k) phi(h^k)>,  G^k = <g^k g^k>,  A^k = <d phi(h^k) / d r^k>,  B^{k-1} = <d g^k / d u^k>,
+    f(t) = sigma^2 / gamma <d phi(h^L(t)) / d r^L> + sigma^2 eta sum_{s<t} Phi^L(t, s) w Delta(s),
+    NTK(t) = sigma^2 sum_{l=0}^{L} G^{l+1}(t, t) Phi^l(t, t).
+
+``A``, ``B`` are the response functions (Tensor Programs' ``Zdot`` terms); ``r^L`` is one Gaussian of variance
+``sigma^2`` shared by all inputs and times. At ``t = 0`` the kernels are the NNGP of ``theory.MLP(L, phi, w_std=
+sigma)`` and the NTK its NTK; ``gamma -> 0`` gives ``theory.training_dynamics``' linearised trajectory.
+
+Solvers (``method``):
+
+- ``"monte_carlo"`` (the paper's): sample ``samples`` paths of each layer's process from the current order
+  parameters (fixed noise: common random numbers across iterations, fields drawn through the principal square
+  root of their covariance, so the iteration converges to a sample-dependent fixed point), average them into new
+  order parameters (responses by forward-mode differentiation of every path, no matrix inverse), update the
+  residuals, and repeat (Gauss-Seidel over layers, damping ``damping``) until the largest relative change is below
+  ``tol``; ``replicas`` independent such solves give the mean and its standard error.
+- ``"exact"`` (linear activation only): the process is linear in ``(u, r)`` and every order parameter is a
+  matrix expression (docs/dmft.md); the same iteration, no sampling, float round-off only.
+
+Derivation, the solver's accuracy and cost: docs/dmft.md.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.architectures import MLP
+from theory.inputs import validate_inputs
+
+Array = jax.Array
+
+MAX_DEPTH = 4
+METHODS = ("auto", "monte_carlo", "exact")
+KERNEL_MODES = ("two_time", "equal_time")
+
+
+@dataclass(frozen=True)
+class DMFTSolution:
+    """The infinite-width trajectory of :func:`solve`; row ``t`` is after ``t`` gradient steps (row 0: init).
+
+    With ``T = steps``, ``P`` training and ``Q`` test inputs, ``N = P + Q`` (training inputs first), ``L`` layers:
+
+    - ``f_train`` ``(T + 1, P)``, ``f_test`` ``(T + 1, Q)``: the network's outputs; ``loss`` ``(T + 1,)``:
+      ``1/P sum_mu 1/2 (f_mu - y_mu)^2``.
+    - ``phi`` ``(L, T + 1, T + 1, N, N)``: the feature kernels ``Phi^l_{mu nu}(t, s)`` of hidden layers 1..L
+      (``(L, T + 1, N, N)``, ``Phi^l(t, t)``, with ``kernels="equal_time"``); ``g`` the same for the gradient
+      kernels ``G^l``; ``ntk`` ``(T + 1, N, N)``: the NTK at each step.
+    - ``*_stderr``: the standard error of each (the spread of ``replicas`` independent Monte-Carlo solves over
+      ``sqrt(replicas)``; zeros for ``method="exact"``).
+    - ``iterations``: fixed-point iterations used (the largest over replicas); ``change``: the last relative change
+      (below ``tol``); ``method``, ``samples`` (per replica), ``replicas``, ``dtype`` (the float type used).
+    """
+
+    f_train: np.ndarray
+    f_test: np.ndarray
+    loss: np.ndarray
+    phi: np.ndarray
+    g: np.ndarray
+    ntk: np.ndarray
+    f_train_stderr: np.ndarray
+    f_test_stderr: np.ndarray
+    loss_stderr: np.ndarray
+    phi_stderr: np.ndarray
+    g_stderr: np.ndarray
+    ntk_stderr: np.ndarray
+    iterations: int
+    change: float
+    method: str
+    samples: int
+    replicas: int
+    gamma: float
+    learning_rate: float
+    dtype: str
+
+    @property
+    def n_train(self) -> int:
+        return self.f_train.shape[1]
+
+
+class DMFTConvergenceError(ValueError):
+    """The fixed-point iteration did not reach ``tol`` within ``max_iterations`` (the message says how far it got
+    and what to change)."""
+
+
+# -- checks ----------------------------------------------------------------------------------------------------
+def _positive(name: str, value: object, *, integer: bool = False, allow_zero: bool = False) -> float | int:
+    kind = numbers.Integral if integer else numbers.Real
+    ok = not isinstance(value, bool) and isinstance(value, kind)
+    if ok:
+        v = int(value) if integer else float(value)
+        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        what = "integer" if integer else "finite number"
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {what}, got {value!r}")
+    return v
+
+
+def _check_net(net: object) -> MLP:
+    if not isinstance(net, MLP):
+        raise ValueError(f"dmft.solve takes a theory.MLP (depth 1-{MAX_DEPTH} hidden layers, b_std=0), got {net!r}")
+    if not 1 <= net.depth <= MAX_DEPTH:
+        raise ValueError(f"dmft.solve covers MLPs with 1 to {MAX_DEPTH} hidden layers, got depth {net.depth}")
+    if not (isinstance(net.b_std, numbers.Real) and float(net.b_std) == 0.0):
+        raise ValueError(f"the DMFT network has no biases: build the MLP with b_std=0 (got b_std={net.b_std!r})")
+    if not (isinstance(net.w_std, numbers.Real) and float(net.w_std) > 0):
+        raise ValueError(f"w_std must be a positive number, got {net.w_std!r}")
+    if net.weight_scaling != "ntk":
+        raise ValueError("the DMFT network scales its weights itself (mean-field / muP with multiplier 1/gamma): "
+                         f"build the MLP with the default weight_scaling, got {net.weight_scaling!r}")
+    return net
+
+
+def _check_data(x_train: object, y_train: object, x_test: object | None) -> tuple[Array, Array, int]:
+    x, xt = validate_inputs(x_train, x_test, network="dmft.solve")
+    y = jnp.asarray(y_train, dtype=x.dtype)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y_train must hold one scalar target per training input, shape ({x.shape[0]},) or "
+                         f"({x.shape[0]}, 1); got {tuple(jnp.shape(y_train))}")
+    if not bool(jnp.all(jnp.isfinite(y))):
+        raise ValueError("y_train must be finite")
+    n_train = x.shape[0]
+    x_all = x if xt is None else jnp.concatenate([x, xt], axis=0)
+    return x_all, y, n_train
+
+
+# -- the single-site process -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Setup:
+    depth: int
+    steps: int
+    n: int
+    sigma2: float
+    eta: float
+    gamma: float
+    fn: object
+
+    @property
+    def m(self) -> int:
+        return (self.steps + 1) * self.n
+
+
+def _derivative(fn):
+    """``phi'`` elementwise (forward mode, so it composes with the solver's forward-mode responses)."""
+    def dphi(x: Array) -> Array:
+        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+    return dphi
+
+
+def _path(u: Array, r: Array, hc: Array, zc: Array | None, wd: Array, setup: _Setup, first: bool,
+          last: bool) -> tuple[Array, Array, Array]:
+    """One sample path of a layer's process: ``(phi(h), g)`` ``(M,)`` and, for the last layer, the running sum
+    ``sum_{s<t} w Delta(s) . phi(h(s))`` ``(T + 1,)`` (zeros otherwise).
+
+    First layer: ``u`` ``(n,)`` (constant in time) and ``hc`` the input kernel ``(n, n)`` (its coupling is
+    ``sigma^2 eta gamma Kx sum_{s<t} w Delta(s) g(s)``, a running sum); else ``u`` ``(M,)`` and ``hc``
+    ``(T + 1, n, M)``, the coefficients of the past ``g`` in ``h(t)``. Last layer: ``r`` a scalar and the
+    coupling ``sigma^2 eta gamma sum_{s<t} w Delta(s) . phi(h(s))``; else ``r`` ``(M,)`` and ``zc`` ``(T + 1, n,
+    M)``, the coefficients of ``phi(h(s <= t))`` in ``z(t)``. ``wd`` ``(T + 1, n)``: ``w Delta``.
+    """
+    fn, n, steps = setup.fn, setup.n, setup.steps
+    c = setup.sigma2 * setup.eta * setup.gamma
+    dphi = _derivative(fn)
+    m = setup.m
+
+    def step(carry, t):
+        pbuf, gbuf, acc_g, acc_p = carry
+        if first:
+            h = u + c * (hc @ acc_g)
+        else:
+            h = jax.lax.dynamic_slice(u, (t * n,), (n,)) + hc[t] @ gbuf
+        p = fn(h)
+        pbuf = jax.lax.dynamic_update_slice(pbuf, p, (t * n,))
+        if last:
+            z = r + c * acc_p
+        else:
+            z = jax.lax.dynamic_slice(r, (t * n,), (n,)) + zc[t] @ pbuf
+        g = dphi(h) * z
+        gbuf = jax.lax.dynamic_update_slice(gbuf, g, (t * n,))
+        acc_g = acc_g + wd[t] * g
+        new_p = acc_p + wd[t] @ p
+        return (pbuf, gbuf, acc_g, new_p), acc_p
+
+    zeros = jnp.zeros((m,), wd.dtype)
+    init = (zeros, zeros, jnp.zeros((n,), wd.dtype), jnp.zeros((), wd.dtype))
+    (pbuf, gbuf, _, _), acc = jax.lax.scan(step, init, jnp.arange(steps + 1))
+    return pbuf, gbuf, acc
+
+
+def _sqrt_psd(c: Array) -> Array:
+    """The principal square root of a symmetric positive semi-definite matrix (negative round-off clipped):
+    continuous in ``c``, so fixed noise gives fields that change smoothly with the kernels."""
+    lam, v = jnp.linalg.eigh((c + c.T) / 2)
+    return (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T
+
+
+class _State(NamedTuple):
+    """The order parameters the iteration carries (the kernels other layers need, 1-based layer names):
+    ``phi[i] = Phi^{i+1}``, ``a[i] = A^{i+1}``, ``g[i] = G^{i+2}``, ``b[i] = B^{i+1}`` (``i < L - 1``, each
+    ``(M, M)``), and the outputs ``f`` ``(M,)``."""
+
+    phi: tuple
+    a: tuple
+    g: tuple
+    b: tuple
+    f: Array
+
+
+def _couplings(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx: Array):
+    """Layer ``i + 1``'s ``(cov_u, hc, cov_r, zc)`` as full ``(M, M)`` matrices (``cov`` include ``sigma^2``)."""
+    s2, c = setup.sigma2, setup.sigma2 * setup.eta * setup.gamma
+    m = setup.m
+    first, last = i == 0, i == setup.depth - 1
+    phi_prev = jnp.tile(kx, (setup.steps + 1, setup.steps + 1)) if first else state.phi[i - 1]
+    g_next = jnp.ones((m, m), kx.dtype) if last else state.g[i]
+    hc = c * phi_prev * wd[None, :] * strict
+    if not first:
+        hc = hc + s2 * state.a[i - 1]
+    zc = c * g_next * wd[None, :] * strict
+    if not last:
+        zc = zc + s2 * state.b[i]
+    return s2 * phi_prev, hc, s2 * g_next, zc
+
+
+def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx: Array, xi_u: Array,
+              xi_r: Array, chunk: int, measure: str | None) -> dict:
+    """Monte-Carlo averages over the sample paths of layer ``i + 1`` (fixed standard normals ``xi_u``, ``xi_r``
+    ``(S, M)``). ``measure=None``: what the iteration needs; ``"two_time"`` / ``"equal_time"``: the kernels
+    ``Phi``, ``G`` of the layer for the output."""
+    depth, steps, n, m = setup.depth, setup.steps, setup.n, setup.m
+    first, last = i == 0, i == depth - 1
+    s2 = setup.sigma2
+    c = s2 * setup.eta * setup.gamma
+    wd2 = wd.reshape(steps + 1, n)
+    if first:
+        u_all = xi_u[:, :n] @ _sqrt_psd(s2 * kx)
+        hc = kx
+    else:
+        u_all = xi_u @ _sqrt_psd(s2 * state.phi[i - 1])
+        hc = (c * state.phi[i - 1] * wd[None, :] * strict + s2 * state.a[i - 1]).reshape(steps + 1, n, m)
+    if last:
+        r_all = math.sqrt(s2) * xi_r[:, 0]
+        zc = None
+    else:
+        r_all = xi_r @ _sqrt_psd(s2 * state.g[i])
+        zc = (c * state.g[i] * wd[None, :] * strict + s2 * state.b[i]).reshape(steps + 1, n, m)
+    path = partial(_path, hc=hc, zc=zc, wd=wd2, setup=setup, first=first, last=last)
+    want_a = measure is None and not last
+    want_b = measure is None and not first
+    eye = jnp.eye(m, dtype=wd.dtype)
+
+    def one(u, r):
+        p, g, acc = path(u, r)
+        out = {"p": p, "g": g}
+        if last and measure is None:
+            out["dr"] = jax.jvp(lambda rr: path(u, rr)[0], (r,), (jnp.ones_like(r),))[1]
+            out["fterm"] = p * jnp.repeat(acc, n)
+        if want_a:
+            out["a"] = jax.vmap(lambda e: jax.jvp(lambda rr: path(u, rr)[0], (r,), (e,))[1], out_axes=1)(eye)
+        if want_b:
+            if first:
+                raise AssertionError("layer 1 has no B")
+            out["b"] = jax.vmap(lambda e: jax.jvp(lambda uu: path(uu, r)[1], (u,), (e,))[1], out_axes=1)(eye)
+        return out
+
+    def sums(args):
+        out = jax.vmap(one)(*args)
+        p, g = out.pop("p"), out.pop("g")
+        res = {key: jnp.sum(v, axis=0) for key, v in out.items()}
+        if measure == "equal_time":
+            p3, g3 = p.reshape(-1, steps + 1, n), g.reshape(-1, steps + 1, n)
+            res["phi"] = jnp.einsum("sti,stj->tij", p3, p3)
+            res["g"] = jnp.einsum("sti,stj->tij", g3, g3)
+        else:
+            if measure == "two_time" or not last:
+                res["phi"] = p.T @ p
+            if measure == "two_time" or not first:
+                res["g"] = g.T @ g
+        return res
+
+    s = xi_u.shape[0]
+    k = s // chunk
+    total = jax.lax.map(sums, (u_all.reshape(k, chunk, *u_all.shape[1:]), r_all.reshape(k, chunk, *r_all.shape[1:])))
+    return {key: jnp.sum(v, axis=0) / s for key, v in total.items()}
+
+
+def _exact_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx: Array, measure: str | None
+                 ) -> dict:
+    """The same averages for the identity activation, exactly: ``h = (I - C D)^-1 (u + C r)``,
+    ``z = g = r + D h`` (docs/dmft.md)."""
+    depth, steps, n, m = setup.depth, setup.steps, setup.n, setup.m
+    first, last = i == 0, i == depth - 1
+    cov_u, cm, cov_r, dm = _couplings(setup, i, state, wd, strict, kx)
+    eye = jnp.eye(m, dtype=cm.dtype)
+    hq = jnp.linalg.solve(eye - cm @ dm, eye)
+    h_r = hq @ cm
+    z_u = dm @ hq
+    z_r = eye + dm @ h_r
+    phi = hq @ cov_u @ hq.T + h_r @ cov_r @ h_r.T
+    g = z_u @ cov_u @ z_u.T + z_r @ cov_r @ z_r.T
+    if measure == "equal_time":
+        tt = jnp.arange(steps + 1)
+        return {"phi": phi.reshape(steps + 1, n, steps + 1, n)[tt, :, tt],
+                "g": g.reshape(steps + 1, n, steps + 1, n)[tt, :, tt]}
+    out = {"phi": phi, "g": g}
+    if measure is None:
+        if last:
+            out["dr"] = h_r @ jnp.ones((m,), cm.dtype)
+            out["fterm"] = (phi * strict) @ wd
+        if not last:
+            out["a"] = h_r
+        if not first:
+            out["b"] = z_u
+    return out
+
+
+def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r: Array, *, exact: bool,
+             damping: Array, tol: Array, max_iterations: int, chunk: int, measure: str):
+    """Damped Gauss-Seidel fixed-point iteration of one replica, then the kernels of every layer from the fixed
+    point; returns ``(phis, gs, f, iterations, change)``."""
+    depth, m = setup.depth, setup.m
+    dtype = kx.dtype
+    t_idx = jnp.repeat(jnp.arange(setup.steps + 1), setup.n)
+    strict = (t_idx[None, :] < t_idx[:, None]).astype(dtype)
+
+    def layer(i, state, wd, mode):
+        if exact:
+            return _exact_layer(setup, i, state, wd, strict, kx, mode)
+        return _mc_layer(setup, i, state, wd, strict, kx, xi_u[i], xi_r[i], chunk, mode)
+
+    def sweep(state):
+        wd = w * (y_all - state.f)
+        phi, a, g, b = list(state.phi), list(state.a), list(state.g), list(state.b)
+        f = state.f
+        for i in range(depth):
+            cur = _State(tuple(phi), tuple(a), state.g, state.b, state.f)  # Gauss-Seidel upwards
+            out = layer(i, cur, wd, None)
+            if i < depth - 1:
+                phi[i], a[i] = out["phi"], out["a"]
+            if i > 0:
+                g[i - 1], b[i - 1] = out["g"], out["b"]
+            if i == depth - 1:
+                f = setup.sigma2 / setup.gamma * out["dr"] + setup.sigma2 * setup.eta * out["fterm"]
+        return _State(tuple(phi), tuple(a), tuple(g), tuple(b), f)
+
+    def rel_change(old, new):
+        changes = [jnp.max(jnp.abs(o - n_)) / jnp.maximum(jnp.max(jnp.abs(n_)), 1e-30)
+                   for o, n_ in zip(old.phi + old.g, new.phi + new.g, strict=True)]
+        scale = jnp.maximum(jnp.max(jnp.abs(y_all)), jnp.max(jnp.abs(new.f)))
+        changes.append(jnp.max(jnp.abs(old.f - new.f)) / jnp.maximum(scale, 1e-30))
+        return jnp.max(jnp.stack(changes))
+
+    zero = jnp.zeros((m, m), dtype)
+    k = depth - 1
+    state0 = _State((zero,) * k, (zero,) * k, (zero,) * k, (zero,) * k, jnp.zeros((m,), dtype))
+
+    def cond(carry):
+        _, it, change = carry
+        return (it < max_iterations) & (change > tol)
+
+    def body(carry):
+        state, it, _ = carry
+        new = sweep(state)
+        mixed = jax.tree.map(lambda o, n_: (1 - damping) * o + damping * n_, state, new)
+        return mixed, it + 1, rel_change(state, new)
+
+    state, it, change = jax.lax.while_loop(cond, body, (state0, jnp.asarray(0), jnp.asarray(jnp.inf, dtype)))
+    wd = w * (y_all - state.f)
+    outs = [layer(i, state, wd, measure) for i in range(depth)]
+    return jnp.stack([o["phi"] for o in outs]), jnp.stack([o["g"] for o in outs]), state.f, it, change
+
+
+@partial(jax.jit, static_argnames=("setup", "exact", "max_iterations", "chunk", "measure"))
+def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, max_iterations, chunk, measure):
+    def replica(xu, xr):
+        return _iterate(setup, kx, y_all, w, xu, xr, exact=exact, damping=damping, tol=tol,
+                        max_iterations=max_iterations, chunk=chunk, measure=measure)
+    return jax.vmap(replica)(xi_u, xi_r)
+
+
+def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
+          learning_rate: float, steps: int, key: Array | None = None, method: str = "auto", samples: int = 2048,
+          replicas: int = 8, damping: float = 1.0, tol: float | None = None, max_iterations: int = 200,
+          kernels: str = "two_time", chunk: int | None = None) -> DMFTSolution:
+    r"""Infinite-width gradient-descent trajectory of the mean-field / muP MLP ``net`` (module docstring).
+
+    Args:
+      net: ``theory.MLP(L, activation, w_std=sigma, b_std=0)`` with ``1 <= L <= 4``; any activation
+        (a registered name or ``theory.Activation(fn)`` of a JAX function).
+      x_train: ``(P, d)`` training inputs; y_train: ``(P,)`` or ``(P, 1)`` targets; x_test: ``(Q, d)`` or None.
+      gamma: the richness ``gamma_0 > 0`` (output multiplier ``1/gamma``; small ``gamma`` is the NTK regime).
+      learning_rate: ``eta`` (the weights' rate is ``eta gamma^2 n``); steps: number of gradient steps ``T``.
+        Gradient flow to time ``tau`` is the limit ``eta -> 0``, ``steps = tau / eta`` (error ``O(eta)``).
+      key: JAX key for the Monte-Carlo fields (required by ``method="monte_carlo"``).
+      method: ``"auto"`` (``"exact"`` for the identity activation, else ``"monte_carlo"``), ``"monte_carlo"``,
+        ``"exact"``.
+      samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
+      damping: fraction of the new iterate kept (1: plain fixed point); tol: largest relative change of the
+        kernels and outputs at convergence (default 1e-10 exact, 1e-8 Monte Carlo, for float64; 1e-5 / 1e-4 in
+        float32); max_iterations: raise :class:`DMFTConvergenceError` beyond it.
+      kernels: ``"two_time"`` (``phi``, ``g`` are ``(L, T + 1, T + 1, N, N)``) or ``"equal_time"``
+        (``(L, T + 1, N, N)``: ``Phi^l(t, t)``; memory ``O(T N^2)`` instead of ``O(T^2 N^2)``).
+      chunk: samples per vectorised batch (memory ``chunk * M^2`` for the responses; default ``min(samples, 64)``).
+
+    Returns:
+      :class:`DMFTSolution` (numpy arrays, float64 when ``jax_enable_x64`` is on, else float32).
+    """
+    net = _check_net(net)
+    x_all, y, n_train = _check_data(x_train, y_train, x_test)
+    gamma = _positive("gamma", gamma)
+    eta = _positive("learning_rate", learning_rate)
+    steps = _positive("steps", steps, integer=True, allow_zero=True)
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    identity = net.activation.name == "identity"
+    if method == "auto":
+        method = "exact" if identity else "monte_carlo"
+    if method == "exact" and not identity:
+        raise ValueError(f"method='exact' is the linear network's recursion: the activation must be 'identity', "
+                         f"got {net.activation.name!r}; use method='monte_carlo'")
+    exact = method == "exact"
+    dtype = x_all.dtype
+    f64 = dtype == jnp.float64
+    if tol is None:
+        tol = (1e-10 if f64 else 1e-5) if exact else (1e-8 if f64 else 1e-4)
+    tol = _positive("tol", tol)
+    damping = _positive("damping", damping)
+    if damping > 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    max_iterations = _positive("max_iterations", max_iterations, integer=True)
+    n = x_all.shape[0]
+    m = (steps + 1) * n
+    if exact:
+        replicas, samples = 1, 1
+    else:
+        samples = _positive("samples", samples, integer=True)
+        replicas = _positive("replicas", replicas, integer=True)
+        if replicas < 2:
+            raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
+        if key is None:
+            raise ValueError("method='monte_carlo' needs a JAX key: solve(..., key=jax.random.key(0))")
+    if chunk is None:
+        chunk = min(samples, 64)
+    chunk = _positive("chunk", chunk, integer=True)
+    if samples % chunk:
+        raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
+    depth = net.depth
+    setup = _Setup(depth, steps, n, float(net.w_std) ** 2, eta, gamma, net.activation.fn)
+    kx = x_all @ x_all.T / x_all.shape[1]
+    y_all = jnp.concatenate([y, jnp.zeros((n - n_train,), dtype)])
+    y_all = jnp.tile(y_all, steps + 1)
+    w = jnp.tile(jnp.concatenate([jnp.full((n_train,), 1.0 / n_train, dtype), jnp.zeros((n - n_train,), dtype)]),
+                 steps + 1)
+    if exact:
+        xi_u = jnp.zeros((1, depth, 1, 1), dtype)
+        xi_r = xi_u
+    else:
+        ku, kr = jax.random.split(key)
+        # (layer 1's covariance is the input kernel at every pair of times: its u^1 comes out constant in time)
+        xi_u = jax.random.normal(ku, (replicas, depth, samples, m), dtype)
+        xi_r = jax.random.normal(kr, (replicas, depth, samples, m), dtype)
+    phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi_u, xi_r, jnp.asarray(damping, dtype),
+                                         jnp.asarray(tol, dtype), exact=exact, max_iterations=max_iterations,
+                                         chunk=chunk, measure=kernels)
+    it, change = int(jnp.max(it)), float(jnp.max(change))
+    if not change <= tol:
+        raise DMFTConvergenceError(
+            f"the DMFT fixed point did not converge: relative change {change:.2e} > tol {tol:.1e} after "
+            f"{it} iterations; raise max_iterations, lower damping (e.g. 0.5), or use a smaller gamma * "
+            f"learning_rate * steps")
+    return _solution(net, kx, y, n_train, setup, phis, gs, f, it, change, method, samples, replicas, dtype)
+
+
+def _solution(net, kx, y, n_train, setup, phis, gs, f, it, change, method, samples, replicas, dtype):
+    steps, n, depth, s2 = setup.steps, setup.n, setup.depth, setup.sigma2
+    r = phis.shape[0]
+    tt = jnp.arange(steps + 1)
+    if phis.ndim == 4:  # two-time (R, L, M, M)
+        phis = phis.reshape(r, depth, steps + 1, n, steps + 1, n).transpose(0, 1, 2, 4, 3, 5)
+        gs = gs.reshape(r, depth, steps + 1, n, steps + 1, n).transpose(0, 1, 2, 4, 3, 5)
+        phi_tt, g_tt = phis[:, :, tt, tt], gs[:, :, tt, tt]  # (R, L, T+1, n, n)
+    else:
+        phi_tt, g_tt = phis, gs
+    f = f.reshape(r, steps + 1, n)
+    ntk = g_tt[:, 0] * kx + phi_tt[:, -1]
+    for k in range(1, depth):
+        ntk = ntk + g_tt[:, k] * phi_tt[:, k - 1]
+    ntk = s2 * ntk
+    loss = 0.5 * jnp.mean((f[:, :, :n_train] - y) ** 2, axis=2)
+
+    def stats(a):
+        a = np.asarray(a)
+        mean = a.mean(axis=0)
+        se = a.std(axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.zeros_like(mean)
+        return mean, se
+
+    (ft, ft_se), (lo, lo_se), (ph, ph_se), (gg, gg_se), (nk, nk_se) = map(stats, (f, loss, phis, gs, ntk))
+    return DMFTSolution(
+        f_train=ft[:, :n_train], f_test=ft[:, n_train:], loss=lo, phi=ph, g=gg, ntk=nk,
+        f_train_stderr=ft_se[:, :n_train], f_test_stderr=ft_se[:, n_train:], loss_stderr=lo_se, phi_stderr=ph_se,
+        g_stderr=gg_se, ntk_stderr=nk_se, iterations=it, change=change, method=method, samples=samples,
+        replicas=replicas, gamma=setup.gamma, learning_rate=setup.eta, dtype=str(np.dtype(dtype)))
