@@ -51,77 +51,23 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from theory.architectures import MLP
-from theory.inputs import validate_inputs
+from theory.dmft.common import (
+    DMFTSolution,
+    check_converged,
+    check_data,
+    derivative,
+    positive,
+    replica_stats,
+    solver_options,
+    sqrt_psd,
+    training_weights,
+)
 
 Array = jax.Array
 
 MAX_DEPTH = 4
-METHODS = ("auto", "monte_carlo", "exact")
-KERNEL_MODES = ("two_time", "equal_time")
-
-
-@dataclass(frozen=True)
-class DMFTSolution:
-    """The infinite-width trajectory of :func:`solve`; row ``t`` is after ``t`` gradient steps (row 0: init).
-
-    With ``T = steps``, ``P`` training and ``Q`` test inputs, ``N = P + Q`` (training inputs first), ``L`` layers:
-
-    - ``f_train`` ``(T + 1, P)``, ``f_test`` ``(T + 1, Q)``: the network's outputs; ``loss`` ``(T + 1,)``:
-      ``1/P sum_mu 1/2 (f_mu - y_mu)^2``.
-    - ``phi`` ``(L, T + 1, T + 1, N, N)``: the feature kernels ``Phi^l_{mu nu}(t, s)`` of hidden layers 1..L
-      (``(L, T + 1, N, N)``, ``Phi^l(t, t)``, with ``kernels="equal_time"``); ``g`` the same for the gradient
-      kernels ``G^l``; ``ntk`` ``(T + 1, N, N)``: the NTK at each step.
-    - ``*_stderr``: the standard error of each (the spread of ``replicas`` independent Monte-Carlo solves over
-      ``sqrt(replicas)``; zeros for ``method="exact"``).
-    - ``iterations``: fixed-point iterations used (the largest over replicas); ``change``: the last relative change
-      (below ``tol``); ``method``, ``samples`` (per replica), ``replicas``, ``dtype`` (the float type used).
-    """
-
-    f_train: np.ndarray
-    f_test: np.ndarray
-    loss: np.ndarray
-    phi: np.ndarray
-    g: np.ndarray
-    ntk: np.ndarray
-    f_train_stderr: np.ndarray
-    f_test_stderr: np.ndarray
-    loss_stderr: np.ndarray
-    phi_stderr: np.ndarray
-    g_stderr: np.ndarray
-    ntk_stderr: np.ndarray
-    iterations: int
-    change: float
-    method: str
-    samples: int
-    replicas: int
-    gamma: float
-    learning_rate: float
-    dtype: str
-
-    @property
-    def n_train(self) -> int:
-        return self.f_train.shape[1]
-
-
-class DMFTConvergenceError(ValueError):
-    """The fixed-point iteration did not reach ``tol`` within ``max_iterations`` (the message says how far it got
-    and what to change)."""
-
-
-# -- checks ----------------------------------------------------------------------------------------------------
-def _positive(name: str, value: object, *, integer: bool = False, allow_zero: bool = False) -> float | int:
-    kind = numbers.Integral if integer else numbers.Real
-    ok = not isinstance(value, bool) and isinstance(value, kind)
-    if ok:
-        v = int(value) if integer else float(value)
-        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    if not ok:
-        what = "integer" if integer else "finite number"
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {what}, got {value!r}")
-    return v
 
 
 def _check_net(net: object) -> MLP:
@@ -137,21 +83,6 @@ def _check_net(net: object) -> MLP:
         raise ValueError("the DMFT network scales its weights itself (mean-field / muP with multiplier 1/gamma): "
                          f"build the MLP with the default weight_scaling, got {net.weight_scaling!r}")
     return net
-
-
-def _check_data(x_train: object, y_train: object, x_test: object | None) -> tuple[Array, Array, int]:
-    x, xt = validate_inputs(x_train, x_test, network="dmft.solve")
-    y = jnp.asarray(y_train, dtype=x.dtype)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"y_train must hold one scalar target per training input, shape ({x.shape[0]},) or "
-                         f"({x.shape[0]}, 1); got {tuple(jnp.shape(y_train))}")
-    if not bool(jnp.all(jnp.isfinite(y))):
-        raise ValueError("y_train must be finite")
-    n_train = x.shape[0]
-    x_all = x if xt is None else jnp.concatenate([x, xt], axis=0)
-    return x_all, y, n_train
 
 
 # -- the single-site process -------------------------------------------------------------------------------------
@@ -170,13 +101,6 @@ class _Setup:
         return (self.steps + 1) * self.n
 
 
-def _derivative(fn):
-    """``phi'`` elementwise (forward mode, so it composes with the solver's forward-mode responses)."""
-    def dphi(x: Array) -> Array:
-        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
-    return dphi
-
-
 def _path(u: Array, r: Array, hc: Array, zc: Array | None, wd: Array, setup: _Setup, first: bool,
           last: bool) -> tuple[Array, Array, Array]:
     """One sample path of a layer's process: ``(phi(h), g)`` ``(M,)`` and, for the last layer, the running sum
@@ -190,7 +114,7 @@ def _path(u: Array, r: Array, hc: Array, zc: Array | None, wd: Array, setup: _Se
     """
     fn, n, steps = setup.fn, setup.n, setup.steps
     c = setup.sigma2 * setup.eta * setup.gamma
-    dphi = _derivative(fn)
+    dphi = derivative(fn)
     m = setup.m
 
     def step(carry, t):
@@ -215,13 +139,6 @@ def _path(u: Array, r: Array, hc: Array, zc: Array | None, wd: Array, setup: _Se
     init = (zeros, zeros, jnp.zeros((n,), wd.dtype), jnp.zeros((), wd.dtype))
     (pbuf, gbuf, _, _), acc = jax.lax.scan(step, init, jnp.arange(steps + 1))
     return pbuf, gbuf, acc
-
-
-def _sqrt_psd(c: Array) -> Array:
-    """The principal square root of a symmetric positive semi-definite matrix (negative round-off clipped):
-    continuous in ``c``, so fixed noise gives fields that change smoothly with the kernels."""
-    lam, v = jnp.linalg.eigh((c + c.T) / 2)
-    return (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T
 
 
 class _State(NamedTuple):
@@ -263,16 +180,16 @@ def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx
     c = s2 * setup.eta * setup.gamma
     wd2 = wd.reshape(steps + 1, n)
     if first:
-        u_all = xi_u[:, :n] @ _sqrt_psd(s2 * kx)
+        u_all = xi_u[:, :n] @ sqrt_psd(s2 * kx)
         hc = kx
     else:
-        u_all = xi_u @ _sqrt_psd(s2 * state.phi[i - 1])
+        u_all = xi_u @ sqrt_psd(s2 * state.phi[i - 1])
         hc = (c * state.phi[i - 1] * wd[None, :] * strict + s2 * state.a[i - 1]).reshape(steps + 1, n, m)
     if last:
         r_all = math.sqrt(s2) * xi_r[:, 0]
         zc = None
     else:
-        r_all = xi_r @ _sqrt_psd(s2 * state.g[i])
+        r_all = xi_r @ sqrt_psd(s2 * state.g[i])
         zc = (c * state.g[i] * wd[None, :] * strict + s2 * state.b[i]).reshape(steps + 1, n, m)
     path = partial(_path, hc=hc, zc=zc, wd=wd2, setup=setup, first=first, last=last)
     want_a = measure is None and not last
@@ -436,74 +353,33 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
       :class:`DMFTSolution` (numpy arrays, float64 when ``jax_enable_x64`` is on, else float32).
     """
     net = _check_net(net)
-    x_all, y, n_train = _check_data(x_train, y_train, x_test)
-    gamma = _positive("gamma", gamma)
-    eta = _positive("learning_rate", learning_rate)
-    steps = _positive("steps", steps, integer=True, allow_zero=True)
-    if kernels not in KERNEL_MODES:
-        raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    identity = net.activation.name == "identity"
-    if method == "auto":
-        method = "exact" if identity else "monte_carlo"
-    if method == "exact" and not identity:
-        raise ValueError(f"method='exact' is the linear network's recursion: the activation must be 'identity', "
-                         f"got {net.activation.name!r}; use method='monte_carlo'")
-    exact = method == "exact"
+    x_all, y, n_train = check_data(x_train, y_train, x_test)
+    gamma = positive("gamma", gamma)
+    eta = positive("learning_rate", learning_rate)
+    steps = positive("steps", steps, integer=True, allow_zero=True)
+    opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
+                         samples=samples, replicas=replicas, damping=damping, tol=tol,
+                         max_iterations=max_iterations, chunk=chunk, kernels=kernels)
     dtype = x_all.dtype
-    f64 = dtype == jnp.float64
-    if tol is None:
-        tol = (1e-10 if f64 else 1e-5) if exact else (1e-8 if f64 else 1e-4)
-    tol = _positive("tol", tol)
-    damping = _positive("damping", damping)
-    if damping > 1:
-        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
-    max_iterations = _positive("max_iterations", max_iterations, integer=True)
-    n = x_all.shape[0]
+    n, depth = x_all.shape[0], net.depth
     m = (steps + 1) * n
-    if exact:
-        replicas, samples = 1, 1
-    else:
-        samples = _positive("samples", samples, integer=True)
-        replicas = _positive("replicas", replicas, integer=True)
-        if replicas < 2:
-            raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
-        if key is None:
-            raise ValueError("method='monte_carlo' needs a JAX key: solve(..., key=jax.random.key(0))")
-    if chunk is None:
-        chunk = min(samples, 64)
-    chunk = _positive("chunk", chunk, integer=True)
-    if samples % chunk:
-        raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
-    depth = net.depth
     setup = _Setup(depth, steps, n, float(net.w_std) ** 2, eta, gamma, net.activation.fn)
     kx = x_all @ x_all.T / x_all.shape[1]
-    y_all = jnp.concatenate([y, jnp.zeros((n - n_train,), dtype)])
-    y_all = jnp.tile(y_all, steps + 1)
-    w = jnp.tile(jnp.concatenate([jnp.full((n_train,), 1.0 / n_train, dtype), jnp.zeros((n - n_train,), dtype)]),
-                 steps + 1)
-    if exact:
-        xi_u = jnp.zeros((1, depth, 1, 1), dtype)
-        xi_r = xi_u
+    y_all, w = training_weights(n_train, n, steps, y)
+    if opt.exact:
+        xi_u = xi_r = jnp.zeros((1, depth, 1, 1), dtype)
     else:
         ku, kr = jax.random.split(key)
-        # (layer 1's covariance is the input kernel at every pair of times: its u^1 comes out constant in time)
-        xi_u = jax.random.normal(ku, (replicas, depth, samples, m), dtype)
-        xi_r = jax.random.normal(kr, (replicas, depth, samples, m), dtype)
-    phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi_u, xi_r, jnp.asarray(damping, dtype),
-                                         jnp.asarray(tol, dtype), exact=exact, max_iterations=max_iterations,
-                                         chunk=chunk, measure=kernels)
-    it, change = int(jnp.max(it)), float(jnp.max(change))
-    if not change <= tol:
-        raise DMFTConvergenceError(
-            f"the DMFT fixed point did not converge: relative change {change:.2e} > tol {tol:.1e} after "
-            f"{it} iterations; raise max_iterations, lower damping (e.g. 0.5), or use a smaller gamma * "
-            f"learning_rate * steps")
-    return _solution(net, kx, y, n_train, setup, phis, gs, f, it, change, method, samples, replicas, dtype)
+        xi_u = jax.random.normal(ku, (opt.replicas, depth, opt.samples, m), dtype)
+        xi_r = jax.random.normal(kr, (opt.replicas, depth, opt.samples, m), dtype)
+    phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi_u, xi_r, jnp.asarray(opt.damping, dtype),
+                                         jnp.asarray(opt.tol, dtype), exact=opt.exact,
+                                         max_iterations=opt.max_iterations, chunk=opt.chunk, measure=opt.kernels)
+    it, change = check_converged(it, change, opt.tol)
+    return _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype)
 
 
-def _solution(net, kx, y, n_train, setup, phis, gs, f, it, change, method, samples, replicas, dtype):
+def _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype) -> DMFTSolution:
     steps, n, depth, s2 = setup.steps, setup.n, setup.depth, setup.sigma2
     r = phis.shape[0]
     tt = jnp.arange(steps + 1)
@@ -520,15 +396,9 @@ def _solution(net, kx, y, n_train, setup, phis, gs, f, it, change, method, sampl
     ntk = s2 * ntk
     loss = 0.5 * jnp.mean((f[:, :, :n_train] - y) ** 2, axis=2)
 
-    def stats(a):
-        a = np.asarray(a)
-        mean = a.mean(axis=0)
-        se = a.std(axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.zeros_like(mean)
-        return mean, se
-
-    (ft, ft_se), (lo, lo_se), (ph, ph_se), (gg, gg_se), (nk, nk_se) = map(stats, (f, loss, phis, gs, ntk))
+    (ft, ft_se), (lo, lo_se), (ph, ph_se), (gg, gg_se), (nk, nk_se) = map(replica_stats, (f, loss, phis, gs, ntk))
     return DMFTSolution(
         f_train=ft[:, :n_train], f_test=ft[:, n_train:], loss=lo, phi=ph, g=gg, ntk=nk,
         f_train_stderr=ft_se[:, :n_train], f_test_stderr=ft_se[:, n_train:], loss_stderr=lo_se, phi_stderr=ph_se,
-        g_stderr=gg_se, ntk_stderr=nk_se, iterations=it, change=change, method=method, samples=samples,
-        replicas=replicas, gamma=setup.gamma, learning_rate=setup.eta, dtype=str(np.dtype(dtype)))
+        g_stderr=gg_se, ntk_stderr=nk_se, iterations=it, change=change, method=opt.method, samples=opt.samples,
+        replicas=opt.replicas, gamma=setup.gamma, learning_rate=setup.eta, dtype=str(jnp.dtype(dtype)))

@@ -1,0 +1,17 @@
+"""Feature learning at infinite width: dynamical mean-field theory (DMFT) of mean-field / muP networks.
+
+Bordelon & Pehlevan 2022 ("Self-Consistent Dynamical Field Theory of Kernel Evolution in Wide Neural Networks"):
+
+    sol = theory.dmft.solve(theory.MLP(2, "tanh"), x_train, y_train, x_test, gamma=1.0, learning_rate=0.5,
+                            steps=20, key=jax.random.key(0))
+    sol.loss, sol.f_test, sol.phi, sol.g, sol.ntk     # with sol.*_stderr
+
+:func:`solve` (:mod:`theory.dmft.mlp`): MLPs with 1-4 hidden layers, any activation, full-batch gradient descent on
+MSE; the feature kernels ``Phi^l(t, s)``, gradient kernels ``G^l(t, s)``, the NTK and the outputs over time, with
+standard errors. Derivation, solvers, accuracy and cost: docs/dmft.md.
+"""
+
+from theory.dmft.common import KERNEL_MODES, METHODS, DMFTConvergenceError, DMFTSolution
+from theory.dmft.mlp import MAX_DEPTH, solve
+
+__all__ = ["KERNEL_MODES", "MAX_DEPTH", "METHODS", "DMFTConvergenceError", "DMFTSolution", "solve"]

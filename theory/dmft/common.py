@@ -1,0 +1,197 @@
+"""Shared pieces of the DMFT solvers (:mod:`theory.dmft`): the solution type, argument checks, noise and
+standard errors. Derivations: docs/dmft.md."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.inputs import validate_inputs
+
+Array = jax.Array
+
+METHODS = ("auto", "monte_carlo", "exact")
+KERNEL_MODES = ("two_time", "equal_time")
+
+
+@dataclass(frozen=True)
+class DMFTSolution:
+    """The infinite-width trajectory of :func:`theory.dmft.solve`; row ``t`` is after ``t`` gradient steps
+    (row 0: init).
+
+    With ``T = steps``, ``P`` training and ``Q`` test inputs, ``N = P + Q`` (training inputs first), ``L`` layers:
+
+    - ``f_train`` ``(T + 1, P)``, ``f_test`` ``(T + 1, Q)``: the network's outputs; ``loss`` ``(T + 1,)``:
+      ``1/P sum_mu 1/2 (f_mu - y_mu)^2``.
+    - ``phi`` ``(L, T + 1, T + 1, N, N)``: the feature kernels ``Phi^l_{mu nu}(t, s)`` of hidden layers 1..L
+      (``(L, T + 1, N, N)``, ``Phi^l(t, t)``, with ``kernels="equal_time"``); ``g`` the same for the gradient
+      kernels ``G^l``; ``ntk`` ``(T + 1, N, N)``: the NTK at each step.
+    - ``*_stderr``: the standard error of each (the spread of ``replicas`` independent Monte-Carlo solves over
+      ``sqrt(replicas)``; zeros for ``method="exact"``).
+    - ``iterations``: fixed-point iterations used (the largest over replicas); ``change``: the last relative change
+      (below ``tol``); ``method``, ``samples`` (per replica), ``replicas``, ``dtype`` (the float type used).
+    """
+
+    f_train: np.ndarray
+    f_test: np.ndarray
+    loss: np.ndarray
+    phi: np.ndarray
+    g: np.ndarray
+    ntk: np.ndarray
+    f_train_stderr: np.ndarray
+    f_test_stderr: np.ndarray
+    loss_stderr: np.ndarray
+    phi_stderr: np.ndarray
+    g_stderr: np.ndarray
+    ntk_stderr: np.ndarray
+    iterations: int
+    change: float
+    method: str
+    samples: int
+    replicas: int
+    gamma: float
+    learning_rate: float
+    dtype: str
+
+    @property
+    def n_train(self) -> int:
+        return self.f_train.shape[1]
+
+
+class DMFTConvergenceError(ValueError):
+    """The fixed-point iteration did not reach ``tol`` within ``max_iterations`` (the message says how far it got
+    and what to change)."""
+
+
+# -- checks ----------------------------------------------------------------------------------------------------
+def positive(name: str, value: object, *, integer: bool = False, allow_zero: bool = False) -> float | int:
+    kind = numbers.Integral if integer else numbers.Real
+    ok = not isinstance(value, bool) and isinstance(value, kind)
+    if ok:
+        v = int(value) if integer else float(value)
+        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
+    if not ok:
+        what = "integer" if integer else "finite number"
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} {what}, got {value!r}")
+    return v
+
+
+def check_data(x_train: object, y_train: object, x_test: object | None) -> tuple[Array, Array, int]:
+    x, xt = validate_inputs(x_train, x_test, network="dmft")
+    y = jnp.asarray(y_train, dtype=x.dtype)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y_train must hold one scalar target per training input, shape ({x.shape[0]},) or "
+                         f"({x.shape[0]}, 1); got {tuple(jnp.shape(y_train))}")
+    if not bool(jnp.all(jnp.isfinite(y))):
+        raise ValueError("y_train must be finite")
+    n_train = x.shape[0]
+    x_all = x if xt is None else jnp.concatenate([x, xt], axis=0)
+    return x_all, y, n_train
+
+
+def derivative(fn):
+    """``phi'`` elementwise (forward mode, so it composes with the solvers' forward-mode responses)."""
+    def dphi(x: Array) -> Array:
+        return jax.jvp(fn, (x,), (jnp.ones_like(x),))[1]
+    return dphi
+
+
+def sqrt_psd(c: Array) -> Array:
+    """The principal square root of a symmetric positive semi-definite matrix (negative round-off clipped):
+    continuous in ``c``, so fixed noise gives fields that change smoothly with the kernels."""
+    lam, v = jnp.linalg.eigh((c + c.T) / 2)
+    return (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T
+
+
+def replica_stats(a: object) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over axis 0 (the replicas) and its standard error (zeros for one replica)."""
+    a = np.asarray(a)
+    r = a.shape[0]
+    mean = a.mean(axis=0)
+    se = a.std(axis=0, ddof=1) / math.sqrt(r) if r > 1 else np.zeros_like(mean)
+    return mean, se
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """The checked solver arguments of :func:`theory.dmft.solve` (see there)."""
+
+    method: str
+    samples: int
+    replicas: int
+    damping: float
+    tol: float
+    max_iterations: int
+    chunk: int
+    kernels: str
+
+    @property
+    def exact(self) -> bool:
+        return self.method == "exact"
+
+
+def solver_options(*, identity: bool, dtype: object, key: object, method: str, samples: object, replicas: object,
+                   damping: object, tol: object, max_iterations: object, chunk: object, kernels: str) -> SolverOptions:
+    """Check the solver arguments and fill the defaults (``method="auto"``: exact for the identity activation;
+    ``tol``: 1e-10 exact / 1e-8 Monte Carlo in float64, 1e-5 / 1e-4 in float32)."""
+    if kernels not in KERNEL_MODES:
+        raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "auto":
+        method = "exact" if identity else "monte_carlo"
+    if method == "exact" and not identity:
+        raise ValueError("method='exact' is the linear network's recursion: the activation must be 'identity'; "
+                         "use method='monte_carlo'")
+    f64 = jnp.dtype(dtype) == jnp.float64
+    if tol is None:
+        tol = (1e-10 if f64 else 1e-5) if method == "exact" else (1e-8 if f64 else 1e-4)
+    tol = positive("tol", tol)
+    damping = positive("damping", damping)
+    if damping > 1:
+        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+    max_iterations = positive("max_iterations", max_iterations, integer=True)
+    if method == "exact":
+        samples, replicas = 1, 1
+    else:
+        samples = positive("samples", samples, integer=True)
+        replicas = positive("replicas", replicas, integer=True)
+        if replicas < 2:
+            raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
+        if key is None:
+            raise ValueError("method='monte_carlo' needs a JAX key: solve(..., key=jax.random.key(0))")
+    if chunk is None:
+        chunk = min(samples, 64)
+    chunk = positive("chunk", chunk, integer=True)
+    if samples % chunk:
+        raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
+    return SolverOptions(method, samples, replicas, damping, tol, max_iterations, chunk, kernels)
+
+
+def check_converged(iterations: object, change: object, tol: float) -> tuple[int, float]:
+    """The largest iteration count and change over the replicas; raise :class:`DMFTConvergenceError` above
+    ``tol``."""
+    it, ch = int(jnp.max(iterations)), float(jnp.max(change))
+    if not ch <= tol:
+        raise DMFTConvergenceError(
+            f"the DMFT fixed point did not converge: relative change {ch:.2e} > tol {tol:.1e} after {it} "
+            f"iterations; raise max_iterations, lower damping (e.g. 0.5), or use a smaller gamma * learning_rate * "
+            f"steps")
+    return it, ch
+
+
+def training_weights(n_train: int, n: int, steps: int, y: Array) -> tuple[Array, Array]:
+    """``(y_all, w)`` ``(M,)``, time-major: the targets (0 on test inputs) and ``w = 1/P`` on training inputs, 0 on
+    test inputs (they move with the training gradients and contribute none)."""
+    dtype = y.dtype
+    y_all = jnp.tile(jnp.concatenate([y, jnp.zeros((n - n_train,), dtype)]), steps + 1)
+    w = jnp.tile(jnp.concatenate([jnp.full((n_train,), 1.0 / n_train, dtype), jnp.zeros((n - n_train,), dtype)]),
+                 steps + 1)
+    return y_all, w
