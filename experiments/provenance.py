@@ -186,4 +186,42 @@ def loaded_code_version(module: str) -> str:
     return code_version(module)
 
 
-__all__ = ["LIBRARIES", "PACKAGES", "code_version", "library_versions", "loaded_code_version", "reachable_modules"]
+@functools.cache
+def _source_at_import(name: str) -> bytes | None:
+    """The source of loaded module ``name`` when this process first looked (at this module's import for every module
+    of ours loaded by then, else at the first :func:`changed_since_import` that reaches it)."""
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not file or not str(file).endswith(".py"):
+        return None
+    try:
+        return Path(file).read_bytes()
+    except OSError:
+        return None
+
+
+def changed_since_import(*modules: ModuleType | str) -> list[str]:
+    """Names of the modules ``modules`` reach (as :func:`code_version` follows them) that this process has imported
+    and whose source on disk has changed since.
+
+    Such a process computes with the old code while :func:`code_version` reads the new: its results would be stored
+    under a key they do not belong to. A Jupyter session open while the checkout is edited is the usual case.
+    """
+    changed = []
+    for name, (_, source) in _reachable(modules).items():
+        if name in sys.modules and source is not None:
+            before = _source_at_import(name)
+            if before is not None and before != source:
+                changed.append(name)
+    return changed
+
+
+def _remember_loaded_sources() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in PACKAGES:
+            _source_at_import(name)
+
+
+_remember_loaded_sources()
+
+__all__ = ["LIBRARIES", "PACKAGES", "changed_since_import", "code_version", "library_versions",
+           "loaded_code_version", "reachable_modules"]

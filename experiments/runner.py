@@ -287,6 +287,14 @@ def run(
             records[key.digest] = rec
     missing = [k for k in keys if k.digest not in records]
     cached = len(keys) - len(missing)
+    if missing and executor is None and jobs is None and scheduler is None:
+        changed = provenance.changed_since_import(experiment.module)
+        if changed:
+            raise RuntimeError(
+                f"{', '.join(changed)} changed on disk after this process imported them: {experiment.name!r} would "
+                "be computed by the old code in memory but stored under the new code's version. Restart the Python "
+                "process (or the notebook kernel) and run again, or run with --jobs / a Dask scheduler, whose "
+                "workers import the code afresh")
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     counts = {"computed": 0, "others": 0}

@@ -37,6 +37,17 @@ def test_code_version_follows_the_module_source(tmp_path, monkeypatch):
         provenance.code_version()
 
 
+def test_a_module_edited_after_its_import_is_reported(tmp_path, monkeypatch):
+    mod_file = tmp_path / "toy_edited_module.py"
+    mod_file.write_text("def compute(p):\n    return {'y': 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("toy_edited_module")
+    assert provenance.changed_since_import("toy_edited_module") == []
+    mod_file.write_text("def compute(p):\n    return {'y': 2}\n")
+    assert provenance.changed_since_import("toy_edited_module") == ["toy_edited_module"]
+    assert provenance.changed_since_import("experiments.store") == []  # theory/ and experiments/ as imported
+
+
 def test_reachable_modules_of_a_figure():
     mods = provenance.reachable_modules("experiments.figures.width_convergence")
     assert {"theory", "theory.kernels", "theory.hermite", "theory.layers.base", "experiments.monte_carlo",
@@ -111,7 +122,7 @@ def edit_function(path: Path, name: str) -> None:
     path.write_text("".join(lines))
 
 
-def test_editing_a_theory_function_an_experiment_calls_recomputes(copied_packages, tmp_path):
+def test_editing_a_theory_function_an_experiment_calls_recomputes(copied_packages, tmp_path, monkeypatch):
     kernels_py = copied_packages["theory"] / "kernels.py"
     assert "kernels" in [n.name for n in ast.parse(kernels_py.read_text()).body if isinstance(n, ast.FunctionDef)]
     first = experiments.run(KERNEL_EXP, results_dir=tmp_path / "res", plot=False, quiet=True)
@@ -123,6 +134,11 @@ def test_editing_a_theory_function_an_experiment_calls_recomputes(copied_package
     assert (same.attrs["computed"], same.attrs["cached"]) == (0, 2)
 
     edit_function(kernels_py, "kernels")  # the function kernel_compute calls
+    # This process still runs the old kernels(): it refuses to store its results under the new code version ...
+    with pytest.raises(RuntimeError, match=r"theory\.kernels changed on disk after this process imported"):
+        experiments.run(KERNEL_EXP, results_dir=tmp_path / "res", plot=False, quiet=True)
+    # ... while a fresh process (which imports the edited file: emulated) recomputes every point.
+    monkeypatch.setattr(provenance, "changed_since_import", lambda *modules: [])
     again = experiments.run(KERNEL_EXP, results_dir=tmp_path / "res", plot=False, quiet=True)
     assert (again.attrs["computed"], again.attrs["cached"]) == (2, 0)
     assert set(again.code_version) != set(first.code_version)

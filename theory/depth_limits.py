@@ -64,12 +64,15 @@ def _solve_block(xr, x2, parts, coeffs, with_ntk, readout, times, rtol, atol, ma
     k = recursion.input_kernel(xr, x2, False, with_ntk)
     watch = recursion.new_watch(xr.shape[0], xr.dtype)
     k, _, _ = recursion.apply_plan(stem, c_stem, k, watch)
-    k = k.replace(g12=None)  # the ODE adds kernels linearly; the correlation gap of a sum is not additive
+    # The ODE adds kernels linearly; the correlation gap of a sum is not additive. The identical-pair mask is no
+    # state of the ODE: the branch reads it from the closure (its derivative then keeps those pairs equal).
+    same = k.same
+    k = k.replace(g12=None, same=None)
 
     def rhs(s):
         # d/dt of the blocks: the branch's kernel map with branch_scale^2 in place of scale^2, no skip.
-        out, _, _ = recursion.apply_plan(block.branch, c_branch, s, watch)
-        return jax.tree.map(lambda a: gain * a, out)
+        out, _, _ = recursion.apply_plan(block.branch, c_branch, s.replace(same=same), watch)
+        return jax.tree.map(lambda a: gain * a, out.replace(same=None))
 
     outputs, steps, reached, t_prev = [], jnp.int32(0), jnp.bool_(True), 0.0
     for t in times:
@@ -79,7 +82,7 @@ def _solve_block(xr, x2, parts, coeffs, with_ntk, readout, times, rtol, atol, ma
         t_prev = t
         outputs.append(k)
     if readout:
-        outputs = [recursion.apply_plan(head, c_head, s, watch)[0] for s in outputs]
+        outputs = [recursion.apply_plan(head, c_head, s.replace(same=same), watch)[0] for s in outputs]
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *outputs)
     return (stacked.q12, stacked.t12, jnp.max(stacked.q11)), steps, reached
 
