@@ -8,10 +8,12 @@ Bordelon & Pehlevan 2022 ("Self-Consistent Dynamical Field Theory of Kernel Evol
 
 :func:`solve` (:mod:`theory.dmft.mlp`): MLPs with 1-4 hidden layers, any activation, full-batch gradient descent on
 MSE; the feature kernels ``Phi^l(t, s)``, gradient kernels ``G^l(t, s)``, the NTK and the outputs over time, with
-standard errors. Derivation, solvers, accuracy and cost: docs/dmft.md.
+standard errors. :func:`solve_resnet` (:mod:`theory.dmft.resnet`): the same for ResNets with depth-scaled branches
+(Depth-muP; Bordelon et al. 2023), a few blocks and steps. Derivation, solvers, accuracy and cost: docs/dmft.md.
 """
 
 from theory.dmft.common import KERNEL_MODES, METHODS, DMFTConvergenceError, DMFTSolution
 from theory.dmft.mlp import MAX_DEPTH, solve
+from theory.dmft.resnet import solve_resnet
 
-__all__ = ["KERNEL_MODES", "MAX_DEPTH", "METHODS", "DMFTConvergenceError", "DMFTSolution", "solve"]
+__all__ = ["KERNEL_MODES", "MAX_DEPTH", "METHODS", "DMFTConvergenceError", "DMFTSolution", "solve", "solve_resnet"]

@@ -43,7 +43,6 @@ Derivation, the solver's accuracy and cost: docs/dmft.md.
 
 from __future__ import annotations
 
-import math
 import numbers
 from dataclasses import dataclass
 from functools import partial
@@ -86,8 +85,13 @@ def _check_net(net: object) -> MLP:
 
 
 # -- the single-site process -------------------------------------------------------------------------------------
+@partial(jax.tree_util.register_dataclass, data_fields=["sigma2", "eta", "gamma"],
+         meta_fields=["depth", "steps", "n", "fn"])
 @dataclass(frozen=True)
 class _Setup:
+    """Sizes and activation (static: one compilation per shape) and the numbers (traced: a sweep over ``gamma``,
+    ``learning_rate`` or ``w_std`` reuses the compiled solver)."""
+
     depth: int
     steps: int
     n: int
@@ -186,7 +190,7 @@ def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx
         u_all = xi_u @ sqrt_psd(s2 * state.phi[i - 1])
         hc = (c * state.phi[i - 1] * wd[None, :] * strict + s2 * state.a[i - 1]).reshape(steps + 1, n, m)
     if last:
-        r_all = math.sqrt(s2) * xi_r[:, 0]
+        r_all = jnp.sqrt(s2) * xi_r[:, 0]
         zc = None
     else:
         r_all = xi_r @ sqrt_psd(s2 * state.g[i])
@@ -262,7 +266,7 @@ def _exact_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array,
 
 
 def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r: Array, *, exact: bool,
-             damping: Array, tol: Array, max_iterations: int, chunk: int, measure: str):
+             damping: Array, tol: Array, max_iterations: Array, chunk: int, measure: str):
     """Damped Gauss-Seidel fixed-point iteration of one replica, then the kernels of every layer from the fixed
     point; returns ``(phis, gs, f, iterations, change)``."""
     depth, m = setup.depth, setup.m
@@ -317,7 +321,7 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
     return jnp.stack([o["phi"] for o in outs]), jnp.stack([o["g"] for o in outs]), state.f, it, change
 
 
-@partial(jax.jit, static_argnames=("setup", "exact", "max_iterations", "chunk", "measure"))
+@partial(jax.jit, static_argnames=("exact", "chunk", "measure"))
 def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, max_iterations, chunk, measure):
     def replica(xu, xr):
         return _iterate(setup, kx, y_all, w, xu, xr, exact=exact, damping=damping, tol=tol,
@@ -374,7 +378,8 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
         xi_r = jax.random.normal(kr, (opt.replicas, depth, opt.samples, m), dtype)
     phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi_u, xi_r, jnp.asarray(opt.damping, dtype),
                                          jnp.asarray(opt.tol, dtype), exact=opt.exact,
-                                         max_iterations=opt.max_iterations, chunk=opt.chunk, measure=opt.kernels)
+                                         max_iterations=jnp.asarray(opt.max_iterations),
+                                         chunk=opt.chunk, measure=opt.kernels)
     it, change = check_converged(it, change, opt.tol)
     return _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype)
 
