@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory.inputs import validate_inputs
-from theory.layers import Program, Residual, Shape, WeightLayer, Weights, analyse, weight_layers
+from theory.layers import Program, Residual, SelfAttention, Shape, WeightLayer, Weights, analyse, weight_layers
 from theory.layers.program import expected_spatial_dims
 from theory.parameterizations import weight_groups
 
@@ -192,9 +192,15 @@ def _sized_layers(layers: Sequence[Any]) -> bool:
                getattr(layer, "needs_spatial_size", False) for layer in layers)
 
 
+def _attends(layers: Sequence[Any]) -> bool:
+    """Whether a SelfAttention (which needs positions) is in the program, residual branches included."""
+    return any(_attends(layer.branch) if isinstance(layer, Residual) else isinstance(layer, SelfAttention)
+               for layer in layers)
+
+
 def _needs_spatial_size(net: Program) -> bool:
-    flatten = bool(expected_spatial_dims(net.layers)) and any(type(layer).__name__ == "Flatten"
-                                                              for layer in net.layers)
+    spatial = bool(expected_spatial_dims(net.layers)) or _attends(net.layers)
+    flatten = spatial and any(type(layer).__name__ == "Flatten" for layer in net.layers)
     return flatten or _sized_layers(net.layers)
 
 
@@ -204,7 +210,8 @@ def _symbolic_dims(net: Program) -> int:
     nd = expected_spatial_dims(net.layers)
     if nd is not None:
         return nd
-    return 1 if any(type(layer).__name__ == "GlobalAvgPool" for layer in net.layers) else 0
+    pooled = any(type(layer).__name__ == "GlobalAvgPool" for layer in net.layers)
+    return 1 if pooled or _attends(net.layers) else 0
 
 
 def _plan_shape(net: Program, shape: Shape) -> Shape:

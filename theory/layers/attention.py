@@ -63,8 +63,8 @@ POSITIONAL = (None, "sum", "concat")
 class AttentionWeights(NamedTuple):
     """A :class:`SelfAttention` layer's trained parameters: ``key`` ``(heads, C_k, d_k)``, ``query`` (the same
     shape; ``None`` with linear scaling: tied to ``key``), ``value`` ``(heads, C_v, d_v)``, ``out``
-    ``(heads * d_v, C_out)``, ``b`` ``(C_out,)`` (``None`` without a bias), ``pos`` ``(*spatial, C_pe)``
-    (``None`` without positional embeddings)."""
+    ``(d_v * heads, C_out)`` (rows: value channel major, head minor, as neural-tangents), ``b`` ``(C_out,)``
+    (``None`` without a bias), ``pos`` ``(*spatial, C_pe)`` (``None`` without positional embeddings)."""
 
     key: Array
     query: Array | None
@@ -348,7 +348,8 @@ class SelfAttention(Layer):
         logits = (self.qk_std / norm) * jnp.einsum("hbpd,hbqd->hbpq", queries, keys)
         weights = _mechanism(self.attention)(logits)
         values = jnp.einsum("bpc,hcd->hbpd", x_v, params.value)
-        heads = jnp.einsum("hbpq,hbqd->bphd", weights, values).reshape(batch, x.shape[1], -1)
+        # heads concatenated channel-major, head-minor (neural-tangents' order, so its parameters apply as they are)
+        heads = jnp.einsum("hbpq,hbqd->bpdh", weights, values).reshape(batch, x.shape[1], -1)
         d_v = params.value.shape[-1]
         out = (self.ov_std / math.sqrt(d_v * self.n_heads * x_v.shape[-1])) * (heads @ params.out)
         if params.b is not None:
