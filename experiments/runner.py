@@ -43,6 +43,7 @@ from experiments.store import (
     RecordKey,
     Store,
     canonical_json,
+    ensure_writable_folder,
     records_to_frame,
     to_jsonable,
 )
@@ -201,16 +202,6 @@ def _figures_dir(figures_dir: str | os.PathLike[str] | None, quick: bool) -> Pat
     return default_figures_dir() / QUICK_SUBDIR if quick else default_figures_dir()
 
 
-def _ensure_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".probe.{os.getpid()}.tmp"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise type(err)(f"figures folder {folder} cannot be written: {err}") from err
-
-
 def run(
     name: str | Experiment,
     quick: bool = False,
@@ -279,7 +270,7 @@ def run(
     store.clean_temp_files(experiment.name)
     outdir = _figures_dir(figures_dir, quick)
     if plot:
-        _ensure_writable(outdir)  # before the sweep, not after hours of it
+        ensure_writable_folder(outdir, "figures")  # before the sweep, not after hours of it
     records: dict[str, dict] = {}
     for key in keys:
         rec = store.get(key)

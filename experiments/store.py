@@ -197,6 +197,21 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def ensure_writable_folder(folder: Path, what: str) -> Path:
+    """Create ``folder`` and check that a file can be written there (a probe file, written and removed).
+
+    Raises ``OSError`` (``NotADirectoryError``, ``PermissionError``, ...) naming the ``what`` folder and why.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise type(err)(f"{what} folder {folder} is not writable: {err}") from err
+    return folder
+
+
 class Store:
     """Records on disk under ``root`` (see the module docstring for layout, keys and atomicity)."""
 
@@ -219,17 +234,9 @@ class Store:
 
         Raises ``OSError`` (``NotADirectoryError``, ``PermissionError``, ...) saying which folder and why.
         """
-        folder = self._dir(experiment) if experiment is not None else self.root
-        try:
-            if self.root.exists() and not self.root.is_dir():
-                raise NotADirectoryError(f"results folder {self.root} exists and is not a folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".probe.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise type(err)(f"results folder {folder} is not writable: {err}") from err
-        return folder
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"results folder {self.root} is not writable: it exists and is not a folder")
+        return ensure_writable_folder(self._dir(experiment) if experiment is not None else self.root, "results")
 
     # -- single records ------------------------------------------------------------------------
     def has(self, key: RecordKey) -> bool:

@@ -176,7 +176,7 @@ def test_an_unwritable_figures_folder_exits_1_before_computing(toy, capsys, monk
     monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(toy / "log.jsonl"))
     (toy / "blocker").write_text("")
     assert main(["run", "toy", "--quick", "--results", "res", "--figures", "blocker"]) == 1
-    assert "figures folder blocker cannot be written" in capsys.readouterr().err
+    assert "figures folder blocker is not writable" in capsys.readouterr().err
     assert not (toy / "log.jsonl").exists()  # no point was computed
 
 

@@ -251,7 +251,7 @@ def test_an_unwritable_figures_folder_is_refused_before_computing(tmp_path, monk
     monkeypatch.setenv("DEEPLIMITS_TOY_LOG", str(log))
     blocker = tmp_path / "figs"
     blocker.write_text("")
-    with pytest.raises(OSError, match=r"figures folder .*figs cannot be written"):
+    with pytest.raises(OSError, match=r"figures folder .*figs is not writable"):
         experiments.run("toy", quick=True, results_dir=tmp_path / "res", figures_dir=blocker, quiet=True)
     assert log_entries(log) == [] and Store(tmp_path / "res").records("toy") == []
     experiments.run("toy", quick=True, results_dir=tmp_path / "res", figures_dir=blocker, quiet=True, plot=False)
