@@ -42,6 +42,7 @@ def test_deviations_recover_a_known_bias_and_spread():
     want = math.sqrt(0.02**2 / 6 + 0.003**2) / math.sqrt(5)
     np.testing.assert_allclose(table["bias_se"], want, rtol=1e-12)
     np.testing.assert_allclose(table["noise_floor"], math.sqrt(0.02**2 / 6 + 0.003**2), rtol=1e-12)
+    np.testing.assert_allclose(table["spread_se"], 0.02 / math.sqrt(10), rtol=1e-12)
 
 
 @pytest.mark.slow

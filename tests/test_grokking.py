@@ -192,7 +192,7 @@ def _by_hand(task, params, width, gamma, eta, steps, ones):
     return np.array(losses)
 
 
-@pytest.mark.parametrize("readout", ["trained", "ones"])
+@pytest.mark.parametrize("readout", ["trained", pytest.param("ones", marks=pytest.mark.slow)])
 def test_mean_field_network_against_an_independent_implementation(readout):
     task = fl.polynomial_task(5, 9, 4, seed=0)
     arch = theory.MLP(1, g.quadratic_activation(0.1), w_std=1.0)

@@ -58,9 +58,9 @@ class Config:
     steps: int = 12
     learning_rate: float = 1.0
     widths: tuple[int, ...] = (128, 512, 2048)
-    seeds: int = 8
-    samples: int = 1024
-    replicas: int = 8
+    seeds: int = 16
+    samples: int = 4096
+    replicas: int = 16
 
     def __post_init__(self) -> None:
         for name in ("dimension", "n_train", "n_test", "depth", "steps", "seeds", "samples", "replicas"):
@@ -130,8 +130,9 @@ def compute(point: Point) -> dict:
 
 def deviations(df: pd.DataFrame, value: str = "train_loss") -> pd.DataFrame:
     """Per ``(gamma, width)``: ``bias = RMS_t |mean_seeds value_n(t) - value_DMFT(t)|`` over the steps ``t >= 1``
-    (with its SE from the seeds and the DMFT's SE added in quadrature), and ``spread = RMS_t std_seeds value_n(t)``
-    (one network's fluctuation)."""
+    (with its SE from the seeds and the DMFT's SE added in quadrature; ``noise_floor`` is ``RMS_t`` of that per-step
+    SE: a bias below it is not resolved), and ``spread = RMS_t std_seeds value_n(t)`` (one network's fluctuation,
+    with the SE of a sample standard deviation)."""
     rows = []
     for gamma, part in df.groupby("gamma", sort=True):
         ref = part[part["kind"] == "dmft"].iloc[0]
@@ -147,7 +148,9 @@ def deviations(df: pd.DataFrame, value: str = "train_loss") -> pd.DataFrame:
             bias_se = float(np.sqrt(np.sum((gap * se_t) ** 2)) / (gap.size * bias)) if bias > 0 else math.nan
             rows.append({"gamma": gamma, "width": int(width), "bias": bias, "bias_se": bias_se,
                          "noise_floor": float(np.sqrt(np.mean(se_t**2))),
-                         "spread": float(np.sqrt(np.mean(std**2))), "seeds": k})
+                         "spread": float(np.sqrt(np.mean(std**2))),
+                         # a sample standard deviation of k Gaussian values is off by ~ 1 / sqrt(2 (k - 1))
+                         "spread_se": float(np.sqrt(np.mean(std**2)) / math.sqrt(2 * (k - 1))), "seeds": k})
     return pd.DataFrame(rows)
 
 
@@ -182,22 +185,28 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
         fit = None
         if len(part) >= 3:
             fit = fit_power_law(part["width"], part["bias"], part["bias_se"], absolute_sigma=False)
-            spread = fit_power_law(part["width"], part["spread"], None)
+            spread = fit_power_law(part["width"], part["spread"], part["spread_se"], absolute_sigma=True)
             print(f"dmft-feature-learning: gamma {gamma:g}: mean deviation ~ n^({fit.exponent:.2f} ± "
                   f"{fit.exponent_stderr:.2f}), one network ~ n^({spread.exponent:.2f} ± "
                   f"{spread.exponent_stderr:.2f})", file=sys.stderr)
         style.errorbar_loglog(ax_c, part["width"], part["bias"], part["bias_se"], index=i, fit=fit or False,
                               label=rf"mean deviation, $\gamma = {gamma:g}$")
-        ax_c.plot(part["width"], part["spread"], color=style.color(i), marker=style.marker(i), linestyle=":",
-                  markerfacecolor="none", linewidth=1.0, label=rf"one network, $\gamma = {gamma:g}$")
+        ax_c.errorbar(part["width"], part["spread"], yerr=part["spread_se"], color=style.color(i),
+                      marker=style.marker(i), linestyle=":", markerfacecolor="none", linewidth=1.0,
+                      label=rf"one network, $\gamma = {gamma:g}$")
+        ax_c.plot(part["width"], part["noise_floor"], color=style.color(i), linestyle="-", linewidth=0.6, alpha=0.6)
     if len(table):
         w = table["width"].to_numpy(float)
         first = table[table["width"] == w.min()]
         style.guide_line(ax_c, w, -1.0, (w.min(), float(first["bias"].max())), label=r"$n^{-1}$")
         style.guide_line(ax_c, w, -0.5, (w.min(), float(first["spread"].max())), label=r"$n^{-1/2}$")
     ax_c.set_xscale("log", base=2)
+    if len(table):   # a bias at the noise floor has an error bar down to ~0: keep the axis on the measured range
+        ax_c.set_ylim(bottom=0.3 * float(np.min(table[["bias", "spread", "noise_floor"]].to_numpy()[
+            table[["bias", "spread", "noise_floor"]].to_numpy() > 0])))
+    ax_c.plot([], [], color="0.3", linewidth=0.6, label="noise floor of the mean deviation")
     ax_c.set(xlabel="width $n$", ylabel=r"RMS$_t$ over the steps", title="(c) distance to the DMFT loss")
-    ax_c.legend(fontsize=6)
+    ax_c.legend(fontsize=5.5, ncol=2)
     return style.save(fig, outdir, STEM)
 
 

@@ -195,12 +195,11 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
         first = finite.sort_values("alpha").iloc[0]
         style.guide_line(ax_c, finite["alpha"], 1.0, (first["alpha"], first["grokking_time"]),
                          label=r"$\propto \alpha$")
-    alphas = sorted(set(table["alpha"]))
-    ax_c.set_xscale("log")
-    ax_c.set_xticks(alphas, [f"{a:g}" for a in alphas])
-    ax_c.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_c.set(xscale="log", yscale="log", xlabel=r"output scale $\alpha = 1/\gamma$ (lazier $\to$)",
              ylabel=r"time $\eta t$", title="(c) grokking time against richness")
+    alphas = sorted(set(table["alpha"]))
+    ax_c.set_xticks(alphas, [f"{a:g}" for a in alphas])
+    ax_c.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax_c.legend(fontsize=6.5)
     return style.save(fig, outdir, STEM)
 
