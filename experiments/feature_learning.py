@@ -74,7 +74,7 @@ class Trajectory:
     ``test_loss`` ``(R,)``; with ``kernels=True`` the tangent kernel ``ntk`` ``(R, P, P)`` on the training inputs (per
     unit ``eta``: the kernel of ``df/dt = -eta Theta (f - y) / P``) and the last hidden layer's feature kernel
     ``features`` ``(R, P, P)`` (``w_std^2 / n phi(h) . phi(h')``), else ``None``. ``diverged``: a loss became
-    non-finite (the records after it are NaN)."""
+    non-finite (the records after it are NaN). ``dtype``: the float type the network was trained in."""
 
     steps: np.ndarray
     time: np.ndarray
@@ -83,6 +83,7 @@ class Trajectory:
     ntk: np.ndarray | None
     features: np.ndarray | None
     diverged: bool
+    dtype: str
 
 
 def _check_steps(record_steps: Any) -> np.ndarray:
@@ -144,7 +145,8 @@ def train(arch: Program, task: Task, *, width: int, gamma: float, learning_rate:
     ntk = np.asarray(out[2]) if kernels else None
     features = np.asarray(out[3]) if kernels else None
     diverged = not (np.all(np.isfinite(train_loss)) and np.all(np.isfinite(test_loss)))
-    return Trajectory(steps, eta * steps.astype(float), train_loss, test_loss, ntk, features, diverged)
+    return Trajectory(steps, eta * steps.astype(float), train_loss, test_loss, ntk, features, diverged,
+                      str(np.dtype(dtype)))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))

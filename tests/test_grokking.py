@@ -205,6 +205,7 @@ def test_mean_field_network_against_an_independent_implementation(readout):
     np.testing.assert_allclose(run.train_loss, want, rtol=1e-10)
     assert run.train_loss[-1] < 0.9 * run.train_loss[0] and not run.diverged
     np.testing.assert_array_equal(run.time, eta * np.arange(steps + 1))
+    assert run.dtype == "float64"
 
 
 @pytest.mark.slow

@@ -16,6 +16,9 @@ Pure functions on arrays that the ``grokking`` and ``dmft-feature-learning`` exp
 * :func:`kernel_alignment`: the centred kernel-target alignment ``<H K H, H y y^T H> / (|H K H|_F |H y|^2)``
   (Cortes, Mohri & Rostamizadeh 2012), ``H = I - 1 1^T / P``.
 
+``lazy_losses`` computes in the kernels' dtype (float64 with ``jax_enable_x64``); the curve functions are host-side
+NumPy float64 functions of recorded arrays (not traceable under ``jax.jit``).
+
 Derivations and the experiment's setting: docs/figures/grokking.md.
 """
 
