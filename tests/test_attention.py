@@ -273,37 +273,38 @@ def test_bad_input_is_refused_with_a_clear_message():
 
 
 # -- Monte Carlo ---------------------------------------------------------------------------------------------------
-MONTE_CARLO = {
-    "transformer-softmax": (theory.Transformer(2, n_heads=2, qk_std=1.5, w_std=1.4, b_std=0.1), SEQUENCES[:4]),
+MONTE_CARLO = {  # name: (program, inputs, networks)
+    "transformer-softmax": (theory.Transformer(2, n_heads=2, qk_std=1.5, w_std=1.4, b_std=0.1), SEQUENCES[:4], 128),
     "attention-pos-concat": (theory.serial(nn.Dense(1.2), nn.SelfAttention(2, qk_std=2.0, b_std=0.2,
                                                                            positional="concat"),
                                            nn.Elementwise("relu"), nn.Dense(), nn.GlobalAvgPool(), nn.Dense()),
-                             SEQUENCES[:4]),
-    "identity-sqrt": (theory.serial(nn.Dense(), nn.SelfAttention(4, qk_std=0.8, linear_scaling=False,
+                             SEQUENCES[:4], 128),
+    # identity attention at 1/sqrt(d_k): random logits, so each network's kernel fluctuates by O(n_heads^-1/2)
+    "identity-sqrt": (theory.serial(nn.Dense(), nn.SelfAttention(16, qk_std=0.8, linear_scaling=False,
                                                                  attention="identity"),
-                                    nn.GlobalAvgPool(), nn.Dense()), SEQUENCES[:4]),
+                                    nn.GlobalAvgPool(), nn.Dense()), SEQUENCES[:4], 128),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MONTE_CARLO))
 def test_finite_networks_agree_with_the_infinite_width_kernels(name):
-    """Mean NNGP (from the readout kernel) and NTK of 128 networks of width 256 against theory.kernels.
+    """Mean NNGP (from the readout kernel) and NTK of width-256 networks against theory.kernels.
 
-    Tolerance: 4 standard errors of the mean plus the finite-width bias, ``c |k|max / n`` with ``c = 2`` per
-    recorded layer as tests/test_cnn_finite.py, and ``n`` the smallest channel count, a head's ``width / n_heads``
-    key channels (the attention logits fluctuate by O(n^-1/2) around their limit, which moves the mean by
-    O(1 / n)). See docs/attention.md for the measured biases.
+    Tolerance: 4 standard errors of the mean plus the finite-width bias ``c |k|max / width``, ``c = 2`` per recorded
+    layer as tests/test_cnn_finite.py. Attention adds an O(1 / d_k) bias (its logits fluctuate by O(d_k^-1/2)
+    around their limit); measured with 256-512 networks at widths 32-128 (heads of 16-64 channels) the largest bias
+    is ~2.6 |k|max / width (docs/attention.md), within ``c`` for these programs of 4 and 6 recorded layers, while
+    a wrong map (a missing value/output term of the NTK, a wrong softmax argument) is off by tens of percent.
     """
-    net, x = MONTE_CARLO[name]
-    width, n_samples = 256, 128
+    net, x, n_samples = MONTE_CARLO[name]
+    width = 256
     est = monte_carlo.estimate_kernels(net, x, width=width, n_samples=n_samples, key=jax.random.key(11), n_out=2,
                                        nngp_from="readout_kernel", memory_budget=1)
     limit = theory.kernels(net, x)
-    heads = max(layer.n_heads for layer in nn.weight_layers(net.layers) if isinstance(layer, nn.SelfAttention))
     c = 2 * net.n_recorded
     for kernel in ("nngp", "ntk"):
         e, k = getattr(est, kernel), np.asarray(getattr(limit, kernel))
-        allowance = c * np.abs(k).max() * heads / width
+        allowance = c * np.abs(k).max() / width
         assert np.all(np.abs(e.mean - k) <= 4 * e.stderr + allowance), (kernel, e.mean, k, e.stderr, allowance)
-        assert np.all(e.stderr <= 0.03 * np.abs(k).max()), (kernel, e.stderr)
+        assert np.all(e.stderr <= 0.05 * np.abs(k).max()), (kernel, e.stderr)
