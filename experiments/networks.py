@@ -228,7 +228,7 @@ def _input_shape(net: Program, features: object) -> Shape:
         if _needs_spatial_size(net):
             raise ValueError("the network has a Flatten after spatial layers (the Dense after it has "
                              "prod(spatial) * channels inputs) or positional embeddings (one per position): pass "
-                             "features=(length, channels) or (height, width, channels) (the per-example input "
+                             "features=(height, width, channels) or (length, channels) (the per-example input "
                              "shape) instead of the channel count")
         return Shape((_SYMBOLIC,) * _symbolic_dims(net), channels, False)
     try:
