@@ -106,8 +106,10 @@ def derivative(fn):
 def sqrt_psd(c: Array) -> Array:
     """The principal square root of a symmetric positive semi-definite matrix (negative round-off clipped):
     continuous in ``c``, so fixed noise gives fields that change smoothly with the kernels."""
+    finite = jnp.all(jnp.isfinite(c))
+    c = jnp.where(finite, c, 0.0)  # LAPACK's eigh can hang on NaN: a diverged iterate becomes NaN afterwards
     lam, v = jnp.linalg.eigh((c + c.T) / 2)
-    return (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T
+    return jnp.where(finite, (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T, jnp.nan)
 
 
 def replica_stats(a: object) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +142,9 @@ class SolverOptions:
 def solver_options(*, identity: bool, dtype: object, key: object, method: str, samples: object, replicas: object,
                    damping: object, tol: object, max_iterations: object, chunk: object, kernels: str) -> SolverOptions:
     """Check the solver arguments and fill the defaults (``method="auto"``: exact for the identity activation;
-    ``tol``: 1e-10 exact / 1e-8 Monte Carlo in float64, 1e-5 / 1e-4 in float32)."""
+    ``tol``: 1e-10 exact (1e-5 in float32); Monte Carlo ``0.1 / sqrt(samples)``, a tenth of one replica's relative
+    noise: with fixed noise the map is only piecewise smooth for activations with kinks (relu: a sample whose
+    pre-activation crosses 0 flips ``phi'``), and the iteration stalls at changes ``~1/samples``)."""
     if kernels not in KERNEL_MODES:
         raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
     if method not in METHODS:
@@ -151,9 +155,7 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
         raise ValueError("method='exact' is the linear network's recursion: the activation must be 'identity'; "
                          "use method='monte_carlo'")
     f64 = jnp.dtype(dtype) == jnp.float64
-    if tol is None:
-        tol = (1e-10 if f64 else 1e-5) if method == "exact" else (1e-8 if f64 else 1e-4)
-    tol = positive("tol", tol)
+    tol_given = tol
     damping = positive("damping", damping)
     if damping > 1:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
@@ -167,6 +169,10 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
             raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
         if key is None:
             raise ValueError("method='monte_carlo' needs a JAX key: solve(..., key=jax.random.key(0))")
+    tol = tol_given
+    if tol is None:  # exact: round-off; Monte Carlo: a tenth of one replica's relative noise, 1/sqrt(samples)
+        tol = (1e-10 if f64 else 1e-5) if method == "exact" else max(0.1 / math.sqrt(samples), 0 if f64 else 1e-4)
+    tol = positive("tol", tol)
     if chunk is None:
         chunk = min(samples, 64)
     chunk = positive("chunk", chunk, integer=True)

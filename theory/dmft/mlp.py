@@ -347,8 +347,8 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
         ``"exact"``.
       samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
       damping: fraction of the new iterate kept (1: plain fixed point); tol: largest relative change of the
-        kernels and outputs at convergence (default 1e-10 exact, 1e-8 Monte Carlo, for float64; 1e-5 / 1e-4 in
-        float32); max_iterations: raise :class:`DMFTConvergenceError` beyond it.
+        kernels and outputs at convergence (default 1e-10 exact, ``0.1 / sqrt(samples)`` Monte Carlo: below the
+        Monte-Carlo noise); max_iterations: raise :class:`DMFTConvergenceError` beyond it.
       kernels: ``"two_time"`` (``phi``, ``g`` are ``(L, T + 1, T + 1, N, N)``) or ``"equal_time"``
         (``(L, T + 1, N, N)``: ``Phi^l(t, t)``; memory ``O(T N^2)`` instead of ``O(T^2 N^2)``).
       chunk: samples per vectorised batch (memory ``chunk * M^2`` for the responses; default ``min(samples, 64)``).
