@@ -138,6 +138,12 @@ def _draw(data, structure, resolved=False):
 
 
 structures = pytest.mark.parametrize("structure", STRUCTURES, ids=[_id(s) for s in STRUCTURES])
+# The activations evaluated by Hermite series (tanh, softplus) compile a program per series length, and each drawn
+# network meets other lengths: their per-layer, blocking and NNGP-only cases cost 15-20 s each (a fifth of this
+# file) and run in the slow stage; their other properties stay in the default suite.
+SERIES_ACTIVATIONS = ("tanh", "softplus")
+structures_series_slow = pytest.mark.parametrize("structure", [
+    pytest.param(s, id=_id(s), marks=pytest.mark.slow if s[0] in SERIES_ACTIVATIONS else ()) for s in STRUCTURES])
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ def test_swapping_arguments_transposes(structure, data):
 # per_layer, blocking, and get="nngp" change nothing
 
 
-@structures
+@structures_series_slow
 @SETTINGS
 @given(data=st.data())
 def test_per_layer_last_layer_is_the_output(structure, data):
@@ -223,7 +229,7 @@ def test_per_layer_last_layer_is_the_output(structure, data):
         _close(stacked[-1], getattr(k, name), _diag_scale(stacked[-1]), 1e-12, name)
 
 
-@structures
+@structures_series_slow
 @SETTINGS
 @given(data=st.data())
 def test_blocking_does_not_change_results(structure, data):
@@ -250,7 +256,7 @@ def test_blocking_does_not_change_results(structure, data):
                                            err_msg=f"{name} per_layer={per_layer}")
 
 
-@structures
+@structures_series_slow
 @SETTINGS
 @given(data=st.data())
 def test_nngp_only(structure, data):
