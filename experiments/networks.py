@@ -481,6 +481,46 @@ def apply(
     return trace.out, [a[i] for a in trace.recorded for i in range(a.shape[0])]
 
 
+class Block(NamedTuple):
+    """One top-level layer with parameters (a residual block, a Dense / Conv, a SelfAttention) of a finite network:
+    its ``name`` (``net.recorded_names()``), the ``layer`` (as laid out for the inputs), its ``params`` (a
+    ``Weights``, or per branch layer for a ``Residual``; a run's stacked parameters unstacked) and its ``inputs``
+    (the network's activations entering it, ``(batch, ..., channels)``)."""
+
+    name: str
+    layer: Any
+    params: Any
+    inputs: Array
+
+
+def apply_block(layer: Any, params: Any, h: Array) -> Array:
+    """The finite output of one top-level layer on its input ``h``: ``h + scale * branch(h)`` for a residual block,
+    ``layer.apply(params, h)`` otherwise (``params`` as in :class:`Block`). Differentiable in ``params``."""
+    return _apply_unit((layer,), (params,), None, h, False)[0]
+
+
+def blocks(net: Program, params: NetworkParams, x: Array) -> list[Block]:
+    """The network's top-level layers with parameters, in program order, each with its parameters and its input
+    on ``x`` (the recorded layers of :func:`apply`; ``apply_block`` chained over them, with the parameter-free
+    layers between, gives the network's output). Evaluated layer by layer, without ``scan``: for diagnostics."""
+    x = _check_x(net, x)
+    layout = _layout_for(net, params, x)
+    found: list[tuple[Any, Any, Array]] = []
+    h = x
+    for s, reps in enumerate(layout.repeats):
+        unit, count = reps[0], params.counts[s]
+        for r in range(count):
+            p = params.segments[s] if count == 1 else jax.tree.map(lambda a, r=r: a[r], params.segments[s])
+            for layer, lp in zip(unit, p, strict=True):
+                if isinstance(layer, Residual) or layer.weight_layer:
+                    found.append((layer, lp, h))
+                h = apply_block(layer, lp, h)
+    names = net.recorded_names()
+    if len(names) != len(found):
+        names = tuple(f"layer {i + 1}" for i in range(len(found)))
+    return [Block(name, *item) for name, item in zip(names, found, strict=True)]
+
+
 def forward(net: Program, params: NetworkParams, x: Array) -> tuple[Array, list[Array]]:
     """Outputs and the recorded layers' outputs stacked per segment (``(count, batch, ...)`` arrays): what
     ``apply(..., per_layer=True)`` returns without splitting runs (for deep networks under ``jit``)."""

@@ -125,7 +125,10 @@ class TrainConfig:
     ``steps``, ``batch_size`` (``None``: full batch), ``loss`` ("mse" or "cross_entropy"), ``frozen`` groups (any of
     "input", "hidden", "output", "bias"), ``probe_size`` (the first examples, on which layers are measured),
     ``explode_at`` (an RMS or loss above it is a divergence) and ``require_stable`` (refuse a parameterization
-    TP IV classifies as unstable, naming the failing condition)."""
+    TP IV classifies as unstable, naming the failing condition). ``adam_eps`` is Adam's epsilon (optax's default)
+    and ``weight_decay`` the decoupled weight decay ``lambda`` (every step ``w <- w - eta_w lambda_w w``, AdamW's
+    form, for both optimizers); a depth rule multiplies both per parameter (``theory.parameterizations.
+    depth_scales``: ``eps L^-alpha``, ``lambda`` times the inverse of the learning-rate factor)."""
 
     optimizer: str = "sgd"
     learning_rate: float = 0.1
@@ -136,6 +139,8 @@ class TrainConfig:
     probe_size: int = 64
     explode_at: float = 1e8
     require_stable: bool = False
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         pz._check_optimizer(self.optimizer)
@@ -155,6 +160,11 @@ class TrainConfig:
         check_positive_int("probe_size", self.probe_size)
         if not (isinstance(self.explode_at, numbers.Real) and self.explode_at > 0):
             raise ValueError(f"explode_at must be a positive number, got {self.explode_at!r}")
+        for name in ("adam_eps", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value)
+                                                                                     and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +223,54 @@ def learning_rates(net: Program, params: Any, frozen: tuple[str, ...] = ()) -> A
     return networks.weight_tree(net, params, factors)
 
 
+def depth_factors(net: Program, params: Any, rule: pz.DepthParameterization | None, optimizer: str
+                  ) -> tuple[Any, Any]:
+    """Per-parameter factors on Adam's epsilon and on the weight decay from a depth rule (all 1 without one),
+    shaped like ``params``: ``theory.parameterizations.depth_scales`` of ``net`` (weights and biases of a layer
+    share its factors)."""
+    if rule is None:
+        ones = networks.weight_tree(net, params, lambda layer, group: (1.0, 1.0))
+        return ones, ones
+    scales = pz.depth_scales(net, rule, optimizer)
+    trees = []
+    for field in ("eps", "weight_decay"):
+        visit = iter(scales)  # weight_tree visits the weight layers in program order, as depth_scales lists them
+
+        def fn(layer: Any, group: str, visit: Any = visit, field: str = field) -> tuple[float, float]:
+            value = getattr(next(visit), field)
+            return value, value
+
+        trees.append(networks.weight_tree(net, params, fn))
+    return trees[0], trees[1]
+
+
+def scale_by_adam_eps(eps: Any, b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+    """``optax.scale_by_adam`` (bias-corrected moments, update ``m / (sqrt(v) + eps)``) with a per-parameter
+    ``eps`` tree."""
+    def init(params: Any) -> Any:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return (jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        count, mu, nu = state
+        count = count + 1
+        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, nu, updates)
+        c1, c2 = 1 - b1 ** count, 1 - b2 ** count
+        out = jax.tree.map(lambda m, v, e: (m / c1) / (jnp.sqrt(v / c2) + e), mu, nu, eps)
+        return out, (count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _decay(decay: Any) -> optax.GradientTransformation:
+    """Add ``decay * w`` to every update (before the learning rate: the step is ``-eta_w (u + lambda_w w)``)."""
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return jax.tree.map(lambda u, d, w: u + d * w, updates, decay, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _scale_updates(factors: Any) -> optax.GradientTransformation:
     """Multiply every update by its parameter's learning-rate factor (``optax.adam(eta)`` then ``* lr`` is
     ``optax.adam(eta * lr)``; likewise for SGD)."""
@@ -261,7 +319,8 @@ def train(arch: Program, parameterization: str | pz.AbcParameterization | None, 
     # The learning rate is traced, not static: a learning-rate sweep compiles once per network shape.
     eta = jnp.asarray(config.learning_rate, dtype)
     static = dataclasses.replace(config, learning_rate=1.0)
-    loss, rms, delta, alive, final = _run(net, static, params, x, y, jax.random.fold_in(key, 1), eta)
+    loss, rms, delta, alive, final = _run(net, static, params, x, y, jax.random.fold_in(key, 1), eta,
+                                          depth_parameterization)
     loss, rms, delta, alive = (np.asarray(a) for a in (loss, rms, delta, alive))
     names = net.recorded_names()
     diverged_step = diverged_layer = None
@@ -275,11 +334,21 @@ def train(arch: Program, parameterization: str | pz.AbcParameterization | None, 
                        jax.tree.map(np.asarray, params), jax.tree.map(np.asarray, final), net)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))  # one compilation per network shape and training config
-def _run(net: Program, config: TrainConfig, params: Any, x: Array, y: Array, batch_key: Array, eta: Array):
+@functools.partial(jax.jit, static_argnums=(0, 1, 7))  # one compilation per network shape and training config
+def _run(net: Program, config: TrainConfig, params: Any, x: Array, y: Array, batch_key: Array, eta: Array,
+         rule: pz.DepthParameterization | None = None):
     probe_x, probe_y = x[: config.probe_size], y[: config.probe_size]
-    make = optax.sgd if config.optimizer == "sgd" else optax.adam
-    opt = optax.chain(make(eta), _scale_updates(learning_rates(net, params, config.frozen)))
+    lr = learning_rates(net, params, config.frozen)
+    if rule is None and config.weight_decay == 0 and config.adam_eps == 1e-8:
+        make = optax.sgd if config.optimizer == "sgd" else optax.adam
+        opt = optax.chain(make(eta), _scale_updates(lr))
+    else:
+        eps, decay = depth_factors(net, params, rule, config.optimizer)
+        parts = [] if config.optimizer == "sgd" else [scale_by_adam_eps(jax.tree.map(lambda e: config.adam_eps * e,
+                                                                                  eps))]
+        if config.weight_decay:
+            parts.append(_decay(jax.tree.map(lambda d: config.weight_decay * d, decay)))
+        opt = optax.chain(*parts, optax.scale(-eta), _scale_updates(lr))
     loss_of = _loss_fn(config.loss)
 
     def objective(p: Any, xb: Array, yb: Array) -> Array:

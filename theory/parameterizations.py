@@ -20,6 +20,25 @@ Depth (TP VI, arXiv 2310.02244; Bordelon et al. 2023, arXiv 2309.16620): one-lay
 ``depth_exponent = alpha``) whose weights move by ``Theta(L^{-gamma})``: block learning rate ``eta L^{-gamma}``
 (Adam), ``eta L^{alpha - gamma}`` (SGD). Depth-muP is ``alpha = gamma = 1/2``. Exponents are compared to ``1e-9``.
 
+The depth family ``alpha in [1/2, 1]``, ``gamma = 1 - alpha`` (:func:`depth_family`; Dey et al. 2025, "Don't be
+lazy: CompleteP enables compute-efficient deep transformers", arXiv 2505.01618, Table 1, and its reference code,
+EleutherAI nanoGPT-mup ``completep``; Bordelon et al. 2023/2024 for SGD), with ``L`` the number of *layers*
+(:func:`residual_depth`: a transformer layer's attention and MLP branches share one ``L``), for every parameter
+inside a residual branch (weights, biases, and LayerNorm gains/biases where a LayerNorm has them):
+
+    branch multiplier  L^-alpha                        (TP VI, Bordelon et al., CompleteP)
+    Adam learning rate eta L^(alpha - 1)               (CompleteP Table 1; = TP VI's eta L^-gamma)
+    SGD learning rate  eta L^(2 alpha - 1)             (the gradient carries L^-alpha; Bordelon et al. 2023, TP VI)
+    Adam epsilon       eps L^-alpha                    (CompleteP: eps follows the gradient's size, L^-alpha)
+    weight decay       lambda / (learning-rate factor) (CompleteP: eta * lambda, the decoupled decay per step, fixed)
+
+``complete_p()`` is ``alpha = 1``, ``depth_mup()`` ``alpha = 1/2``. Where the papers disagree: TP VI proves, for
+one-layer blocks, that ``alpha = 1/2`` is the unique depth limit with maximal feature diversity and calls
+``alpha + gamma = 1, alpha > 1/2`` "redundant" (``classify_depth(1, 0).phase``); CompleteP (and Bordelon et al.
+2024 for multi-head transformers) argue that with two or more layers per block ``alpha = 1/2`` makes every block
+lazy (its change is its linearisation as ``L -> inf``) and only ``alpha = 1`` keeps "complete" feature learning.
+Both are implemented; the classification stays TP VI's.
+
 Derivation and notes: docs/abc_parameterizations.md (the members' table, the abc-symmetry, the depth phase diagram).
 """
 
@@ -355,6 +374,38 @@ class DepthParameterization:
         """See :func:`classify_depth`."""
         return classify_depth(self.alpha, self.gamma)
 
+    def branch_multiplier(self, depth: int, branch_scale: float = 1.0) -> float:
+        """``branch_scale * L^-alpha``, the factor in front of every residual branch at ``depth`` layers."""
+        return float(branch_scale) * float(_check_depth(depth)) ** -self.alpha
+
+    def eps_scale(self, depth: int) -> float:
+        """Factor on Adam's epsilon for parameters inside the blocks: ``L^-alpha``, the depth scaling of their
+        gradients (CompleteP, Table 1), so that epsilon neither dominates the update nor vanishes against it."""
+        return float(_check_depth(depth)) ** -self.alpha
+
+    def weight_decay_scale(self, depth: int, optimizer: str) -> float:
+        """Factor on the decoupled weight decay ``lambda`` (step ``w <- w - eta_l lambda_l w``) inside the blocks:
+        ``1 / lr_scale``, so that ``eta_l lambda_l`` is depth-independent (CompleteP, Table 1)."""
+        return 1.0 / self.lr_scale(depth, optimizer)
+
+    def scales(self, depth: int, optimizer: str) -> DepthScales:
+        """All the factors for a parameter inside a residual branch, at ``depth`` layers."""
+        depth = _check_depth(depth)
+        return DepthScales(self.branch_multiplier(depth), self.lr_scale(depth, optimizer), self.eps_scale(depth),
+                           self.weight_decay_scale(depth, optimizer))
+
+
+@dataclass(frozen=True)
+class DepthScales:
+    """A depth rule's factors for one parameter: ``branch`` (the multiplier of the residual branch it sits in;
+    1 outside), ``lr`` (on the base learning rate), ``eps`` (on Adam's epsilon) and ``weight_decay`` (on the
+    decoupled weight decay). All 1 for a parameter outside the residual blocks (embedding / stem, readout)."""
+
+    branch: float = 1.0
+    lr: float = 1.0
+    eps: float = 1.0
+    weight_decay: float = 1.0
+
 
 def classify_depth(alpha: float, gamma: float) -> DepthClassification:
     r"""TP VI's phase of a ResNet with one-layer blocks, multiplier ``L^-alpha`` and block updates ``L^-gamma``.
@@ -406,6 +457,26 @@ def depth_mup() -> DepthParameterization:
     return DepthParameterization(0.5, 0.5, "depth-mup")
 
 
+def depth_family(alpha: float, name: str | None = None) -> DepthParameterization:
+    """The depth rule with branch multiplier ``L^-alpha`` and block updates ``L^-(1 - alpha)`` (``gamma = 1 -
+    alpha``), for ``alpha`` in [1/2, 1]: Adam learning rate ``eta L^(alpha - 1)``, SGD ``eta L^(2 alpha - 1)``,
+    Adam epsilon ``eps L^-alpha``, weight decay ``lambda L^(1 - alpha)`` (Adam) (module docstring; CompleteP
+    Table 1). ``alpha = 1/2``: :func:`depth_mup`; ``alpha = 1``: :func:`complete_p`."""
+    alpha = _check_exponent("alpha", alpha)
+    if not (0.5 - _TOL <= alpha <= 1 + _TOL):
+        raise ValueError(f"alpha must be in [1/2, 1] (alpha < 1/2: the residual stream blows up at init; alpha > 1: "
+                         f"the blocks' contribution vanishes), got {alpha:g}")
+    if name is None:
+        name = "depth-mup" if _eq(alpha, 0.5) else "complete-p" if _eq(alpha, 1.0) else f"depth-alpha-{alpha:g}"
+    return DepthParameterization(alpha, 1.0 - alpha, name)
+
+
+def complete_p() -> DepthParameterization:
+    """CompleteP (Dey et al. 2025, arXiv 2505.01618): ``alpha = 1``, ``gamma = 0``: branch ``a / L``, Adam learning
+    rate ``eta`` (constant in ``L``), SGD ``eta L``, Adam epsilon ``eps / L``, weight decay ``lambda`` (Adam)."""
+    return depth_family(1.0)
+
+
 def check_stable(p: AbcParameterization, depth: int = 2) -> Classification:
     """:func:`classify`, raising ``ValueError`` that names the failing conditions when ``p`` is not stable."""
     verdict = classify(p, depth)
@@ -448,6 +519,38 @@ def _blocks(net: Any) -> tuple[int, set[int]]:
     return count, inside
 
 
+def residual_depth(net: Any) -> int:
+    """``L`` of a depth rule for the program ``net``: its ``depth`` attribute when it has residual blocks and
+    defines one (``theory.ResNet``: its blocks; ``theory.Transformer``: its layers, each of two blocks, attention
+    and MLP, sharing one ``L`` as in CompleteP and the Transformer's own branch multiplier), else the number of
+    top-level ``Residual`` blocks; 0 without residual blocks."""
+    if not isinstance(net, Program):
+        raise ValueError(f"expected a layer program (theory.ResNet, theory.Transformer, theory.serial(...)), got "
+                         f"{net!r}")
+    n_blocks, _ = _blocks(net)
+    depth = getattr(net, "depth", None)
+    if n_blocks and isinstance(depth, numbers.Integral) and not isinstance(depth, bool) and depth >= 1:
+        return int(depth)
+    return n_blocks
+
+
+def depth_scales(net: Any, rule: DepthParameterization, optimizer: str = "adam") -> tuple[DepthScales, ...]:
+    """The depth rule's factors for every Dense / Conv / SelfAttention of ``net`` in program order
+    (``theory.layers.weight_layers``): :meth:`DepthParameterization.scales` at ``L = residual_depth(net)`` for
+    those inside a top-level residual block, ``DepthScales()`` (all 1) for the others. Use them with
+    ``experiments.networks.weight_tree`` for per-parameter learning rates, Adam epsilons and weight decays."""
+    if not isinstance(rule, DepthParameterization):
+        raise ValueError(f"rule must be a DepthParameterization (depth_mup(), complete_p(), depth_family(alpha)), "
+                         f"got {rule!r}")
+    depth = residual_depth(net)
+    if depth == 0:
+        raise ValueError("a depth rule scales the residual blocks, but the program has none: pass a theory.ResNet, "
+                         "theory.Transformer or a program with Residual blocks")
+    _, inside = _blocks(net)
+    ruled = rule.scales(depth, optimizer)
+    return tuple(ruled if i in inside else DepthScales() for i in range(len(weight_layers(net.layers))))
+
+
 def parameterize(net: Any, parameterization: str | AbcParameterization, width: int, *, optimizer: str = "sgd",
                  depth_rule: DepthParameterization | None = None) -> Any:
     """The program ``net`` as trained under an abc-parameterization at ``width`` (and a depth rule).
@@ -457,10 +560,13 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
     ``a + b = 0``, ``1/2``, ``1/2`` give the variance ``w_std^2 / fan_in`` of the architecture), learning rate
     ``eta n^-c``; biases take the input group's exponents (TP V, Table 3). ``depth_rule`` multiplies the
     learning rates of the weights inside the top-level residual blocks by ``L^-gamma`` (Adam) or
-    ``L^(alpha - gamma)`` (SGD), ``L`` the number of blocks; a ``theory.ResNet`` must have ``depth_exponent =
-    alpha`` (the program owns the branch multipliers). ``theory.kernels`` of the result is the NTK of the
-    network as it is trained (its width-``n`` value); ``experiments.networks`` and ``experiments.training`` build
-    and train the same network. Returns a ``theory.Serial`` with the same layer names.
+    ``L^(alpha - gamma)`` (SGD), ``L = residual_depth(net)`` (layers, not blocks, for a transformer); a program
+    with a ``depth_exponent`` (``theory.ResNet``, ``theory.Transformer``) must have ``depth_exponent = alpha``
+    (it owns its branch multipliers), any other program's top-level ``Residual`` scales are multiplied by
+    ``L^-alpha``. Adam's epsilon and weight decay are not part of the program: :func:`depth_scales`.
+    ``theory.kernels`` of the result is the NTK of the network as it is trained (its width-``n`` value);
+    ``experiments.networks`` and ``experiments.training`` build and train the same network.
+    Returns a ``theory.Serial`` with the same layer names.
     """
     if not isinstance(net, Program):
         raise ValueError(f"parameterize needs a layer program (theory.MLP, theory.ResNet, theory.serial(...)), got "
@@ -471,15 +577,18 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
     groups = weight_groups(net)
     n_hidden = groups.count("hidden")
     n_blocks, inside = _blocks(net)
-    depth_lr = 1.0
+    depth_lr = branch = 1.0
     if depth_rule is not None:
         exponent = getattr(net, "depth_exponent", None)
         if n_blocks == 0:
             raise ValueError("a depth rule scales the learning rates of residual blocks, but the program has none: "
                              "pass a theory.ResNet (or a program with Residual blocks), or "
                              "depth_rule=None")
-        depth_lr = block_lr_factor(depth_rule, depth_rule.alpha if exponent is None else exponent, n_blocks,
+        depth = residual_depth(net)
+        depth_lr = block_lr_factor(depth_rule, depth_rule.alpha if exponent is None else exponent, depth,
                                    optimizer)
+        if exponent is None:
+            branch = depth_rule.branch_multiplier(depth)
     n = float(width)
     bias = p.exponents("input", n_hidden)
     counter = iter(range(len(groups)))
@@ -497,11 +606,11 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
                                 lr * n ** -bias.c, "init", int(width), group)
         return dataclasses.replace(layer, scaling=scaling)
 
-    def walk(layers: Any) -> tuple:
+    def walk(layers: Any, top: bool = True) -> tuple:
         out = []
         for layer in layers:
             if isinstance(layer, Residual):
-                out.append(Residual(*walk(layer.branch), scale=layer.scale))
+                out.append(Residual(*walk(layer.branch, False), scale=layer.scale * (branch if top else 1.0)))
             elif layer.weight_layer:
                 out.append(scaled(layer))
             else:
