@@ -303,11 +303,11 @@ def test_resnet_init_and_lazy_limit():
     (exactly); gamma -> 0 is NTK gradient descent; tanh by Monte Carlo: Phi^l(0, 0) within 4 SE of the duals of
     the per-layer NNGPs."""
     net = theory.ResNet(4, "identity", w_std=0.9, stem_w_std=1.2, readout_w_std=0.8)
-    sol = dmft.solve_resnet(net, X, Y, XT, gamma=1e-6, learning_rate=0.3, steps=2)
+    sol = dmft.solve_resnet(net, X, Y, XT, gamma=1e-6, learning_rate=0.3, steps=3)
     k = theory.kernels(net, np.concatenate([X, XT]), per_layer=True)
     np.testing.assert_allclose(sol.phi[:, 0, 0], np.asarray(k.nngp)[:-1], rtol=1e-12)
     np.testing.assert_allclose(sol.ntk[0], np.asarray(k.ntk)[-1], rtol=1e-12)
-    ft, fte, _ = _ntk_outputs(net, 0.3, 2)
+    ft, fte, _ = _ntk_outputs(net, 0.3, 3)
     np.testing.assert_allclose(sol.f_train[-1], ft, atol=1e-10)
     np.testing.assert_allclose(sol.f_test[-1], fte, atol=1e-10)
     tanh = theory.ResNet(3, "tanh", w_std=1.0)
@@ -329,3 +329,18 @@ def test_resnet_depth_limit():
     diffs = [np.max(np.abs(a - b)) for a, b in itertools.pairwise(losses)]
     ratios = np.array(diffs[:-1]) / np.array(diffs[1:])
     assert np.all((ratios > 1.6) & (ratios < 2.4)), (diffs, ratios)  # measured 1.84 (1.66 from L = 2)
+
+
+@pytest.mark.slow
+def test_equal_time_kernels_are_the_two_time_diagonal():
+    """kernels="equal_time" (the memory-light output) gives the two-time kernels' diagonal t = s, to round-off, with
+    the same key (the same fixed noise and iterations), for the Monte-Carlo and the exact solver."""
+    for act, kw in (("erf", dict(key=KEY, samples=64, replicas=2)), ("identity", {})):
+        net = theory.MLP(2, act)
+        two = dmft.solve(net, X, Y, XT, gamma=1.0, learning_rate=0.4, steps=3, **kw)
+        eq = dmft.solve(net, X, Y, XT, gamma=1.0, learning_rate=0.4, steps=3, kernels="equal_time", **kw)
+        tt = np.arange(4)
+        assert eq.phi.shape == (2, 4, 6, 6) and two.phi.shape == (2, 4, 4, 6, 6)
+        np.testing.assert_allclose(eq.phi, two.phi[:, tt, tt], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(eq.g, two.g[:, tt, tt], rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(eq.loss, two.loss, rtol=1e-12)

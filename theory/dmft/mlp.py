@@ -326,7 +326,9 @@ def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, max_iter
     def replica(xu, xr):
         return _iterate(setup, kx, y_all, w, xu, xr, exact=exact, damping=damping, tol=tol,
                         max_iterations=max_iterations, chunk=chunk, measure=measure)
-    return jax.vmap(replica)(xi_u, xi_r)
+    # replicas one after the other: an eigh batched over replicas inside the iteration deadlocked XLA's CPU runtime
+    # (2 cores) at some shapes
+    return jax.lax.map(lambda a: replica(*a), (xi_u, xi_r))
 
 
 def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,

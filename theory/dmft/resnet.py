@@ -156,8 +156,9 @@ def _averages(setup: _Setup, state, wd, strict, kx, xi, chunk: int, exact: bool,
     hc, zc = _couplings(setup, state, wd, strict)
     hc4, zc4 = hc.reshape(depth, steps + 1, n, m), zc.reshape(depth, steps + 1, n, m)
     su0 = sqrt_psd(setup.s2 * kx)
-    sus = jax.vmap(sqrt_psd)(setup.sigma2 * phi)  # u^l ~ sigma^2 Phi^{l-1}
-    srs = jax.vmap(sqrt_psd)(setup.sigma2 * g)  # r^l ~ sigma^2 G^l
+    # one eigh per layer (a batched eigh inside the iteration deadlocked XLA's CPU runtime on 2 cores at some shapes)
+    sus = jnp.stack([sqrt_psd(setup.sigma2 * phi[k]) for k in range(depth)])  # u^l ~ sigma^2 Phi^{l-1}
+    srs = jnp.stack([sqrt_psd(setup.sigma2 * g[k]) for k in range(depth)])  # r^l ~ sigma^2 G^l
     wd2 = wd.reshape(steps + 1, n)
     r_std = jnp.sqrt(setup.r2)
 
@@ -254,7 +255,7 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, 
         final = _averages(setup, state, w * (y_all - state[4]), strict, kx, x, chunk, exact, True)
         return final["phi"], final["g"], state[4], it, ch
 
-    return jax.vmap(replica)(xi)
+    return jax.lax.map(replica, xi)  # replicas in sequence: no batched eigh (see mlp._solve_jit)
 
 
 def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
