@@ -35,14 +35,11 @@ outputs) from ``nt.empirical_ntk_fn(apply_fn, trace_axes=(), vmap_axes=0)``, and
 """
 
 import argparse
-import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
-import zipfile
 import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -54,6 +51,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import neural_tangents as nt  # noqa: E402
 import numpy as np  # noqa: E402
+from make_nt_fixtures import write_atomic  # noqa: E402  (the deterministic .npz writer of the other fixtures)
 from neural_tangents import stax  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning, module=r"neural_tangents(\.|$)")
@@ -65,7 +63,6 @@ LN_EPS = 1e-12
 EMP_N1, EMP_N2, EMP_WIDTH, EMP_N_OUT, EMP_SEED = 3, 2, 6, 2, 20261206
 RTOL, ATOL = 1e-10, 1e-14
 PREFIX = "attn_nt_"
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
 # -- architectures -----------------------------------------------------------------------------------------------
@@ -289,30 +286,6 @@ def compute_empirical():
 
 
 # -- I/O ---------------------------------------------------------------------------------------------------------
-def _write_npz(path, arrays):
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=_ZIP_DATE)
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
-
-
-def write_atomic(directory, filename, arrays):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + filename + ".", dir=directory)
-    try:
-        os.close(fd)
-        _write_npz(tmp, arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.path.join(directory, filename))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def compare(filename, expected, path):
     try:
         with np.load(path, allow_pickle=False) as data:
