@@ -144,6 +144,13 @@ class MLP(_Architecture):
         return (*(f"layer {i + 1}" for i in range(self.depth)), "output")
 
 
+def _branch_multiplier(branch_scale: Any, depth: int, depth_exponent: Any) -> Any:
+    """``branch_scale / depth**depth_exponent``; ``branch_scale`` at depth 0 (no branch to scale)."""
+    if depth == 0:
+        return branch_scale
+    return branch_scale / depth**depth_exponent
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class ResNet(_Architecture):
     """A residual network whose branches are scaled with depth (Hayou & Yang 2023; Depth-muP).
@@ -189,9 +196,7 @@ class ResNet(_Architecture):
     @property
     def branch_multiplier(self) -> Any:
         """``branch_scale / depth**depth_exponent`` (the factor in front of every branch)."""
-        if self.depth == 0:
-            return self.branch_scale
-        return self.branch_scale / self.depth**self.depth_exponent
+        return _branch_multiplier(self.branch_scale, self.depth, self.depth_exponent)
 
     @property
     def stem(self) -> Dense:
@@ -288,9 +293,7 @@ class Transformer(Program):
     @property
     def branch_multiplier(self) -> Any:
         """``branch_scale / depth**depth_exponent`` (the factor in front of every branch)."""
-        if self.depth == 0:
-            return self.branch_scale
-        return self.branch_scale / self.depth**self.depth_exponent
+        return _branch_multiplier(self.branch_scale, self.depth, self.depth_exponent)
 
     @property
     def blocks(self) -> tuple[Residual, Residual]:
