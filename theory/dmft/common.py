@@ -15,7 +15,7 @@ from theory.inputs import validate_inputs
 
 Array = jax.Array
 
-METHODS = ("auto", "monte_carlo", "exact")
+METHODS = ("auto", "monte_carlo", "exact", "particles")
 KERNEL_MODES = ("two_time", "equal_time")
 
 
@@ -140,8 +140,10 @@ class SolverOptions:
 
 
 def solver_options(*, identity: bool, dtype: object, key: object, method: str, samples: object, replicas: object,
-                   damping: object, tol: object, max_iterations: object, chunk: object, kernels: str) -> SolverOptions:
-    """Check the solver arguments and fill the defaults (``method="auto"``: exact for the identity activation;
+                   damping: object, tol: object, max_iterations: object, chunk: object, kernels: str,
+                   particles: bool = False) -> SolverOptions:
+    """Check the solver arguments and fill the defaults (``method="auto"``: exact for the identity activation,
+    ``"particles"`` for other activations where ``particles`` (one hidden layer), else Monte Carlo;
     ``tol``: 1e-10 exact (1e-5 in float32); Monte Carlo ``0.1 / sqrt(samples)``, a tenth of one replica's relative
     noise: with fixed noise the map is only piecewise smooth for activations with kinks (relu: a sample whose
     pre-activation crosses 0 flips ``phi'``), and the iteration stalls at changes ``~1/samples``)."""
@@ -150,7 +152,10 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        method = "exact" if identity else "monte_carlo"
+        method = "exact" if identity else "particles" if particles else "monte_carlo"
+    if method == "particles" and not particles:
+        raise ValueError("method='particles' samples one hidden layer's neurons in weight space: it needs an MLP with "
+                         "one hidden layer (depth 1); use method='monte_carlo'")
     if method == "exact" and not identity:
         raise ValueError("method='exact' is the linear network's recursion: the activation must be 'identity'; "
                          "use method='monte_carlo'")
@@ -168,7 +173,7 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
         if replicas < 2:
             raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
         if key is None:
-            raise ValueError("method='monte_carlo' needs a JAX key: solve(..., key=jax.random.key(0))")
+            raise ValueError(f"method={method!r} needs a JAX key: solve(..., key=jax.random.key(0))")
     tol = tol_given
     if tol is None:  # exact: round-off; Monte Carlo: a tenth of one replica's relative noise, 1/sqrt(samples)
         tol = (1e-10 if f64 else 1e-5) if method == "exact" else max(0.1 / math.sqrt(samples), 0 if f64 else 1e-4)
@@ -176,7 +181,7 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
     if chunk is None:
         chunk = min(samples, 64)
     chunk = positive("chunk", chunk, integer=True)
-    if samples % chunk:
+    if samples % chunk and method != "particles":
         raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
     return SolverOptions(method, samples, replicas, damping, tol, max_iterations, chunk, kernels)
 

@@ -50,8 +50,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from theory.architectures import MLP
+from theory.dmft import particles
 from theory.dmft.common import (
     DMFTSolution,
     check_converged,
@@ -365,8 +367,10 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
     steps = positive("steps", steps, integer=True, allow_zero=True)
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
-                         max_iterations=max_iterations, chunk=chunk, kernels=kernels)
+                         max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1)
     dtype = x_all.dtype
+    if opt.method == "particles":
+        return _solve_particles(net, x_all, y, n_train, gamma, eta, steps, key, opt)
     n, depth = x_all.shape[0], net.depth
     m = (steps + 1) * n
     setup = _Setup(depth, steps, n, float(net.w_std) ** 2, eta, gamma, net.activation.fn)
@@ -384,6 +388,23 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
                                          chunk=opt.chunk, measure=opt.kernels)
     it, change = check_converged(it, change, opt.tol)
     return _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype)
+
+
+def _solve_particles(net, x_all, y, n_train, gamma, eta, steps, key, opt) -> DMFTSolution:
+    """``method="particles"``: one hidden layer, its neurons sampled in weight space (:mod:`theory.dmft.particles`);
+    the same :class:`DMFTSolution` (one pass, no fixed-point iteration: ``iterations=1``, ``change=0``)."""
+    n, dtype = x_all.shape[0], x_all.dtype
+    setup = _Setup(1, steps, n, float(net.w_std) ** 2, eta, gamma, net.activation.fn)
+    recs = particles.simulate(net.activation.fn, float(net.w_std), gamma, eta, x_all, y, n_train,
+                              np.arange(steps + 1), key, opt.samples, opt.replicas, opt.kernels)
+    r, m = opt.replicas, (steps + 1) * n
+    if opt.kernels == "two_time":
+        phis, gs = recs["phi"].reshape(r, 1, m, m), recs["g"].reshape(r, 1, m, m)
+    else:
+        phis, gs = recs["phi"][:, None], recs["g"][:, None]
+    kx = x_all @ x_all.T / x_all.shape[1]
+    return _solution(kx, y, n_train, setup, jnp.asarray(phis), jnp.asarray(gs), jnp.asarray(recs["f"]).reshape(r, m),
+                     1, 0.0, opt, dtype)
 
 
 def _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype) -> DMFTSolution:
@@ -409,3 +430,112 @@ def _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype) -> DMF
         f_train_stderr=ft_se[:, :n_train], f_test_stderr=ft_se[:, n_train:], loss_stderr=lo_se, phi_stderr=ph_se,
         g_stderr=gg_se, ntk_stderr=nk_se, iterations=it, change=change, method=opt.method, samples=opt.samples,
         replicas=opt.replicas, gamma=setup.gamma, learning_rate=setup.eta, dtype=str(jnp.dtype(dtype)))
+
+
+@dataclass(frozen=True)
+class DMFTOutputs:
+    """The infinite-width outputs and losses of :func:`solve_outputs` at the recorded steps ``steps`` ``(R,)``.
+
+    ``f_train`` ``(R, P)``, ``f_test`` ``(R, Q)``: the outputs (mean over replicas); ``loss``, ``test_loss`` ``(R,)``:
+    ``1/P sum 1/2 (f - y)^2`` of those mean outputs (``test_loss`` NaN without ``y_test``); ``*_stderr``: standard
+    errors (outputs: the replicas' spread over ``sqrt(replicas)``; losses: jackknife over the replicas).
+    ``samples`` neurons per replica, ``replicas``, ``method`` (``"particles"``), ``dtype`` (the float type used).
+    """
+
+    steps: np.ndarray
+    f_train: np.ndarray
+    f_test: np.ndarray
+    loss: np.ndarray
+    test_loss: np.ndarray
+    f_train_stderr: np.ndarray
+    f_test_stderr: np.ndarray
+    loss_stderr: np.ndarray
+    test_loss_stderr: np.ndarray
+    samples: int
+    replicas: int
+    gamma: float
+    learning_rate: float
+    method: str
+    dtype: str
+
+    @property
+    def time(self) -> np.ndarray:
+        """``learning_rate * steps``."""
+        return self.learning_rate * self.steps.astype(float)
+
+
+def _jackknife_loss(f: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``f`` ``(replicas, R, K)``: the loss of the replica mean ``(R,)`` and its jackknife standard error."""
+    r = f.shape[0]
+    mean = f.mean(axis=0)
+    loss = 0.5 * np.mean((mean - y) ** 2, axis=-1)
+    loo = 0.5 * np.mean(((r * mean[None] - f) / (r - 1) - y) ** 2, axis=-1)  # (replicas, R)
+    se = np.sqrt((r - 1) / r * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
+    return loss, se
+
+
+def solve_outputs(net: MLP, x_train: object, y_train: object, x_test: object | None = None,
+                  y_test: object | None = None, *, gamma: float, learning_rate: float, steps: int, key: Array,
+                  samples: int = 4096, replicas: int = 8, record_steps: object = None) -> DMFTOutputs:
+    r"""Infinite-width outputs and losses of a one-hidden-layer mean-field / muP MLP over long runs (module
+    docstring of :mod:`theory.dmft.particles`): the single-site law of a neuron ``(w in R^d, a)`` sampled in weight
+    space, ``O(replicas samples steps P d)`` work, outputs on test inputs only at the recorded steps (no kernels:
+    :func:`solve` with ``method="particles"`` gives those).
+
+    Args:
+      net: ``theory.MLP(1, activation, w_std=sigma, b_std=0)``.
+      x_train: ``(P, d)``; y_train: ``(P,)`` or ``(P, 1)``; x_test: ``(Q, d)`` or None; y_test: ``(Q,)`` or None
+        (for ``test_loss``).
+      gamma, learning_rate, steps: as in :func:`solve`.
+      key: JAX key for the sampled neurons.
+      samples: neurons per replica (the ``O(1/samples)`` bias of the self-consistent output is far below the
+        standard error ``O(1/sqrt(samples * replicas))`` when ``samples >> replicas``); replicas: independent
+        solves (>= 2).
+      record_steps: increasing step counts from 0 (default: every step ``0..steps``); the last may not exceed
+        ``steps``.
+
+    Returns:
+      :class:`DMFTOutputs` (numpy; float64 with ``jax_enable_x64``, else float32).
+    """
+    net = _check_net(net)
+    if net.depth != 1:
+        raise ValueError(f"solve_outputs samples one hidden layer's neurons in weight space: it needs theory.MLP(1, "
+                         f"...), got depth {net.depth}; use solve(..., kernels='equal_time') for deeper MLPs")
+    x_all, y, n_train = check_data(x_train, y_train, x_test)
+    gamma = positive("gamma", gamma)
+    eta = positive("learning_rate", learning_rate)
+    steps = positive("steps", steps, integer=True, allow_zero=True)
+    samples = positive("samples", samples, integer=True)
+    replicas = positive("replicas", replicas, integer=True)
+    if replicas < 2:
+        raise ValueError(f"replicas must be at least 2 (their spread is the standard error), got {replicas}")
+    if key is None:
+        raise ValueError("solve_outputs needs a JAX key: solve_outputs(..., key=jax.random.key(0))")
+    rec = np.arange(steps + 1) if record_steps is None else np.asarray(record_steps)
+    if (rec.ndim != 1 or rec.size < 1 or not np.issubdtype(rec.dtype, np.integer) or rec[0] != 0
+            or np.any(np.diff(rec) <= 0) or rec[-1] > steps):
+        raise ValueError(f"record_steps must be strictly increasing integers from 0 to at most steps={steps}, got "
+                         f"{record_steps!r}")
+    q = x_all.shape[0] - n_train
+    yt = None
+    if y_test is not None:
+        if x_test is None:
+            raise ValueError("y_test needs x_test")
+        yt = np.asarray(y_test, dtype=float).reshape(-1)
+        if yt.shape != (q,) or not np.all(np.isfinite(yt)):
+            raise ValueError(f"y_test must hold one finite target per test input, shape ({q},); got "
+                             f"{np.shape(y_test)}")
+    recs = particles.simulate(net.activation.fn, float(net.w_std), gamma, eta, x_all, y, n_train, rec, key, samples,
+                              replicas, None)
+    f = recs["f"]  # (replicas, R, N)
+    (ft, ft_se) = replica_stats(f)
+    loss, loss_se = _jackknife_loss(f[..., :n_train], np.asarray(y))
+    if yt is not None:
+        test_loss, test_se = _jackknife_loss(f[..., n_train:], yt)
+    else:
+        test_loss = test_se = np.full(rec.shape, np.nan)
+    if not np.all(np.isfinite(f)):
+        raise ValueError("the sampled network diverged (non-finite outputs): lower learning_rate")
+    return DMFTOutputs(rec.astype(np.int64), ft[:, :n_train], ft[:, n_train:], loss, test_loss,
+                       ft_se[:, :n_train], ft_se[:, n_train:], loss_se, test_se, samples, replicas, gamma, eta,
+                       "particles", str(np.dtype(f.dtype)))

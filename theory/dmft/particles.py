@@ -1,0 +1,138 @@
+r"""The DMFT of a one-hidden-layer mean-field / muP network by sampling its single-site law in weight space.
+
+With one hidden layer and ``d``-dimensional inputs, the network ``f(x) = sigma / (gamma n) sum_i a_i phi(sigma w_i .
+x / sqrt(d))`` (``theory.dmft.solve``'s conventions) is an average over neurons, and gradient descent at rate
+``eta gamma^2 n`` moves every neuron ``(w_i in R^d, a_i)`` by the same rule, driven by the training residuals
+``Delta = y - f`` only. As ``n -> inf``, ``Delta(t)`` is deterministic and the neurons are independent copies of one
+process (the mean-field limit of two-layer networks; docs/dmft.md, "One hidden layer in weight space"). With
+``a = a_0 + gamma alpha``, ``w = w_0 + gamma v``, ``h = sigma w . x / sqrt(d)``, ``e_mu = Delta_mu / P`` on training
+inputs:
+
+    alpha(t + 1) = alpha(t) + eta sigma sum_mu e_mu(t) phi(h_mu(t))
+    v(t + 1)     = v(t) + eta sigma^2 / sqrt(d) a(t) sum_mu e_mu(t) phi'(h_mu(t)) x_mu
+    f_mu(t)      = sigma E[phi'(h_mu(t)) dh_mu(t)] + sigma E[alpha(t) phi(h_mu(t))],
+
+where ``dh = sigma (dv / da_0) . x / sqrt(d)``: ``sigma / gamma E[a_0 phi(h)] = sigma / gamma E[d phi(h) / d a_0]``
+by Stein's lemma (``a_0 ~ N(0, 1)``), and ``d phi(h) / d a_0 = gamma phi'(h) dh`` is carried along as the tangent
+``(d alpha / d a_0, dv / d a_0)`` of each path, so the ``1 / gamma`` cancels exactly (no ``O(1 / (gamma sqrt S))``
+initial output, no cancellation as ``gamma -> 0``). ``S`` sampled neurons with ``E`` the sample mean and ``Delta``
+computed from it is the self-consistent fixed point of the Monte-Carlo DMFT with fixed noise, reached without
+iteration (time is causal): it is a width-``S`` network with this output estimator. Its error: ``O(1/sqrt(S))``
+fluctuations, measured by ``replicas`` independent solves, and an ``O(1/S)`` bias (``S`` >> ``replicas`` keeps it
+far below the standard error). Cost ``O(replicas S T P d)`` and memory ``O(S (d + N))``, against the kernel-space
+solver's ``O(S M^2)`` per sweep with ``M = (T + 1) N``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from theory.dmft.common import derivative
+
+Array = jax.Array
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["sigma", "eta", "gamma"], meta_fields=["fn", "kernels"])
+@dataclass(frozen=True)
+class _Setup:
+    """Activation and which kernels to record (static), and the numbers (traced: a sweep reuses one compilation).
+    ``kernels``: None, ``"equal_time"`` (``Phi(t, t)``, ``G(t, t)`` per record) or ``"two_time"`` (``Phi(t, s)``,
+    ``G(t, s)`` over all records, from every sample's path: memory ``S M``)."""
+
+    sigma: float
+    eta: float
+    gamma: float
+    fn: object
+    kernels: str | None
+
+
+def _outputs(setup: _Setup, x: Array, w0: Array, alpha: Array, v: Array, dv: Array) -> tuple[Array, Array, Array]:
+    """``(f (N,), h (S, N), phi'(h) (S, N))`` on inputs ``x`` (already divided by ``sqrt(d)``)."""
+    s, g = setup.sigma, setup.gamma
+    h = s * (w0 + g * v) @ x.T
+    dh = s * dv @ x.T
+    p, dp_dh = jax.jvp(setup.fn, (h,), (dh,))  # dp_dh = phi'(h) dh
+    f = s * jnp.mean(dp_dh, axis=0) + s * jnp.mean(alpha[:, None] * p, axis=0)
+    return f, h, p
+
+
+def _step(setup: _Setup, xs: Array, y: Array, w0: Array, a0: Array, state: tuple) -> tuple:
+    """One gradient step of every sampled neuron, with the tangents ``d / d a_0`` (module docstring)."""
+    alpha, v, dalpha, dv = state
+    s, eta, g = setup.sigma, setup.eta, setup.gamma
+    dphi = derivative(setup.fn)
+    h = s * (w0 + g * v) @ xs.T                          # (S, P)
+    hd = s * dv @ xs.T                                   # dh / d a_0 without its factor gamma
+    p, p_dot = jax.jvp(setup.fn, (h,), (hd,))
+    dp, dp_dot = jax.jvp(dphi, (h,), (hd,))              # phi'(h), phi''(h) hd
+    f = s * jnp.mean(p_dot, axis=0) + s * jnp.mean(alpha[:, None] * p, axis=0)
+    e = (y - f) / y.shape[0]                             # (P,)
+    a = a0 + g * alpha
+    da = 1.0 + g * dalpha
+    alpha_new = alpha + eta * s * (p @ e)
+    dalpha_new = dalpha + eta * s * g * (p_dot @ e)
+    v_new = v + eta * s * s * a[:, None] * ((dp * e) @ xs)
+    dv_new = dv + eta * s * s * (da[:, None] * ((dp * e) @ xs) + g * a[:, None] * ((dp_dot * e) @ xs))
+    return alpha_new, v_new, dalpha_new, dv_new
+
+
+def _record(setup: _Setup, xa: Array, w0: Array, a0: Array, state: tuple) -> dict:
+    alpha, v, _, dv = state
+    f, h, p = _outputs(setup, xa, w0, alpha, v, dv)
+    out = {"f": f}
+    if setup.kernels is not None:
+        dphi = derivative(setup.fn)
+        gk = setup.sigma * (a0 + setup.gamma * alpha)[:, None] * dphi(h)   # g = phi'(h) z, z = sigma a
+        if setup.kernels == "equal_time":
+            out["phi"] = p.T @ p / p.shape[0]
+            out["g"] = gk.T @ gk / p.shape[0]
+        else:
+            out["p"], out["gk"] = p, gk
+    return out
+
+
+@partial(jax.jit, static_argnames=("n_train",))
+def _simulate(setup: _Setup, xa: Array, y: Array, w0: Array, a0: Array, lengths: Array, *, n_train: int) -> dict:
+    """One replica: the sampled neurons ``w0`` ``(S, d)``, ``a0`` ``(S,)`` trained for ``sum(lengths)`` steps on the
+    first ``n_train`` rows of ``xa`` ``(N, d) / sqrt(d)``; records at step 0 and after each segment."""
+    xs = xa[:n_train]
+    zeros = (jnp.zeros_like(a0), jnp.zeros_like(w0), jnp.zeros_like(a0), jnp.zeros_like(w0))
+    step = partial(_step, setup, xs, y, w0, a0)
+
+    def segment(state, n):
+        state = jax.lax.fori_loop(0, n, lambda _, st: step(st), state)
+        return state, _record(setup, xa, w0, a0, state)
+
+    _, recs = jax.lax.scan(segment, zeros, lengths)
+    first = _record(setup, xa, w0, a0, zeros)
+    out = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, recs)
+    if setup.kernels == "two_time":  # (records, S, N) -> (S, M), M = records * N time-major
+        s = w0.shape[0]
+        p = out.pop("p").transpose(1, 0, 2).reshape(s, -1)
+        gk = out.pop("gk").transpose(1, 0, 2).reshape(s, -1)
+        out["phi"], out["g"] = p.T @ p / s, gk.T @ gk / s
+    return out
+
+
+def simulate(fn: object, sigma: float, gamma: float, learning_rate: float, x_all: Array, y: Array, n_train: int,
+             record_steps: np.ndarray, key: Array, samples: int, replicas: int, kernels: str | None) -> dict:
+    """Every replica's records (leading axes ``(replicas, records)``): ``f`` ``(N,)`` and the kernels asked for.
+    Replicas run one after another (``S`` neurons each, ``S (d + N)`` memory)."""
+    dtype = x_all.dtype
+    xa = x_all / math.sqrt(x_all.shape[1])
+    setup = _Setup(jnp.asarray(sigma, dtype), jnp.asarray(learning_rate, dtype), jnp.asarray(gamma, dtype), fn,
+                   kernels)
+    lengths = jnp.asarray(np.diff(record_steps), jnp.int32)
+    outs = []
+    for r in range(replicas):
+        kw, ka = jax.random.split(jax.random.fold_in(key, r))
+        w0 = jax.random.normal(kw, (samples, x_all.shape[1]), dtype)
+        a0 = jax.random.normal(ka, (samples,), dtype)
+        outs.append(jax.tree.map(np.asarray, _simulate(setup, xa, y, w0, a0, lengths, n_train=n_train)))
+    return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
