@@ -618,9 +618,12 @@ def _parameter_ntk(layer: Any, p: Any, a1: Array, a2: Array, d1: Array, d2: Arra
 
     ga = per_run(a1, d1)
     gb = ga if (a2 is a1 and d2 is d1) else per_run(a2, d2)
+    # each parameter's learning-rate factor (the kernel of gradient descent with those rates)
+    rates = getattr(layer, "learning_rates", None)
+    factors = jax.tree.leaves(rates(p)) if rates is not None else [1.0] * len(jax.tree.leaves(ga))
     total = 0.0
-    for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), strict=True):
-        total = total + jnp.einsum("kria,krja->kij", u.reshape(*u.shape[:3], -1), v.reshape(*v.shape[:3], -1))
+    for u, v, f in zip(jax.tree.leaves(ga), jax.tree.leaves(gb), factors, strict=True):
+        total = total + f * jnp.einsum("kria,krja->kij", u.reshape(*u.shape[:3], -1), v.reshape(*v.shape[:3], -1))
     return total
 
 

@@ -274,7 +274,7 @@ def test_bad_input_is_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="positional embeddings"):
         networks.init(theory.Transformer(1, positional="sum"), 8, jax.random.key(0), features=3)
     with pytest.raises(ValueError, match="no abc-parameterization rule"):
-        theory.parameterize(net, "mup", width=8)
+        theory.parameterize(theory.Transformer(1, positional="sum"), "mup", width=8)
 
 
 # -- Monte Carlo ---------------------------------------------------------------------------------------------------

@@ -50,7 +50,16 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
-from theory.layers import Program, Residual, Serial, WeightLayer, WeightScaling, weight_layers
+from theory.layers import (
+    AttentionScaling,
+    Program,
+    Residual,
+    SelfAttention,
+    Serial,
+    WeightLayer,
+    WeightScaling,
+    weight_layers,
+)
 
 OPTIMIZERS = ("sgd", "adam")
 GROUPS = ("input", "hidden", "output")
@@ -564,6 +573,19 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
     with a ``depth_exponent`` (``theory.ResNet``, ``theory.Transformer``) must have ``depth_exponent = alpha``
     (it owns its branch multipliers), any other program's top-level ``Residual`` scales are multiplied by
     ``L^-alpha``. Adam's epsilon and weight decay are not part of the program: :func:`depth_scales`.
+    A ``SelfAttention`` gets an :class:`theory.layers.AttentionScaling`: its query, key and value weights are
+    weights of its input's group ("hidden"; "input" on raw inputs) with ``sigma = 1`` (``qk_std`` stays the
+    logits' multiplier, mup's ``attn_mult``), its output weights "hidden" with ``sigma = ov_std``, its bias the
+    biases' exponents. This is muP for attention as in TP V (Yang et al. 2022, arXiv 2203.03466, Sec. 4 and
+    Appendix B: q, k, v, o weights are hidden weights, logits ``q.k / d_head``): a feature-learning
+    parameterization refuses ``linear_scaling=False`` (``1/sqrt(d_head)`` logits, whose updates grow like
+    ``sqrt(width)``). The query's tying and initialisation are the layer's own (``SelfAttention(query=...)``):
+    TP V and mup recommend an untied, zero-initialised query (``query="zero"``; logits 0 at init), whose
+    infinite-width kernel is uniform attention; neural-tangents' kernel (``query="tied"``, the default) is
+    another network, with attention ``softmax(qk_std K(x, x))`` at init. Where the libraries differ: mup's
+    ``MuReadout`` multiplies the readout by ``1 / width_mult`` and zero-initialises it; here the readout is
+    TP IV's output layer (``n^-a``, ``n^-b``), which gives the same function class and kernel regime; mup's
+    ``attn_mult`` is ``qk_std``. Positional embeddings and fixed ``head_channels`` are refused (no rule yet).
     ``theory.kernels`` of the result is the NTK of the network as it is trained (its width-``n`` value);
     ``experiments.networks`` and ``experiments.training`` build and train the same network.
     Returns a ``theory.Serial`` with the same layer names.
@@ -593,18 +615,23 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
     bias = p.exponents("input", n_hidden)
     counter = iter(range(len(groups)))
 
+    def weight(group: str, w_std: Any, b_std: Any, lr: float) -> WeightScaling:
+        e = p.exponents(group, n_hidden)
+        sigma = w_std * (1.0 if group == "input" else math.sqrt(n))
+        return WeightScaling(n ** -e.a, sigma * n ** -e.b, lr * n ** -e.c, n ** -bias.a, b_std * n ** -bias.b,
+                             lr * n ** -bias.c, "init", int(width), group)
+
     def scaled(layer: Any) -> Any:
-        if not isinstance(layer, WeightLayer):
-            raise ValueError(f"parameterize: {layer.name} has no abc-parameterization rule yet (only Dense and Conv "
-                             "have); kernels and finite networks of the program work in the NTK parameterization")
         i = next(counter)
         group = groups[i]
-        e = p.exponents(group, n_hidden)
         lr = depth_lr if i in inside else 1.0
-        sigma = layer.w_std * (1.0 if group == "input" else math.sqrt(n))
-        scaling = WeightScaling(n ** -e.a, sigma * n ** -e.b, lr * n ** -e.c, n ** -bias.a, layer.b_std * n ** -bias.b,
-                                lr * n ** -bias.c, "init", int(width), group)
-        return dataclasses.replace(layer, scaling=scaling)
+        if isinstance(layer, SelfAttention):
+            return _attention_scaled(layer, p, group, weight, lr, n_hidden)
+        if not isinstance(layer, WeightLayer):
+            raise ValueError(f"parameterize: {layer.name} has no abc-parameterization rule yet (Dense, Conv and "
+                             "SelfAttention have); kernels and finite networks of the program work in the NTK "
+                             "parameterization")
+        return dataclasses.replace(layer, scaling=weight(group, layer.w_std, layer.b_std, lr))
 
     def walk(layers: Any, top: bool = True) -> tuple:
         out = []
@@ -618,3 +645,27 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
         return tuple(out)
 
     return Serial(walk(net.layers), names=net.recorded_names())
+
+
+def _attention_scaled(layer: SelfAttention, p: AbcParameterization, group: str, weight: Any, lr: float,
+                      n_hidden: int) -> SelfAttention:
+    """``layer`` under ``p`` (see :func:`parameterize`): query, key and value weights in ``group`` (their input's:
+    "hidden", or "input" on raw inputs), the output weights "hidden" with ``sigma = ov_std`` and the bias."""
+    if group == "output":
+        raise ValueError("parameterize: a SelfAttention cannot be the readout; end the program with a Dense")
+    if layer.positional is not None:
+        raise ValueError("parameterize: SelfAttention with positional embeddings has no abc-parameterization rule "
+                         "yet (the embeddings are neither input nor hidden weights); use positional=None and put "
+                         "positions into the inputs' channels, or the NTK parameterization")
+    if layer.head_channels is not None:
+        raise ValueError(f"parameterize: SelfAttention(head_channels={layer.head_channels}) has heads of a fixed "
+                         "size, so its output weights' fan-in does not grow with the width; use head_channels=None "
+                         "(width // n_heads channels per head)")
+    if not layer.linear_scaling and classify(p, max(n_hidden, 1) + 1).feature_learning:
+        raise ValueError(f"parameterize: the {p.name!r} parameterization learns features, which needs attention "
+                         "logits scaled by 1/d_head (TP V, Sec. 4 and Appendix B): with 1/sqrt(d_head) their update "
+                         "grows like sqrt(width); build the SelfAttention with linear_scaling=True (and "
+                         "query='zero' or 'gaussian' for muP's untied query)")
+    qkv = weight(group, 1.0, 0.0, lr)
+    out = weight("hidden", layer.ov_std, layer.b_std, lr)
+    return dataclasses.replace(layer, scaling=AttentionScaling(qkv, qkv, qkv, out))

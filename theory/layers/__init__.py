@@ -5,7 +5,7 @@
 its finite initialisation and its finite map (see the README, "Add your own layer").
 """
 
-from theory.layers.attention import AttentionWeights, SelfAttention
+from theory.layers.attention import AttentionScaling, AttentionWeights, SelfAttention
 from theory.layers.base import KernelState, Layer, Shape, Stream, Weights, WeightScaling, pytree
 from theory.layers.elementwise import Elementwise
 from theory.layers.normalization import LayerNorm
@@ -15,6 +15,7 @@ from theory.layers.residual import Identity, Residual
 from theory.layers.weighted import Conv, Dense, WeightLayer
 
 __all__ = [
+    "AttentionScaling",
     "AttentionWeights",
     "AvgPool",
     "Conv",

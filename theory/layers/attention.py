@@ -37,7 +37,15 @@ linear scaling (``A(x) = rho(qk_std K_pe(x, x))`` row-wise: the row input's own 
     Theta' = s [(<K_pe, Theta_v> + <K_v, Theta_pe>) K_pe + <K_pe, K_v> (Theta_pe + 4 K_pe)] + b^2
 
 (``W_V``, ``W_O``, ``W_Q``, ``W_K`` contribute ``s <K_pe, K_v> K_pe`` each). The output is a centred Gaussian
-process independent of a residual skip path. Derivations and checks: ``docs/attention.md``.
+process independent of a residual skip path.
+
+Other parameterizations (:class:`AttentionScaling`, set by ``theory.parameterize``): each matrix ``X`` enters as
+``m_X x W_X`` with ``W_X ~ N(0, s_X^2)`` and learning rate ``eta lr_X``; with ``v_X = (m_X s_X)^2 fan_in`` and
+``c_X = lr_X m_X^2 fan_in``, the maps above become ``ov^2 -> v_V v_O`` and the tangent ``2 ov^2 -> c_V v_O +
+v_V c_O`` (linear scaling; the tied logits ``qk v_K K_pe``), ``s -> qk^2 v_Q v_K v_V v_O`` and ``4 s -> qk^2
+(c_Q v_K v_V v_O + v_Q c_K v_V v_O + v_Q v_K c_V v_O + v_Q v_K v_V c_O)`` (identity at ``1/sqrt(d)``). Untied
+queries (``query="gaussian"`` or ``"zero"``) at ``1/d`` give logits ``O(d^-1/2) -> 0``: ``A = rho(0)`` (uniform
+softmax ``1/P``; 0 for identity, abs, relu). Derivations and checks: ``docs/attention.md``.
 """
 
 from __future__ import annotations
@@ -52,17 +60,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from theory.layers.base import GAUSSIAN_STREAM, KernelState, Layer, Shape, Stream, check_scale, pytree
+from theory.layers.base import (
+    GAUSSIAN_STREAM,
+    KernelState,
+    Layer,
+    Shape,
+    Stream,
+    WeightScaling,
+    check_scale,
+    is_concrete,
+    pytree,
+)
 
 Array = jax.Array
 
 MECHANISMS = ("softmax", "identity", "abs", "relu")
 POSITIONAL = (None, "sum", "concat")
+QUERIES = ("tied", "gaussian", "zero")
+
+
+@pytree("query", "key", "value", "out")
+@dataclasses.dataclass(frozen=True)
+class AttentionScaling:
+    """How a :class:`SelfAttention` layer's four weight matrices enter the network and its training, at one width:
+    one :class:`~theory.layers.WeightScaling` each for the query, key, value and output weights (the output's
+    ``b_*`` fields are the output bias'; the others' are unused). The fan-ins are ``C_k`` (query, key), ``C_v``
+    (value) and ``n_heads * d_v`` (output). neural-tangents' parameterization (the default) is
+    ``WeightScaling.ntk(1, 0)`` for the query, key and value and ``WeightScaling.ntk(ov_std, b_std)`` for the
+    output; ``theory.parameterize`` resolves an abc-parameterization into these at a width."""
+
+    query: WeightScaling
+    key: WeightScaling
+    value: WeightScaling
+    out: WeightScaling
+
+    def __post_init__(self) -> None:
+        for name in ("query", "key", "value", "out"):
+            if not isinstance(getattr(self, name), WeightScaling):
+                raise ValueError(f"AttentionScaling.{name} must be a WeightScaling, got {getattr(self, name)!r}")
+
+    @property
+    def width(self) -> int | None:
+        """The width the scalings were resolved at (``None``: neural-tangents' width-free parameterization)."""
+        return self.key.width
+
+    @classmethod
+    def ntk(cls, ov_std: Any, b_std: Any) -> AttentionScaling:
+        """neural-tangents' NTK parameterization of ``GlobalSelfAttention`` (module docstring)."""
+        unit = WeightScaling.ntk(1.0, 0.0)
+        return cls(unit, unit, unit, WeightScaling.ntk(ov_std, b_std))
 
 
 class AttentionWeights(NamedTuple):
     """A :class:`SelfAttention` layer's trained parameters: ``key`` ``(heads, C_k, d_k)``, ``query`` (the same
-    shape; ``None`` with linear scaling: tied to ``key``), ``value`` ``(heads, C_v, d_v)``, ``out``
+    shape; ``None`` when tied to ``key``), ``value`` ``(heads, C_v, d_v)``, ``out``
     ``(d_v * heads, C_out)`` (rows: value channel major, head minor, as neural-tangents), ``b`` ``(C_out,)``
     (``None`` without a bias), ``pos`` ``(*spatial, C_pe)`` (``None`` without positional embeddings)."""
 
@@ -79,7 +130,7 @@ def _mechanism(name: str) -> Callable[[Array], Array]:
             "relu": lambda a: jnp.maximum(a, 0)}[name]
 
 
-@pytree("qk_std", "ov_std", "b_std", "pos_std")
+@pytree("qk_std", "ov_std", "b_std", "pos_std", "scaling")
 @dataclasses.dataclass(frozen=True)
 class SelfAttention(Layer):
     """Multi-head self-attention over all positions of ``(batch, length, channels)`` (or image) inputs.
@@ -98,6 +149,12 @@ class SelfAttention(Layer):
             a number only for raw inputs, whose channel count is fixed) [n_chan_pos_emb]; pos_values: add them
             to the values' input as well [val_pos_emb].
         head_channels: per-head key and value channels of the finite layer (None: ``width // n_heads``).
+        query: the query weights: "tied" to the key weights (neural-tangents' choice with linear scaling), or
+            independent with "gaussian" or "zero" initialisation (muP's recommendation, TP V). None: "tied" with
+            ``linear_scaling``, "gaussian" without. Untied at ``1 / d_k`` the logits tend to 0, so the limit
+            attends uniformly (softmax: ``A = 1/P``; identity, abs, relu: ``A = 0``; ``docs/attention.md``).
+        scaling: an :class:`AttentionScaling` (None: neural-tangents' parameterization); set by
+            ``theory.parameterize``.
     """
 
     n_heads: int = 1
@@ -114,9 +171,10 @@ class SelfAttention(Layer):
     pos_values: bool = False
     head_channels: int | None = None
     bias: bool = dataclasses.field(init=False, repr=False, default=True)
+    query: str | None = None
+    scaling: AttentionScaling | None = None
 
     weight_layer = True
-    scaling = None  # abc-parameterizations of attention: not yet (theory.parameterize refuses it)
 
     def __post_init__(self) -> None:
         where = "SelfAttention: "
@@ -140,6 +198,17 @@ class SelfAttention(Layer):
         object.__setattr__(self, "positional", positional)
         if not isinstance(self.linear_scaling, bool) or not isinstance(self.pos_values, bool):
             raise ValueError(f"{where}linear_scaling and pos_values must be True or False")
+        query = self.query.lower() if isinstance(self.query, str) else self.query
+        if query is None:
+            query = "tied" if self.linear_scaling else "gaussian"
+        if query not in QUERIES:
+            raise ValueError(f"{where}query must be one of {QUERIES} or None, got {self.query!r}")
+        if query == "tied" and not self.linear_scaling:
+            raise ValueError(f"{where}query='tied' needs linear_scaling=True (1/d_k logits, neural-tangents' "
+                             "convention); with 1/sqrt(d_k) logits use query='gaussian' or 'zero'")
+        object.__setattr__(self, "query", query)
+        if self.scaling is not None and not isinstance(self.scaling, AttentionScaling):
+            raise ValueError(f"{where}scaling must be an AttentionScaling or None, got {self.scaling!r}")
         p = self.pos_p_norm
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not (0 < p < math.inf):
             raise ValueError(f"{where}pos_p_norm must be a finite number > 0, got {p!r}")
@@ -182,14 +251,81 @@ class SelfAttention(Layer):
     def needs_full(self, full_out: bool) -> bool:
         return True
 
-    def coefficients(self, shape: Shape, gain: Any = 1.0) -> tuple[Any, Any, Any, Any, Any]:
-        """``(qk, v, v_b, w_in, w_pe)``: ``qk_std``, ``gain ov_std^2``, ``gain b_std^2`` and the weights of the
-        input and positional covariances in the keys' kernel (module docstring)."""
+    @property
+    def tied(self) -> bool:
+        """Whether the query weights are the key weights."""
+        return self.query == "tied"
+
+    @property
+    def weight_scalings(self) -> AttentionScaling:
+        """The scalings in force (neural-tangents' NTK parameterization unless one was set)."""
+        return self.scaling if self.scaling is not None else AttentionScaling.ntk(self.ov_std, self.b_std)
+
+    @property
+    def weight_scaling(self) -> WeightScaling:
+        """One :class:`WeightScaling` standing for the whole layer where training needs one learning rate per
+        layer (``experiments.training.learning_rates``): the output's, whose ``w_lr`` must be every matrix's."""
+        s = self.weight_scalings
+        rates = {"key": s.key.w_lr, "value": s.value.w_lr, "out": s.out.w_lr}
+        if not self.tied:
+            rates["query"] = s.query.w_lr
+        if all(is_concrete(r) for r in rates.values()) and len({float(r) for r in rates.values()}) > 1:
+            raise ValueError(f"SelfAttention: its weight matrices have different learning rates {rates} (the layer "
+                             "reads raw inputs, so its query/key/value are 'input' weights and its output 'hidden'); "
+                             "one learning rate per layer is needed here: put a Dense embedding before it")
+        return s.out
+
+    def learning_rates(self, params: AttentionWeights) -> AttentionWeights:
+        """Each parameter's learning-rate factor (``None`` where ``params`` has none): the weights' ``w_lr``, the
+        bias' ``b_lr``, 1 for the positional embeddings (neural-tangents')."""
+        s = self.weight_scalings
+
+        def rate(value: Any, ref: Any) -> Any:
+            return None if ref is None else value
+
+        return AttentionWeights(rate(s.key.w_lr, params.key), rate(s.query.w_lr, params.query),
+                                rate(s.value.w_lr, params.value), rate(s.out.w_lr, params.out),
+                                rate(s.out.b_lr, params.b), rate(1.0, params.pos))
+
+    def coefficients(self, shape: Shape, gain: Any = 1.0) -> tuple[Any, ...]:
+        """``(qk, v_Q, v_K, v_V, v_O, c_Q, c_K, c_V, c_O, v_b, c_b, w_in, w_pe)``: ``qk_std``; each weight
+        matrix's forward variance ``v = (m s)^2 fan_in`` and tangent coefficient ``c = lr m^2 fan_in`` (times
+        ``gain`` for the output's); the bias' ``v_b``, ``c_b`` (times ``gain``); the weights of the input and
+        positional covariances in the keys' kernel (module docstring). ``v_Q = 0`` for a zero-initialised query."""
         if not self.linear_scaling and self.attention != "identity":
             raise ValueError(f"SelfAttention(attention={self.attention!r}, linear_scaling=False) has no known "
                              "closed-form kernel (the logits stay random and Gaussian in the limit); use "
                              "linear_scaling=True (deterministic logits) or attention='identity' (as "
                              "neural-tangents)")
+        s = self.weight_scalings
+        width = s.width
+
+        def fans() -> tuple[int, int, int]:
+            c_in = shape.fan(width)
+            if c_in is None:
+                raise ValueError("SelfAttention has its 1/sqrt(fan_in) in the initialisation (an abc-"
+                                 "parameterization), so its NTK depends on the hidden width: give the width "
+                                 "(theory.parameterize(net, ..., width=n))")
+            c_k, c_v = self._input_channels(c_in)
+            return c_k, c_v, self.n_heads * self.head_width(width)
+
+        def vc(ws: WeightScaling, index: int) -> tuple[Any, Any]:
+            v = (ws.w_multiplier * ws.w_init) ** 2
+            c = ws.w_lr * ws.w_multiplier**2
+            if ws.fan_in == "init":
+                c = c * fans()[index]
+            return v, c
+
+        v_q, c_q = vc(s.query, 0)
+        v_k, c_k = vc(s.key, 0)
+        v_v, c_v = vc(s.value, 1)
+        v_o, c_o = vc(s.out, 2)
+        if self.query == "zero":
+            v_q = 0.0
+        if self.bias:
+            v_b, c_b = (s.out.b_multiplier * s.out.b_init) ** 2, s.out.b_lr * s.out.b_multiplier**2
+        else:
+            v_b = c_b = 0.0
         w_in, w_pe = 1.0, 0.0
         if self.positional is not None:
             w_pe = self.pos_std**2
@@ -197,8 +333,8 @@ class SelfAttention(Layer):
                 c_in = 1.0 if shape.hidden else float(shape.channels)
                 c_pe = c_in if self.pos_channels is None else float(self.pos_channels)
                 w_in, w_pe = c_in / (c_in + c_pe), w_pe * c_pe / (c_in + c_pe)
-        v_b = self.b_std**2 if self.bias else 0.0
-        return self.qk_std, gain * self.ov_std**2, gain * v_b, w_in, w_pe
+        return (self.qk_std, v_q, v_k, v_v, gain * v_o, c_q, c_k, c_v, gain * c_o, gain * v_b, gain * c_b, w_in,
+                w_pe)
 
     def positional_covariance(self, spatial: tuple[int, ...]) -> np.ndarray:
         """``R``, ``(P, P)`` over positions flattened row-major: ``delta_{st}`` without ``pos_decay``, else
@@ -211,7 +347,7 @@ class SelfAttention(Layer):
         return np.asarray(self.pos_decay(dist), dtype=np.float64)
 
     def kernel(self, k: KernelState, coefficients: Any) -> KernelState:
-        qk, v, v_b, w_in, w_pe = coefficients
+        qk, v_q, v_k, v_v, v_o, c_q, c_k, c_v, c_o, v_b, c_b, w_in, w_pe = coefficients
         spatial = k.spatial
         p = math.prod(spatial)
 
@@ -233,7 +369,10 @@ class SelfAttention(Layer):
         t = (flat(k.t11, 1), flat(k.t12, 2), flat(k.t22, 1)) if k.with_ntk else (None, None, None)
         if self.linear_scaling:
             mech = _mechanism(self.attention)
-            a1, a2 = mech(qk * keyed(q[0])), mech(qk * keyed(q[2]))
+            if self.tied:  # logits -> qk v_K K_pe(x, x): deterministic
+                a1, a2 = mech(qk * v_k * keyed(q[0])), mech(qk * v_k * keyed(q[2]))
+            else:  # independent query and key: logits = O(d_k^-1/2) -> 0, uniform attention
+                a1, a2 = mech(jnp.zeros_like(q[0])), mech(jnp.zeros_like(q[2]))
 
             def mix(a: Array | None, left: Array, right: Array, pair: bool) -> Array | None:
                 if a is None:
@@ -244,12 +383,15 @@ class SelfAttention(Layer):
 
             sides = ((a1, a1, False), (a1, a2, True), (a2, a2, False))
             mq = [mix(valued(qi), left, right, pair) for qi, (left, right, pair) in zip(q, sides, strict=True)]
+            v, c = v_v * v_o, c_v * v_o + v_v * c_o  # W_V and W_O's own tangents; W_Q, W_K's are O(1/d_k)
             new_q = [v * m + v_b for m in mq]
             if k.with_ntk:
                 mt = [mix(valued(ti), left, right, pair) for ti, (left, right, pair) in zip(t, sides, strict=True)]
-                new_t = [v * (a + 2 * b) + v_b for a, b in zip(mt, mq, strict=True)]
+                new_t = [v * a + c * b + c_b for a, b in zip(mt, mq, strict=True)]
         else:  # identity attention, 1/sqrt(d_k) logits: random Gaussian logits, closed form
-            s = qk**2 * v
+            s = qk**2 * v_q * v_k * v_v * v_o
+            own = qk**2 * (c_q * v_k * v_v * v_o + v_q * c_k * v_v * v_o + v_q * v_k * c_v * v_o
+                           + v_q * v_k * v_v * c_o)  # each weight matrix's own tangent (4 s in NT's)
 
             def dot(a: Array, b: Array) -> Array:
                 return jnp.sum(a * b, axis=(-2, -1), keepdims=True)
@@ -261,7 +403,7 @@ class SelfAttention(Layer):
                 new_q.append(s * d * kp + v_b)
                 if k.with_ntk:
                     tp, tv = keyed(ti), valued(ti)
-                    new_t.append(s * ((dot(kp, tv) + dot(kv, tp)) * kp + d * (tp + 4 * kp)) + v_b)
+                    new_t.append(s * ((dot(kp, tv) + dot(kv, tp)) * kp + d * tp) + own * d * kp + c_b)
         out = k.replace(q11=unflat(new_q[0], 1), q12=unflat(new_q[1], 2), q22=unflat(new_q[2], 1))
         if k.with_ntk:
             out = out.replace(t11=unflat(new_t[0], 1), t12=unflat(new_t[1], 2), t22=unflat(new_t[2], 1))
@@ -292,24 +434,31 @@ class SelfAttention(Layer):
 
     def init(self, key: Array, shape: Shape, out_channels: int, sample: Callable, dtype: Any,
              width: int | None = None) -> AttentionWeights:
-        """``N(0, 1)`` weights (``sample``: the ensemble, per head), the bias and the embeddings, as in
-        neural-tangents (the stds enter the forward pass)."""
+        """Weights from ``sample`` (the ensemble, per head) times each matrix's initial scale (1 in
+        neural-tangents' parameterization, whose stds enter the forward pass), the bias, the embeddings; a "zero"
+        query is zeros."""
         c_in = shape.fan(width)
         c_k, c_v = self._input_channels(c_in)
         d = self.head_width(width)
+        s = self.weight_scalings
         k_key, k_query, k_value, k_out, k_b, k_pos = jax.random.split(key, 6)
 
-        def heads(k: Array, fan_in: int) -> Array:
-            return jnp.stack([sample(kh, (fan_in, d), dtype) for kh in jax.random.split(k, self.n_heads)])
+        def heads(k: Array, fan_in: int, ws: WeightScaling) -> Array:
+            std = ws.multipliers(fan_in)[1]
+            return std * jnp.stack([sample(kh, (fan_in, d), dtype) for kh in jax.random.split(k, self.n_heads)])
 
-        query = None if self.linear_scaling else heads(k_query, c_k)
-        b = jax.random.normal(k_b, (out_channels,), dtype) if self.bias else None
+        query = None
+        if self.query == "gaussian":
+            query = heads(k_query, c_k, s.query)
+        elif self.query == "zero":
+            query = jnp.zeros((self.n_heads, c_k, d), dtype)
+        _, s_o, _, s_b = s.out.multipliers(self.n_heads * d)
+        b = s_b * jax.random.normal(k_b, (out_channels,), dtype) if self.bias else None
         pos = None
         if self.positional is not None:
             pos = jax.random.normal(k_pos, (*shape.spatial, self._pos_channels(c_in)), dtype)
-        return AttentionWeights(heads(k_key, c_k), query, heads(k_value, c_v), sample(k_out, (self.n_heads * d,
-                                                                                             out_channels), dtype),
-                                b, pos)
+        return AttentionWeights(heads(k_key, c_k, s.key), query, heads(k_value, c_v, s.value),
+                                s_o * sample(k_out, (self.n_heads * d, out_channels), dtype), b, pos)
 
     def _embeddings(self, pos: Array, spatial: tuple[int, ...]) -> Array:
         """The positional embeddings ``(P, C_pe)`` times ``pos_std``, correlated by ``pos_decay`` through the
@@ -341,20 +490,28 @@ class SelfAttention(Layer):
         if params.key.shape[1] != x_k.shape[-1] or params.value.shape[1] != x_v.shape[-1]:
             raise ValueError(f"SelfAttention has parameters for {params.key.shape[1]} input channels but its input "
                              f"has {x_k.shape[-1]}: call networks.init with this program and these inputs")
-        keys = jnp.einsum("bpc,hcd->hbpd", x_k, params.key)
-        queries = keys if params.query is None else jnp.einsum("bpc,hcd->hbpd", x_k, params.query)
-        d_k = params.key.shape[-1]
-        norm = x_k.shape[-1] * (d_k if self.linear_scaling else math.sqrt(d_k))
+        if (params.query is None) != self.tied:
+            raise ValueError(f"SelfAttention(query={self.query!r}) got parameters "
+                             f"{'without' if params.query is None else 'with'} query weights: they were made for "
+                             "another program; call networks.init with this program")
+        s = self.weight_scalings
+        c_k, c_v = x_k.shape[-1], x_v.shape[-1]
+        d_k, d_v = params.key.shape[-1], params.value.shape[-1]
+        m_k = s.key.multipliers(c_k)[0]
+        keys = m_k * jnp.einsum("bpc,hcd->hbpd", x_k, params.key)
+        queries = keys if self.tied else s.query.multipliers(c_k)[0] * jnp.einsum("bpc,hcd->hbpd", x_k,
+                                                                                   params.query)
+        norm = d_k if self.linear_scaling else math.sqrt(d_k)
         logits = (self.qk_std / norm) * jnp.einsum("hbpd,hbqd->hbpq", queries, keys)
         weights = _mechanism(self.attention)(logits)
-        values = jnp.einsum("bpc,hcd->hbpd", x_v, params.value)
+        values = s.value.multipliers(c_v)[0] * jnp.einsum("bpc,hcd->hbpd", x_v, params.value)
         # heads concatenated channel-major, head-minor (neural-tangents' order, so its parameters apply as they are)
         heads = jnp.einsum("hbpq,hbqd->bpdh", weights, values).reshape(batch, x.shape[1], -1)
-        d_v = params.value.shape[-1]
-        out = (self.ov_std / math.sqrt(d_v * self.n_heads * x_v.shape[-1])) * (heads @ params.out)
+        m_o, _, m_b, _ = s.out.multipliers(d_v * self.n_heads)
+        out = m_o * (heads @ params.out)
         if params.b is not None:
-            out = out + self.b_std * params.b
+            out = out + m_b * params.b
         return out.reshape(batch, *spatial, out.shape[-1])
 
 
-__all__ = ["MECHANISMS", "AttentionWeights", "SelfAttention"]
+__all__ = ["MECHANISMS", "QUERIES", "AttentionScaling", "AttentionWeights", "SelfAttention"]
