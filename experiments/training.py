@@ -315,7 +315,7 @@ def train(arch: Program, parameterization: str | pz.AbcParameterization | None, 
     # The width enters the init key: JAX draws a larger array as an extension of a smaller one's stream, which would
     # correlate networks of different widths with the same seed (and a coordinate check's errors across widths).
     params = networks.init(net, width, jax.random.fold_in(jax.random.fold_in(key, 0), width),
-                           features=x.shape[1], n_out=n_out, dtype=dtype)
+                           features=x.shape[1] if x.ndim == 2 else tuple(x.shape[1:]), n_out=n_out, dtype=dtype)
     # The learning rate is traced, not static: a learning-rate sweep compiles once per network shape.
     eta = jnp.asarray(config.learning_rate, dtype)
     static = dataclasses.replace(config, learning_rate=1.0)
@@ -393,8 +393,9 @@ def _check_data(data: object, loss: str) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"data must be a Dataset(x, y) (e.g. training.teacher() or training.digits()), got "
                          f"{type(data).__name__}")
     x, y = np.asarray(data[0]), np.asarray(data[1])
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"data.x must have shape (batch, features), got {x.shape}")
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"data.x must have shape (batch, features) (or (batch, length, channels) for a sequence "
+                         f"model, (batch, ..., channels) for a CNN), got {x.shape}")
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"data.y has {y.shape[0]} rows but data.x has {x.shape[0]}")
     if loss == "cross_entropy":
