@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import matplotlib.ticker
 import numpy as np
@@ -36,7 +37,7 @@ from experiments import feature_learning as fl
 from experiments.figures import style
 from experiments.registry import Experiment, Point, grid
 from experiments.scaling import fit_power_law
-from theory import grokking
+from theory import dmft, grokking
 
 STEM = "grokking"
 
@@ -47,7 +48,9 @@ class Config:
     scales ``alphas`` (``gamma = 1 / alpha``), ``widths``, ``seeds`` per (alpha, width), full-batch gradient descent
     at ``learning_rate`` for ``steps`` steps recorded at ``records`` log-spaced steps, the ``readout`` ("trained";
     "ones" is the paper's fixed all-ones readout) and the grokking criterion ``factor`` (test loss below ``factor``
-    times the lazy test loss for good)."""
+    times the lazy test loss for good). The infinite-width limit per ``alpha`` (``theory.dmft.solve_outputs``):
+    ``dmft_samples`` neurons x ``dmft_replicas`` for the first ``dmft_steps`` steps (0: none; trained readout
+    only)."""
 
     dimension: int = 20
     n_train: int = 60
@@ -62,6 +65,9 @@ class Config:
     records: int = 60
     readout: str = "trained"
     factor: float = 0.5
+    dmft_samples: int = 4096
+    dmft_replicas: int = 4
+    dmft_steps: int = 3000
 
     def __post_init__(self) -> None:
         for name in ("dimension", "n_train", "n_test", "seeds", "steps", "records"):
@@ -77,6 +83,9 @@ class Config:
             raise ValueError(f"readout must be one of {fl.READOUTS}, got {self.readout!r}")
         if not 0 < self.factor <= 1:
             raise ValueError(f"factor must be in (0, 1], got {self.factor}")
+        if self.dmft_steps and (self.readout != "trained" or self.dmft_samples < 1 or self.dmft_replicas < 2):
+            raise ValueError("the DMFT rows need readout='trained', dmft_samples >= 1 and dmft_replicas >= 2 "
+                             "(or dmft_steps=0 for none)")
 
 
 def _common(c: Config) -> dict:
@@ -87,8 +96,10 @@ def _common(c: Config) -> dict:
 
 def points(c: Config) -> list[Point]:
     common = _common(c)
+    dmft = grid(kind="dmft", alpha=c.alphas, width=0, seed=0, samples=c.dmft_samples, replicas=c.dmft_replicas,
+                dmft_steps=c.dmft_steps, **common) if c.dmft_steps else []
     return (grid(kind="lazy", alpha=0.0, width=0, seed=0, **common)   # alpha = 0 marks the alpha -> inf row
-            + grid(kind="network", alpha=c.alphas, width=c.widths, seed=range(c.seeds), **common))
+            + grid(kind="network", alpha=c.alphas, width=c.widths, seed=range(c.seeds), **common) + dmft)
 
 
 def setup(point: Point) -> tuple[theory.MLP, fl.Task, np.ndarray]:
@@ -117,6 +128,19 @@ def compute(point: Point) -> dict:
         kernel_test = 0.5 * float(jnp.mean((f_test[:, 0] - task.y_test) ** 2))
         return {"time": (eta * steps).tolist(), "train_loss": train.tolist(), "test_loss": test.tolist(),
                 "kernel_regression_test_loss": kernel_test, "diverged": False}
+    if point["kind"] == "dmft":
+        rec = steps[steps <= point["dmft_steps"]]
+        key = jax.random.fold_in(jax.random.key(point["seed"]), round(point["alpha"] * 1e6))
+        sol = dmft.solve_outputs(arch, task.x_train, task.y_train, task.x_test, task.y_test, gamma=1.0 / point["alpha"],
+                                 learning_rate=eta, steps=int(rec[-1]), key=key, samples=point["samples"],
+                                 replicas=point["replicas"], record_steps=rec)
+        # leave-one-replica-out test-loss curves: the jackknife of the grokking time
+        r = sol.replicas
+        loo = (r * sol.f_test[None] - sol.replica_f_test) / (r - 1)
+        loo_test = 0.5 * np.mean((loo - task.y_test) ** 2, axis=-1)
+        return {"time": sol.time.tolist(), "train_loss": sol.loss.tolist(), "test_loss": sol.test_loss.tolist(),
+                "train_loss_se": sol.loss_stderr.tolist(), "test_loss_se": sol.test_loss_stderr.tolist(),
+                "loo_test_loss": loo_test.tolist(), "kernel_regression_test_loss": math.nan, "diverged": False}
     run = fl.train(arch, task, width=point["width"], gamma=1.0 / point["alpha"], learning_rate=eta,
                    record_steps=steps, seed=point["seed"], readout=point["readout"])
     return {"time": run.time.tolist(), "train_loss": run.train_loss.tolist(), "test_loss": run.test_loss.tolist(),
@@ -135,6 +159,28 @@ def times(df: pd.DataFrame, factor: float = 0.5) -> pd.DataFrame:
         rows.append({"alpha": r["alpha"], "width": int(r["width"]), "seed": int(r["seed"]),
                      "grokking_time": grokking.grokking_time(t, test, lazy_test, factor) if ok else math.nan})
     return pd.DataFrame(rows)
+
+
+def dmft_times(df: pd.DataFrame, factor: float = 0.5) -> pd.DataFrame:
+    """Per ``alpha``: the infinite-width grokking time (of the replica-mean test-loss curve) and its jackknife
+    standard error over the replicas (from the leave-one-out curves); empty without DMFT rows. A curve that has not
+    grokked within the DMFT's steps gives ``inf``."""
+    lazy = df[df["kind"] == "lazy"].iloc[0]
+    lazy_t, lazy_test = np.asarray(lazy["time"], float), np.asarray(lazy["test_loss"], float)
+    rows = []
+    for _, r in df[df["kind"] == "dmft"].sort_values("alpha").iterrows():
+        t = np.asarray(r["time"], float)
+        ref = lazy_test[: t.size]
+        if not np.allclose(lazy_t[: t.size], t):
+            raise ValueError("the DMFT rows must be recorded at the lazy row's first times")
+        t_grok = grokking.grokking_time(t, np.asarray(r["test_loss"], float), ref, factor)
+        loo = [grokking.grokking_time(t, np.asarray(c, float), ref, factor) for c in r["loo_test_loss"]]
+        k = len(loo)
+        se = math.sqrt((k - 1) / k * np.sum((np.array(loo) - np.mean(loo)) ** 2)) if np.all(np.isfinite(loo)) \
+            else math.nan
+        rows.append({"alpha": r["alpha"], "grokking_time": t_grok, "grokking_time_se": se, "replicas": k,
+                     "samples": int(r["samples"])})
+    return pd.DataFrame(rows, columns=["alpha", "grokking_time", "grokking_time_se", "replicas", "samples"])
 
 
 def summary(df: pd.DataFrame, factor: float = 0.5) -> pd.DataFrame:
@@ -166,12 +212,21 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
         ax_a.plot(tt, test, color=col, linewidth=1.2, label=rf"$\alpha = {alpha:g}$")
         ax_a.plot(tt, train, color=col, linewidth=1.0, linestyle="--")
         ax_b.plot(tt, test / lazy_test, color=col, linewidth=1.2, label=rf"$\alpha = {alpha:g}$")
+    inf = df[df["kind"] == "dmft"].sort_values("alpha")
+    for i, (_, r) in enumerate(inf.iterrows()):
+        td = np.asarray(r["time"], float)
+        td = np.where(td > 0, td, np.nan)
+        test = np.asarray(r["test_loss"], float)
+        ax_a.plot(td, test, color=style.color(i), linewidth=2.4, alpha=0.35,
+                  label=r"DMFT ($n \to \infty$), test" if i == 0 else None)
+        ax_b.plot(td, test / lazy_test[: td.size], color=style.color(i), linewidth=2.4, alpha=0.35,
+                  label=r"DMFT ($n \to \infty$)" if i == 0 else None)
     ax_a.plot(tt, lazy_test, color="k", linewidth=1.6, label=r"lazy ($\alpha \to \infty$), test")
     ax_a.plot(tt, lazy_train, color="k", linewidth=1.3, linestyle="--", label="lazy, train")
     ax_a.axhline(lazy["kernel_regression_test_loss"], color="0.5", linestyle=":", linewidth=1.2,
                  label=r"kernel regression ($t \to \infty$)")
     ax_a.set(xscale="log", yscale="log", xlabel=r"time $\eta t$", ylabel="loss (solid: test, dashed: train)",
-             title=f"(a) width {widest}, mean of {config.seeds} seeds")
+             title=f"(a) width {widest} (mean of {config.seeds} seeds), DMFT")
     ax_a.legend(fontsize=6.5)
     ax_b.axhline(1.0, color="k", linewidth=1.3)
     ax_b.axhline(config.factor, color="0.5", linestyle=":", linewidth=1.2, label=f"grokked: {config.factor:g} x lazy")
@@ -190,6 +245,15 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
                   file=sys.stderr)
         style.errorbar_loglog(ax_c, ok["alpha"], ok["grokking_time"], ok["grokking_time_se"], index=j,
                               fit=fit or False, label=f"grokking time, n = {width}")
+    dm = dmft_times(df, config.factor)
+    dm = dm[np.isfinite(dm["grokking_time"])]
+    if len(dm):
+        ax_c.errorbar(dm["alpha"], dm["grokking_time"], yerr=dm["grokking_time_se"], color="k", marker="s",
+                      markersize=4, linewidth=0, elinewidth=1.0, capsize=2,
+                      label=rf"DMFT ($n \to \infty$, {int(dm['samples'].iloc[0])} x {int(dm['replicas'].iloc[0])})")
+        if len(dm) >= 3:
+            fit = fit_power_law(dm["alpha"], dm["grokking_time"], dm["grokking_time_se"], absolute_sigma=False)
+            print(f"grokking: DMFT: t_grok ~ alpha^({fit.exponent:.3f} ± {fit.exponent_stderr:.3f})", file=sys.stderr)
     finite = table[np.isfinite(table["grokking_time"])]
     if len(finite):
         first = finite.sort_values("alpha").iloc[0]
@@ -211,7 +275,8 @@ EXPERIMENT = Experiment(
             "(infinite-width NTK) plateau while the train loss falls, then drops; the grokking time grows with the "
             "output scale alpha = 1/gamma",
     config=Config(),
-    quick_config=Config(alphas=(0.5, 2.0), widths=(256,), seeds=2, steps=2000, records=30),
+    quick_config=Config(alphas=(0.5, 2.0), widths=(256,), seeds=2, steps=2000, records=30, dmft_samples=512,
+                        dmft_replicas=2, dmft_steps=1200),
     points=points,
     compute=compute,
     plot=plot,

@@ -439,7 +439,9 @@ class DMFTOutputs:
     ``f_train`` ``(R, P)``, ``f_test`` ``(R, Q)``: the outputs (mean over replicas); ``loss``, ``test_loss`` ``(R,)``:
     ``1/P sum 1/2 (f - y)^2`` of those mean outputs (``test_loss`` NaN without ``y_test``); ``*_stderr``: standard
     errors (outputs: the replicas' spread over ``sqrt(replicas)``; losses: jackknife over the replicas).
-    ``samples`` neurons per replica, ``replicas``, ``method`` (``"particles"``), ``dtype`` (the float type used).
+    ``replica_f_train`` ``(replicas, R, P)``, ``replica_f_test`` ``(replicas, R, Q)``: each replica's outputs (for
+    other statistics and their jackknife errors). ``samples`` neurons per replica, ``replicas``, ``method``
+    (``"particles"``), ``dtype`` (the float type used).
     """
 
     steps: np.ndarray
@@ -451,6 +453,8 @@ class DMFTOutputs:
     f_test_stderr: np.ndarray
     loss_stderr: np.ndarray
     test_loss_stderr: np.ndarray
+    replica_f_train: np.ndarray
+    replica_f_test: np.ndarray
     samples: int
     replicas: int
     gamma: float
@@ -537,5 +541,5 @@ def solve_outputs(net: MLP, x_train: object, y_train: object, x_test: object | N
     if not np.all(np.isfinite(f)):
         raise ValueError("the sampled network diverged (non-finite outputs): lower learning_rate")
     return DMFTOutputs(rec.astype(np.int64), ft[:, :n_train], ft[:, n_train:], loss, test_loss,
-                       ft_se[:, :n_train], ft_se[:, n_train:], loss_se, test_se, samples, replicas, gamma, eta,
-                       "particles", str(np.dtype(f.dtype)))
+                       ft_se[:, :n_train], ft_se[:, n_train:], loss_se, test_se, f[..., :n_train], f[..., n_train:],
+                       samples, replicas, gamma, eta, "particles", str(np.dtype(f.dtype)))
