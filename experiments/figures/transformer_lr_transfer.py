@@ -118,6 +118,10 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
         raise ValueError(f"cross_entropy needs integer labels y of shape (N,), got {y.dtype} {y.shape}")
     if loss == "mse" and y.ndim != 2:
         raise ValueError(f"mse needs float targets y of shape (N, n_out), got {y.shape}")
+    rule = depth_parameterization
+    if rule is not None and abs(getattr(arch, "depth_exponent", rule.alpha) - rule.alpha) > 1e-12:
+        raise ValueError(f"the depth rule has alpha = {rule.alpha:g} but the architecture's depth_exponent is "
+                         f"{arch.depth_exponent:g}; build it with depth_exponent={rule.alpha:g}")
     net = arch if parameterization is None else training.scaled_network(
         arch, parameterization, width, optimizer="adam", depth_parameterization=depth_parameterization)
     dtype = dtype or jnp.result_type(float)
@@ -130,10 +134,6 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
     ones = networks.weight_tree(net, inits[0], lambda layer, group: (1.0, 1.0))
     eps = jax.tree.map(lambda o: adam_eps * o, ones)
     if depth_parameterization is not None:
-        if abs(getattr(arch, "depth_exponent", depth_parameterization.alpha) - depth_parameterization.alpha) > 1e-12:
-            raise ValueError(f"the depth rule has alpha = {depth_parameterization.alpha:g} but the architecture's "
-                             f"depth_exponent is {arch.depth_exponent:g}; build it with "
-                             f"depth_exponent={depth_parameterization.alpha:g}")
         scales = pz.depth_scales(arch, depth_parameterization, "adam")  # L from arch: a transformer's layers
 
         def tree(field: str) -> Any:
