@@ -1,0 +1,85 @@
+"""``transformer-coord-check-depth``: its training loop against ``experiments.training``, the arms' programs, and
+the required check: with the attention removed, the transformer's Depth-muP coordinate check reproduces the ResNet
+one of tests/test_depth_rules.py (Adam, one step, embedding and readout frozen: update slopes ~0 in depth with the
+``eta / sqrt(L)`` rule, ~+1/2 without it; the ResNet's measured 0.035 +- 0.006 / -0.03 +- 0.04 and 0.535 / 0.463)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+
+import theory
+from experiments import training
+from experiments.figures import transformer_coord_check_depth as tcc
+from theory import layers as nn
+from theory import parameterizations as pz
+
+
+def test_points_and_programs():
+    pts = tcc.points(tcc.Config())
+    assert len(pts) == 5 * 2 * 5 + 3 * 1 * 5
+    assert {p["optimizer"] for p in pts} == {"adam", "sgd"}
+    with pytest.raises(ValueError, match="unknown arms"):
+        tcc.points(tcc.Config(arms=("muP",)))
+    for arm, (alpha, rule, attention) in tcc.ARMS.items():
+        net = tcc.architecture(arm, 4)
+        attends = any(isinstance(layer, nn.SelfAttention) for block in net.layers if isinstance(block, nn.Residual)
+                      for layer in block.branch)
+        assert attends == attention
+        assert pz.residual_depth(net) == 4
+        assert len(net.recorded_names()) == net.n_recorded
+        scaled = theory.parameterize(net, "mup", 32, optimizer="adam", depth_rule=rule() if rule else None)
+        scales = {round(b.scale, 12) for b in scaled.layers if isinstance(b, nn.Residual)}
+        assert scales == {round(4.0**-alpha, 12)}  # L^-alpha on every branch, from the architecture or the rule
+        names = [net.recorded_names()[i] for i in tcc.keep_indices(arm, 4) if i >= 0]
+        assert names[-1] == "output" and names[0] == "embedding"
+        assert names[-2] == "block 4 mlp"
+
+
+def test_trainer_equals_experiments_training():
+    """The experiment's loop (per-parameter learning rates, depth-rule Adam epsilons, frozen groups) against
+    ``training.train`` on a ResNet with vector inputs: Adam with Depth-muP, two steps, to 1e-12."""
+    data = training.teacher(16, 5, seed=2)
+    arch = theory.ResNet(3, "relu", depth_exponent=0.5)
+    rule = pz.depth_mup()
+    config = training.TrainConfig(optimizer="adam", learning_rate=0.03, steps=2, frozen=("input", "output"),
+                                  adam_eps=1e-3)
+    ref = training.train(arch, "mup", data, 16, config=config, seed=3, depth_parameterization=rule)
+    net = ref.network
+    go = tcc.trainer(net, jnp.asarray(data.x), jnp.asarray(data.y), optimizer="adam", learning_rate=0.03, steps=2,
+                     rule=rule, adam_eps=1e-3, frozen=("input", "output"))
+    rms, delta, loss = go(jax.tree.map(jnp.asarray, ref.init_params))
+    np.testing.assert_allclose(rms, ref.rms, rtol=1e-12)
+    np.testing.assert_allclose(delta, ref.delta_rms, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(loss, ref.loss, rtol=1e-12)
+    assert np.all(np.asarray(delta)[1:, 0] == 0)  # the frozen stem does not move
+
+
+def _slopes(arm, depths=(4, 8, 16, 32), width=128, seeds=2):
+    rows = []
+    for depth in depths:
+        point = dict(arm=arm, optimizer="adam", width=width, depth=depth, seeds=seeds, steps=1, adam_lr=0.01,
+                     sgd_lr=0.05, adam_eps=1e-8, frozen="input,output", n_samples=16, n_context=7, dim=6, n_heads=2)
+        rows.append({**point, **tcc.compute(point)})
+
+
+    data = tcc.long_frame(pd.DataFrame(rows))
+    data = data[data.layer_name.isin(["last block", "output"])]
+    change = tcc.slopes(data, "delta_rms", 1)
+    init = tcc.slopes(data, "rms", 0)
+    as_dict = lambda t: {r.layer_name: (r.slope, r.slope_se) for r in t.itertuples()}  # noqa: E731
+    return as_dict(change), as_dict(init)
+
+
+@pytest.mark.slow
+def test_without_attention_the_transformer_reproduces_the_resnet_depth_mup_check():
+    with_rule, init = _slopes("mlp depth-mup")
+    without, _ = _slopes("mlp branch-only")
+    print("no attention, Depth-muP:", with_rule, "branch-only:", without, "init:", init)
+    for name in ("last block", "output"):
+        slope, se = init[name]
+        assert abs(slope) < 3 * se + 0.05, (name, slope, se)  # activations at init O(1) in L
+        for (slope, se), want in ((with_rule[name], 0.0), (without[name], 0.5)):
+            assert abs(slope - want) < 3 * se + 0.05, (name, slope, se, want)  # the ResNet test's criterion
+            assert se < 0.1
