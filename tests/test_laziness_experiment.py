@@ -4,6 +4,8 @@ L^-1/2, alpha = 1 blocks do not, for ResNets with two-layer blocks and for pre-L
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,10 +16,13 @@ from theory import layers as nn
 
 
 def test_grid_networks_and_data():
-    c = fig.Config(widths=(16, 32), resnet_depths=(2, 4), transformer_depths=(1, 3), seeds=2, steps=(4, 1))
+    c = fig.Config(widths=(16, 32), resnet_depths=(2, 3, 4), transformer_depths=(1, 3), seeds=2, steps=(4, 1))
     pts = fig.points(c)
-    assert len(pts) == 2 * (2 * 2 * 2 * 2)  # architectures x alphas x widths x depths x seeds
-    assert all(p["steps"] == ([1, 4] if p["width"] == 32 else [4]) for p in pts)  # the trajectory at the widest
+    assert len(pts) == 2 * 2 * (3 + 2) * 2  # alphas x widths x depths (both architectures) x seeds
+    # the trajectory at the widest width and the smallest and largest depths, the last step elsewhere
+    ends = {"resnet": (2, 4), "transformer": (1, 3)}
+    assert all(p["steps"] == ([1, 4] if p["width"] == 32 and p["depth"] in ends[p["architecture"]] else [4])
+               for p in pts)
     res = next(p for p in pts if p["architecture"] == "resnet" and p["depth"] == 4)
     arch, data = fig.setup(res)
     assert isinstance(arch, nn.Serial) and sum(isinstance(layer, nn.Residual) for layer in arch.layers) == 4
@@ -53,7 +58,9 @@ def test_analysis_recovers_a_known_power_law():
     long = fig.long_frame(df)
     assert set(long.kind) == {"block"} and long.distance.min() > 0  # stem and readout left out
     assert len(long) == 2 * 3 * 2 * (2 + 4 + 8 + 16)
-    slopes = fig.fit_depth_slopes(fig.block_means(long)).set_index(["alpha", "step"])
+    means = fig.block_means(long)
+    assert set(means.kind) == {"all"} and set(fig.block_means(long, by_kind=True).kind) == {"block"}
+    slopes = fig.fit_depth_slopes(means).set_index(["alpha", "step"])
     assert len(slopes) == 4 and set(slopes.n_depths) == {4}
     for (alpha, _), rec in slopes.iterrows():
         want = -0.5 if alpha == 0.5 else 0.0
@@ -104,4 +111,4 @@ def test_quick_sweep_reproduces_completep(quick_run):
         assert rec.se < 0.1
     for arch in ("resnet", "transformer"):
         assert p.p[(arch, 1.0)] - p.p[(arch, 0.5)] > 0.3
-    assert {path.suffix for path in df.attrs["figures"]} >= {".png", ".pdf"}
+    assert {Path(path).suffix for path in df.attrs["figures"]} >= {".png", ".pdf"}

@@ -48,11 +48,11 @@ LABELS = {"resnet": "ResNet, two-layer blocks", "transformer": "pre-LN transform
 class Config:
     """Branch exponents ``alphas`` (each in [1/2, 1]), ``architectures`` (any of "resnet", "transformer"),
     ``widths``, depths ``L`` per architecture (``resnet_depths``: blocks; ``transformer_depths``: layers of two
-    blocks), ``seeds`` initialisations, Adam at base ``learning_rate`` with the distance recorded after
-    the largest of ``steps`` full-batch steps at every width and after each of ``steps`` at the widest (every recorded step
-    count is a separately compiled training run), the blocks' ``activation``, ``n_samples`` examples of
-    ``features`` inputs (for the transformer: sequences of ``length`` tokens of in-context regression in
-    ``features`` dimensions, ``n_heads`` heads) and ``task_seed``."""
+    blocks), ``seeds`` initialisations, Adam at base ``learning_rate`` with the distance recorded after the
+    largest of ``steps`` full-batch steps at every width and depth, and after each of ``steps`` at the widest width
+    and the smallest and largest depth (each recorded step count is a separately compiled training run), the
+    blocks' ``activation``, ``n_samples`` examples of ``features`` inputs (for the transformer: sequences of
+    ``length`` tokens of in-context regression in ``features`` dimensions, ``n_heads`` heads) and ``task_seed``."""
 
     alphas: tuple[float, ...] = (0.5, 1.0)
     architectures: tuple[str, ...] = ARCHITECTURES
@@ -60,7 +60,7 @@ class Config:
     resnet_depths: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
     transformer_depths: tuple[int, ...] = (2, 4, 8, 16, 32)
     seeds: int = 3
-    steps: tuple[int, ...] = (2, 8, 32)
+    steps: tuple[int, ...] = (1, 4, 16)
     learning_rate: float = 0.05
     activation: str = "tanh"
     n_samples: int = 32
@@ -98,7 +98,8 @@ def points(c: Config) -> list[Point]:
         # seeds vary fastest: they share one compiled training loop
         for p in grid(architecture=arch, alpha=c.alphas, width=c.widths, depth=depths, seed=range(c.seeds),
                       **common, **extra):
-            steps = sorted(set(c.steps)) if p["width"] == max(c.widths) else [max(c.steps)]
+            ends = p["width"] == max(c.widths) and p["depth"] in (min(depths), max(depths))
+            steps = sorted(set(c.steps)) if ends else [max(c.steps)]
             out.append({**p, "steps": steps})
     return out
 
@@ -157,19 +158,25 @@ def long_frame(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def block_means(long: pd.DataFrame) -> pd.DataFrame:
-    """The mean ``d`` over a network's blocks, per (architecture, alpha, width, depth, seed, step)."""
+def block_means(long: pd.DataFrame, by_kind: bool = False) -> pd.DataFrame:
+    """The mean ``d`` over a network's blocks, per (architecture, alpha, width, depth, seed, step), with ``kind``
+    "all"; with ``by_kind``, over each kind of block separately (a transformer's attention and MLP blocks)."""
     keys = ["architecture", "alpha", "width", "depth", "seed", "step"]
-    return long[~long.diverged].groupby(keys, as_index=False).distance.mean()
+    ok = long[~long.diverged]
+    if by_kind:
+        return ok.groupby([*keys, "kind"], as_index=False).distance.mean()
+    return ok.groupby(keys, as_index=False).distance.mean().assign(kind="all")
 
 
 def fit_depth_slopes(means: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """``d ~ C L^p`` per (architecture, alpha, width, step): ``experiments.scaling.fit_power_law`` of the mean over
-    seeds against depth, weighted by its standard error with the scale re-estimated from the residuals (Student-t
-    interval; unweighted with one seed). Columns ``slope``, ``slope_se``, ``ci_low``, ``ci_high``, ``n_depths``,
-    ``fit`` (the :class:`~experiments.scaling.PowerLawFit`). Groups with fewer than 3 depths are left out."""
+    """``d ~ C L^p`` per (architecture, alpha, kind, width, step): ``experiments.scaling.fit_power_law`` of the
+    mean over seeds against depth, weighted by its standard error with the scale re-estimated from the residuals
+    (Student-t interval; unweighted with one seed). Columns ``slope``, ``slope_se``, ``ci_low``, ``ci_high``,
+    ``n_depths``, ``fit`` (the :class:`~experiments.scaling.PowerLawFit`). Groups with fewer than 3 depths are left
+    out."""
     rows = []
-    for key, part in means.groupby(["architecture", "alpha", "width", "step"], sort=True):
+    keys = ["architecture", "alpha", "kind", "width", "step"]
+    for key, part in means.groupby(keys, sort=True):
         stats = part.groupby("depth").distance.agg(["mean", "std", "count"])
         stats = stats[stats["mean"] > 0]
         if len(stats) < 3:
@@ -178,11 +185,10 @@ def fit_depth_slopes(means: pd.DataFrame, confidence: float = 0.95) -> pd.DataFr
         use = bool(np.all(stats["count"] > 1) and np.all(err > 0))
         fit = fit_power_law(stats.index.to_numpy(float), stats["mean"].to_numpy(), err if use else None,
                             absolute_sigma=False, confidence=confidence)
-        rows.append({**dict(zip(["architecture", "alpha", "width", "step"], key, strict=True)),
+        rows.append({**dict(zip(keys, key, strict=True)),
                      "slope": fit.exponent, "slope_se": fit.exponent_stderr, "ci_low": fit.ci_low,
                      "ci_high": fit.ci_high, "n_depths": fit.n_points, "fit": fit})
-    return pd.DataFrame(rows, columns=["architecture", "alpha", "width", "step", "slope", "slope_se", "ci_low",
-                                       "ci_high", "n_depths", "fit"])
+    return pd.DataFrame(rows, columns=[*keys, "slope", "slope_se", "ci_low", "ci_high", "n_depths", "fit"])
 
 
 # -- figure ---------------------------------------------------------------------------------------------------------
@@ -194,8 +200,9 @@ def _alpha_label(alpha: float) -> str:
 def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     long = long_frame(df)
     means = block_means(long)
-    slopes = fit_depth_slopes(means)
-    _print(df, means, slopes)
+    kinds = block_means(long[long.kind != "block"], by_kind=True)
+    slopes = fit_depth_slopes(pd.concat([means, kinds], ignore_index=True))
+    _print(df, pd.concat([means, kinds], ignore_index=True), slopes)
     archs = [a for a in ARCHITECTURES if a in set(long.architecture)]
     alphas = sorted(set(long.alpha))
     widths = sorted(set(long.width))
@@ -204,7 +211,8 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     axes = np.atleast_2d(axes)
     for r, arch in enumerate(archs):
         m = means[means.architecture == arch]
-        sl = slopes[slopes.architecture == arch]
+        sl = slopes[(slopes.architecture == arch) & (slopes.kind == "all")]
+        sk = slopes[slopes.architecture == arch]
         ax = axes[r, 0]
         for i, alpha in enumerate(alphas):
             for k, width in enumerate(widths):
@@ -250,26 +258,29 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
                             linestyle=ls, label=f"{_alpha_label(alpha)}, L = {depth}")
         ax.set(xlabel="training step $t$", ylabel="mean $d_l$ over blocks", xscale="log", yscale="log",
                title=f"over training, n = {widest}")
-        # (d) fitted exponent against the step
+        # (d) fitted exponent against the width, per kind of block
         ax = axes[r, 3]
+        kind_list = [k for k in ("all", "attention", "mlp") if k in set(sk.kind)]
         for i, alpha in enumerate(alphas):
-            for k, width in enumerate(widths):
-                part = sl[(sl.alpha == alpha) & (sl.width == width)].sort_values("step")
+            for j, kind in enumerate(kind_list):
+                part = sk[(sk.alpha == alpha) & (sk.kind == kind) & (sk.step == last)].sort_values("width")
                 if part.empty:
                     continue
-                shift = 1 + 0.06 * (k - (len(widths) - 1) / 2)
-                ax.errorbar(part.step * shift, part.slope,
+                shift = 1 + 0.05 * (j - (len(kind_list) - 1) / 2)
+                ax.errorbar(part.width * shift, part.slope,
                             yerr=np.vstack([part.slope - part.ci_low, part.ci_high - part.slope]),
-                            color=style.color(i), marker=style.marker(k), linestyle="-", alpha=0.5 + 0.5 * (k + 1)
-                            / len(widths), label=f"{_alpha_label(alpha)}, n = {width}")
+                            color=style.color(i), marker=style.marker(j), linestyle="-" if j == 0 else ":",
+                            label=_alpha_label(alpha) + ("" if kind == "all" else f", {kind} blocks"))
         for level, text in ((0.0, "CompleteP: $p = 0$"), (-0.5, "Depth-$\\mu$P: $p = -1/2$")):
             ax.axhline(level, color="0.45", linestyle=":", linewidth=1.2)
             ax.annotate(text, (0.02, level), xycoords=("axes fraction", "data"), fontsize=7, color="0.35",
                         va="bottom")
-        ax.set(xlabel="training step $t$", ylabel="fitted $p$ in $d \\sim L^p$ (95% CI)", xscale="log",
+        ax.set(xlabel="width $n$", ylabel=f"fitted $p$ in $d \\sim L^p$, step {last} (95% CI)", xscale="log",
                title="depth exponent of the distance")
+        ax.set_xscale("log", base=2)
     for ax in axes.ravel():
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     return style.save(fig, outdir, STEM)
 
 
@@ -279,13 +290,13 @@ def _print(df: pd.DataFrame, means: pd.DataFrame, slopes: pd.DataFrame) -> None:
         print(f"laziness: {len(gone)} runs diverged (left out):",
               ", ".join(f"{r.architecture} alpha {r.alpha} n {r.width} L {r.depth}" for r in gone.itertuples()))
     print("laziness: mean d over blocks (mean over seeds), and the fitted d ~ L^p (95% CI)")
-    for (arch, alpha, width, step), part in means.groupby(["architecture", "alpha", "width", "step"]):
+    for (arch, alpha, kind, width, step), part in means.groupby(["architecture", "alpha", "kind", "width", "step"]):
         d = part.groupby("depth").distance.mean()
-        row = slopes[(slopes.architecture == arch) & (slopes.alpha == alpha) & (slopes.width == width)
-                     & (slopes.step == step)]
+        row = slopes[(slopes.architecture == arch) & (slopes.alpha == alpha) & (slopes.kind == kind)
+                     & (slopes.width == width) & (slopes.step == step)]
         fit = (f"p = {row.slope.iloc[0]:+.3f} [{row.ci_low.iloc[0]:+.3f}, {row.ci_high.iloc[0]:+.3f}]"
                if len(row) else "")
-        print(f"  {arch:>11} alpha {alpha:g} n {width:>4} step {step:>3}: "
+        print(f"  {arch:>11} alpha {alpha:g} {kind:>9} n {width:>4} step {step:>3}: "
               + " ".join(f"{v:.2e}" for v in d.to_numpy()) + f"   {fit}")
 
 
