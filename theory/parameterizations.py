@@ -52,6 +52,7 @@ from typing import Any
 
 from theory.layers import (
     AttentionScaling,
+    LayerNorm,
     Program,
     Residual,
     SelfAttention,
@@ -627,6 +628,10 @@ def parameterize(net: Any, parameterization: str | AbcParameterization, width: i
         lr = depth_lr if i in inside else 1.0
         if isinstance(layer, SelfAttention):
             return _attention_scaled(layer, p, group, weight, lr, n_hidden)
+        if isinstance(layer, LayerNorm):  # gain and bias: vector-like, the biases' exponents (TP V, Table 3)
+            return dataclasses.replace(layer, scaling=WeightScaling(
+                n ** -bias.a, n ** -bias.b, lr * n ** -bias.c, n ** -bias.a, 0.0, lr * n ** -bias.c, "init",
+                int(width), group))
         if not isinstance(layer, WeightLayer):
             raise ValueError(f"parameterize: {layer.name} has no abc-parameterization rule yet (Dense, Conv and "
                              "SelfAttention have); kernels and finite networks of the program work in the NTK "

@@ -192,7 +192,9 @@ def _where(position: int, layer: Layer, total: int, context: str) -> str:
 
 
 def _has_weights(layers: Sequence[Layer]) -> bool:
-    return any(layer.weight_layer for layer in layers)
+    """Whether a weight layer whose output is a fresh Gaussian (Dense, Conv, SelfAttention; not an affine
+    LayerNorm, a function of its input) sits on the path."""
+    return any(layer.weight_layer and getattr(layer, "independent_branch", True) for layer in layers)
 
 
 class _Walker:
