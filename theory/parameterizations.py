@@ -32,6 +32,16 @@ inside a residual branch (weights, biases, and LayerNorm gains/biases where a La
     Adam epsilon       eps L^-alpha                    (CompleteP: eps follows the gradient's size, L^-alpha)
     weight decay       lambda / (learning-rate factor) (CompleteP: eta * lambda, the decoupled decay per step, fixed)
 
+LayerNorm gains and biases (``LayerNorm(affine=True)``; vector-like in width: the biases' abc exponents, TP V
+Table 3) inside the blocks get the same factors as the weights there: learning rate ``eta L^(alpha - 1)`` (Adam),
+epsilon ``eps L^-alpha``; the final LayerNorm, outside the blocks, none. Source: the CompleteP reference code
+(nanoGPT-mup ``completep``, ``configure_optimizers``: ``hidden_ln_params`` and hidden biases ``lr_scale =
+depth_multiplier^(alpha - 1)``, ``final_ln_params`` 1, one global ``adam_eps / (width_mult L^alpha)``). Where it
+differs from this module: the reference code gives LayerNorm parameters and biases no weight decay (``lambda = 0``
+for them; here the weight decay, if any, applies to every parameter with the factor above), and its hidden weights'
+decay is ``lambda / width-lr-factor`` with PyTorch's AdamW step ``lr * lambda``, so its decay per step carries
+``L^(alpha - 1)``, whereas this module keeps ``eta lambda`` depth-independent (our reading of CompleteP Table 1).
+
 ``complete_p()`` is ``alpha = 1``, ``depth_mup()`` ``alpha = 1/2``. Where the papers disagree: TP VI proves, for
 one-layer blocks, that ``alpha = 1/2`` is the unique depth limit with maximal feature diversity and calls
 ``alpha + gamma = 1, alpha > 1/2`` "redundant" (``classify_depth(1, 0).phase``); CompleteP (and Bordelon et al.

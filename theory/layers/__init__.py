@@ -8,7 +8,7 @@ its finite initialisation and its finite map (see the README, "Add your own laye
 from theory.layers.attention import AttentionScaling, AttentionWeights, SelfAttention
 from theory.layers.base import KernelState, Layer, Shape, Stream, Weights, WeightScaling, pytree
 from theory.layers.elementwise import Elementwise
-from theory.layers.normalization import LayerNorm
+from theory.layers.normalization import LayerNorm, NormWeights
 from theory.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from theory.layers.program import Program, Serial, analyse, serial, weight_layers
 from theory.layers.residual import Identity, Residual
@@ -27,6 +27,7 @@ __all__ = [
     "KernelState",
     "Layer",
     "LayerNorm",
+    "NormWeights",
     "Program",
     "Residual",
     "SelfAttention",
