@@ -10,7 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS] == ["01_kernels.ipynb", "02_limit_vs_finite.ipynb", "03_predictions.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_kernels.ipynb", "02_limit_vs_finite.ipynb", "03_predictions.ipynb",
+                                           "04_check_your_parameterization.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
