@@ -5,8 +5,9 @@ richness ``gamma`` (output ``f = w_std w . phi(h^L) / (gamma n)``, weights train
 Pehlevan 2022), trained by full-batch gradient descent on ``1/P sum 1/2 (f - y)^2`` for ``steps`` steps on
 Kumar et al.'s quadratic target (``experiments.feature_learning.polynomial_task``). Per ``gamma``:
 
-* ``kind = "dmft"``: the infinite-width trajectory of ``theory.dmft.solve`` (Monte Carlo over the single-site
-  fields, ``replicas`` independent solves for the standard errors): train loss, test loss, the NTK and the last
+* ``kind = "dmft"``: the infinite-width trajectory of ``theory.dmft.solve`` (one hidden layer: the neurons' single-site
+  law sampled in weight space, ``method="particles"``; deeper: Monte Carlo over the fields, which needs a smooth
+  activation; ``replicas`` independent solves for the standard errors): train loss, test loss, the NTK and the last
   hidden layer's feature kernel ``Phi^L(t, t)`` on the training inputs;
 * ``kind = "network"``: finite networks of each width and seed (``experiments.feature_learning.train``, centred:
   ``f - f_0``, which has the same infinite-width limit and removes the ``O(1 / (gamma sqrt n))`` initial output),
@@ -59,7 +60,7 @@ class Config:
     learning_rate: float = 1.0
     widths: tuple[int, ...] = (128, 512, 2048)
     seeds: int = 16
-    samples: int = 4096
+    samples: int = 16384
     replicas: int = 16
 
     def __post_init__(self) -> None:
@@ -104,7 +105,7 @@ def compute(point: Point) -> dict:
         key = jax.random.fold_in(jax.random.key(point["seed"]), round(point["gamma"] * 1e6))
         sol = dmft.solve(arch, task.x_train, task.y_train, task.x_test, gamma=point["gamma"], learning_rate=eta,
                          steps=steps, key=key, samples=point["samples"], replicas=point["replicas"],
-                         kernels="equal_time", method="monte_carlo")  # the kernel-space solver the records used
+                         kernels="equal_time")
         resid = sol.f_test - task.y_test[None]
         test = 0.5 * np.mean(resid**2, axis=1)
         # delta method, without assuming the test points' errors independent (an upper bound)

@@ -58,7 +58,9 @@ from theory.dmft.common import (
     DMFTSolution,
     check_converged,
     check_data,
+    check_smooth,
     derivative,
+    fixed_point,
     positive,
     replica_stats,
     solver_options,
@@ -281,8 +283,8 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
             return _exact_layer(setup, i, state, wd, strict, kx, mode)
         return _mc_layer(setup, i, state, wd, strict, kx, xi_u[i], xi_r[i], chunk, mode)
 
-    def sweep(state):
-        wd = w * (y_all - state.f)
+    def sweep(state, front):
+        wd = w * (y_all - state.f) * (t_idx < front)
         phi, a, g, b = list(state.phi), list(state.a), list(state.g), list(state.b)
         f = state.f
         for i in range(depth):
@@ -307,17 +309,8 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
     k = depth - 1
     state0 = _State((zero,) * k, (zero,) * k, (zero,) * k, (zero,) * k, jnp.zeros((m,), dtype))
 
-    def cond(carry):
-        _, it, change = carry
-        return (it < max_iterations) & (change > tol)
-
-    def body(carry):
-        state, it, _ = carry
-        new = sweep(state)
-        mixed = jax.tree.map(lambda o, n_: (1 - damping) * o + damping * n_, state, new)
-        return mixed, it + 1, rel_change(state, new)
-
-    state, it, change = jax.lax.while_loop(cond, body, (state0, jnp.asarray(0), jnp.asarray(jnp.inf, dtype)))
+    state, it, change = fixed_point(sweep, rel_change, state0, damping=damping, tol=tol,
+                                    max_iterations=max_iterations, steps=setup.steps)
     wd = w * (y_all - state.f)
     outs = [layer(i, state, wd, measure) for i in range(depth)]
     return jnp.stack([o["phi"] for o in outs]), jnp.stack([o["g"] for o in outs]), state.f, it, change
@@ -368,6 +361,7 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
                          max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1)
+    check_smooth(net.activation.fn, net.activation.name, steps, opt.method)
     dtype = x_all.dtype
     if opt.method == "particles":
         return _solve_particles(net, x_all, y, n_train, gamma, eta, steps, key, opt)

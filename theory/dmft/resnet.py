@@ -39,7 +39,9 @@ from theory.dmft.common import (
     DMFTSolution,
     check_converged,
     check_data,
+    check_smooth,
     derivative,
+    fixed_point,
     positive,
     replica_stats,
     solver_options,
@@ -224,8 +226,8 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, 
     train_out = "readout" in setup.train
 
     def replica(x):
-        def sweep(state):
-            wd = w * (y_all - state[4])
+        def sweep(state, front):
+            wd = w * (y_all - state[4]) * (t_idx < front)
             out = _averages(setup, state, wd, strict, kx, x, chunk, exact, False)
             f = setup.r2 / setup.gamma * out["dr"]
             if train_out:
@@ -239,19 +241,11 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, 
             ch.append(jnp.max(jnp.abs(old[4] - new[4])) / jnp.maximum(scale, 1e-30))
             return jnp.max(jnp.stack(ch))
 
-        def body(carry):
-            state, it, _ = carry
-            new = sweep(state)
-            mixed = jax.tree.map(lambda o, n_: (1 - damping) * o + damping * n_, state, new)
-            return mixed, it + 1, change(state, new)
-
-        def cond(carry):
-            return (carry[1] < max_iterations) & (carry[2] > tol)
-
         # start from the forward kernels at init (no training): Phi^0 = the stem's dual, then the rest by sweeps
         zeros = jnp.zeros((depth, m, m), dtype)
         state0 = (zeros, zeros, zeros, zeros, jnp.zeros((m,), dtype))
-        state, it, ch = jax.lax.while_loop(cond, body, (state0, jnp.asarray(0), jnp.asarray(jnp.inf, dtype)))
+        state, it, ch = fixed_point(sweep, change, state0, damping=damping, tol=tol, max_iterations=max_iterations,
+                                    steps=setup.steps)
         final = _averages(setup, state, w * (y_all - state[4]), strict, kx, x, chunk, exact, True)
         return final["phi"], final["g"], state[4], it, ch
 
@@ -287,6 +281,7 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
                          max_iterations=max_iterations, chunk=chunk, kernels="two_time")
+    check_smooth(net.activation.fn, net.activation.name, steps, opt.method)
     dtype = x_all.dtype
     n, depth = x_all.shape[0], net.depth
     m = (steps + 1) * n
