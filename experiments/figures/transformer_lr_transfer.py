@@ -54,9 +54,15 @@ LABELS = {"sp": "no depth scaling (SP)", "depth-mup": r"Depth-$\mu$P", "complete
           "standard": "SP", "mup": r"$\mu$P"}
 
 
+BLOCKS_ONLY = ", blocks only"
+"""Suffix of an arm that trains only the residual blocks (embedding / stem and readout frozen at their init)."""
+
+
 def depth_rule(arm: str) -> pz.DepthParameterization:
-    """The depth rule of a depth arm (:data:`DEPTH_ARMS`): ``theory.parameterizations.depth_mup()``,
-    ``complete_p()``, or a ``DepthParameterization(alpha, gamma)`` for "sp" and "1/sqrt(L) only"."""
+    """The depth rule of a depth arm (:data:`DEPTH_ARMS`, optionally with the :data:`BLOCKS_ONLY` suffix):
+    ``theory.parameterizations.depth_mup()``, ``complete_p()``, or a ``DepthParameterization(alpha, gamma)`` for
+    "sp" and "1/sqrt(L) only"."""
+    arm = arm.removesuffix(BLOCKS_ONLY)
     if arm == "depth-mup":
         return pz.depth_mup()
     if arm == "complete-p":
@@ -64,6 +70,13 @@ def depth_rule(arm: str) -> pz.DepthParameterization:
     if arm not in DEPTH_ARMS:
         raise ValueError(f"unknown depth arm {arm!r}; choose among {list(DEPTH_ARMS)}")
     return pz.DepthParameterization(*DEPTH_ARMS[arm], name=arm)
+
+
+def frozen_groups(arm: str) -> tuple[str, ...]:
+    """The weight groups an arm does not train: ``("input", "output")`` (stem / embedding and readout) for a
+    :data:`BLOCKS_ONLY` arm, none otherwise."""
+    depth_rule(arm)
+    return ("input", "output") if arm.endswith(BLOCKS_ONLY) else ()
 
 
 # -- the vectorised learning-rate sweep -----------------------------------------------------------------------------
@@ -79,7 +92,7 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
                  learning_rates: np.ndarray | tuple[float, ...], *, seeds: tuple[int, ...] = (0,), steps: int = 40,
                  batch_size: int | None = 32, loss: str = "cross_entropy",
                  depth_parameterization: pz.DepthParameterization | None = None, adam_eps: float = 1e-8,
-                 explode_at: float = 1e8, dtype: Any = None) -> np.ndarray:
+                 frozen: tuple[str, ...] = (), explode_at: float = 1e8, dtype: Any = None) -> np.ndarray:
     """Training loss on all of ``data`` after ``steps`` Adam steps, per seed and learning rate, ``(seeds, n_lr)``.
 
     The network of every seed is ``experiments.training.train``'s (same init key, same minibatches, the same Adam:
@@ -89,7 +102,8 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
     ``theory.parameterizations.depth_scales``; otherwise ``theory.parameterize(arch, parameterization, width,
     optimizer="adam", depth_rule=...)`` sets every factor. Adam's epsilon is ``adam_eps`` times the rule's factor.
     A run whose minibatch loss becomes non-finite or exceeds ``explode_at`` stops and scores ``inf``, as does a
-    non-finite final loss (``transfer.final_losses`` also stops on exploding activations; no finite run differs).
+    final loss that is not finite or exceeds ``explode_at`` (``transfer.final_losses`` also stops on exploding
+    activations). Adam's epsilon and ``frozen`` are as in ``training.TrainConfig``.
 
     Args:
         arch: a layer program (``theory.MLP``, ``theory.ResNet``, ``theory.Transformer``); its ``depth_exponent``
@@ -105,6 +119,9 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
     if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be a non-empty tuple of integers >= 0, got {seeds!r}")
     seeds = tuple(int(s) for s in seeds)
+    frozen = tuple(frozen)
+    if any(g not in training.FREEZABLE for g in frozen):
+        raise ValueError(f"cannot freeze {frozen}: frozen groups are any of {training.FREEZABLE}")
     steps = int(networks.check_positive_int("steps", steps))
     if batch_size is not None:
         batch_size = networks.check_positive_int("batch_size", batch_size)
@@ -130,7 +147,7 @@ def final_losses(arch: Program, parameterization: str | pz.AbcParameterization |
                            features=x.shape[-1] if x.ndim == 2 else x.shape[1:], n_out=n_out, dtype=dtype)
              for s in seeds]
     params = jax.tree.map(lambda *a: jnp.stack(a), *inits)
-    factors = training.learning_rates(net, inits[0])
+    factors = training.learning_rates(net, inits[0], frozen)
     ones = networks.weight_tree(net, inits[0], lambda layer, group: (1.0, 1.0))
     eps = jax.tree.map(lambda o: adam_eps * o, ones)
     if depth_parameterization is not None:
@@ -189,7 +206,7 @@ def _sweep(net: Program, static: _Static, params: Any, factors: Any, eps: Any, x
         zeros = jax.tree.map(jnp.zeros_like, p0)
         (p, _, _, alive), _ = jax.lax.scan(step, (p0, zeros, zeros, jnp.asarray(True)), jnp.arange(static.steps))
         final = loss_of(networks.apply(net, p, x), y)
-        return jnp.where(alive & jnp.isfinite(final), final, jnp.inf)
+        return jnp.where(alive & jnp.isfinite(final) & (jnp.abs(final) <= static.explode_at), final, jnp.inf)
 
     def per_seed(args: tuple) -> jax.Array:
         p0, key = args
@@ -212,7 +229,8 @@ class Config:
     * ``widths`` x ``parameterizations``: transformers of ``width_depth`` layers under Depth-muP's depth rule and
       each width parameterization ("ntk": the program as built; others through ``theory.parameterize``).
     * ``resnet_depths`` x ``resnet_arms``: ReLU ResNets of one-layer blocks (``lr-transfer``'s, muP in width) at
-      width ``resnet_width`` on scikit-learn's digits (``resnet_steps`` steps of ``resnet_batch_size``).
+      width ``resnet_width`` on scikit-learn's digits (``resnet_steps`` steps of ``resnet_batch_size``); an arm
+      ending in :data:`BLOCKS_ONLY` trains the blocks only.
 
     The width sweep has its own grid (``width_lr_log2_*``), the ResNets ``resnet_lr_log2_min/max`` with
     ``lr_log2_step`` and ``resnet_seeds`` seeds. The transformers (``n_heads`` heads, relu MLPs) learn the next
@@ -220,18 +238,19 @@ class Config:
 
     depths: tuple[int, ...] = (2, 4, 8, 16)
     depth_arms: tuple[str, ...] = ("sp", "depth-mup", "complete-p", "1/sqrt(L) only")
-    long_depths: tuple[int, ...] = (32,)
+    long_depths: tuple[int, ...] = (32, 64)
     long_depth_arms: tuple[str, ...] = ("depth-mup", "1/sqrt(L) only")
     depth_width: int = 64
     widths: tuple[int, ...] = (64, 128, 256)
     parameterizations: tuple[str, ...] = ("standard", "mup")
     width_depth: int = 2
     resnet_depths: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)
-    resnet_arms: tuple[str, ...] = ("1/sqrt(L) only", "depth-mup")
+    resnet_arms: tuple[str, ...] = ("1/sqrt(L) only", "depth-mup", "1/sqrt(L) only" + BLOCKS_ONLY,
+                                    "depth-mup" + BLOCKS_ONLY)
     resnet_width: int = 64
-    seeds: int = 3
+    seeds: int = 8
     resnet_seeds: int = 6
-    lr_log2_min: float = -10.0
+    lr_log2_min: float = -8.0
     lr_log2_max: float = -2.5
     lr_log2_step: float = 0.5
     width_lr_log2_min: float = -10.0
@@ -240,7 +259,7 @@ class Config:
     resnet_lr_log2_min: float = -8.0
     resnet_lr_log2_max: float = -1.0
     steps: int = 40
-    batch_size: int = 32
+    batch_size: int = 16
     n_samples: int = 256
     length: int = 4
     vocab: int = 8
@@ -252,7 +271,7 @@ class Config:
         if not (self.depths or self.widths or self.resnet_depths):
             raise ValueError("nothing to sweep: give depths, widths or resnet_depths")
         for arms in (self.depth_arms, self.long_depth_arms, self.resnet_arms):
-            unknown = [a for a in arms if a not in DEPTH_ARMS]
+            unknown = [a for a in arms if a.removesuffix(BLOCKS_ONLY) not in DEPTH_ARMS]
             if unknown:
                 raise ValueError(f"unknown depth arms {unknown}; choose among {list(DEPTH_ARMS)}")
         for p in self.parameterizations:
@@ -305,14 +324,14 @@ def compute(point: Point) -> dict:
         rule = depth_rule(point["arm"])
         arch = theory.ResNet(point["depth"], "relu", w_std=math.sqrt(2), depth_exponent=rule.alpha)
         loss = final_losses(arch, "mup", training.digits(), point["width"], 2.0**log2,
-                            depth_parameterization=rule, **common)
+                            depth_parameterization=rule, frozen=frozen_groups(point["arm"]), **common)
     else:
         task = sequence_tasks.markov_language(point["n_samples"], point["length"], vocab=point["vocab"], seed=0)
         rule = depth_rule("depth-mup" if point["sweep"] == "width" else point["arm"])
         arch = theory.Transformer(point["depth"], point["n_heads"], depth_exponent=rule.alpha)
         parameterization = None if point["sweep"] == "depth" or point["arm"] == "ntk" else point["arm"]
         loss = final_losses(arch, parameterization, (task.x, task.y), point["width"], 2.0**log2,
-                            depth_parameterization=rule, **common)
+                            depth_parameterization=rule, frozen=frozen_groups(point["arm"]), **common)
     return {"log2_lr": log2.tolist(), "loss": [[float(v) if np.isfinite(v) else math.inf for v in row]
                                                 for row in loss]}
 
@@ -357,6 +376,11 @@ def drift(opt: pd.DataFrame, grid_step: float = 0.5) -> dict[tuple[str, str], Po
 TITLES = {"resnet-depth": "ResNet (digits)", "depth": "transformer", "width": "transformer"}
 
 
+def _label(arm: str) -> str:
+    base = arm.removesuffix(BLOCKS_ONLY)
+    return LABELS.get(base, base) + (" (blocks trained only)" if arm.endswith(BLOCKS_ONLY) else "")
+
+
 def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     """Per sweep (a row): the seed-mean loss against the learning rate for each arm (one curve per size, its
     optimum ± bootstrap SE marked), then the optima against size with the fitted power laws."""
@@ -393,7 +417,7 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
             top = np.nanmin([np.nanmax(np.where(np.isfinite(_matrix(r_)[1].mean(0)), _matrix(r_)[1].mean(0),
                                                 np.nan)) for _, r_ in part.iterrows()])
             ax.set_ylim(top=top * 1.02)
-            title = f"{LABELS.get(arm, arm)}: {TITLES[sweep]}"
+            title = f"{_label(arm)}: {TITLES[sweep]}"
             fit = fits.get((sweep, arm))
             if fit is not None:
                 title += f"\n$\\eta^* \\propto {symbol}^{{{fit.exponent:+.2f} \\pm {fit.exponent_stderr:.2f}}}$"
@@ -412,7 +436,7 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
             y = 2.0 ** part["log2_lr_opt"].to_numpy()
             ax.errorbar(part["size"] * shift, y, yerr=[y * (1 - 2.0**-se), y * (2.0**se - 1)], color=style.color(i),
                         marker=style.marker(i), linestyle="none", markersize=4,
-                        label=LABELS.get(arm, arm) + (f": {fit.exponent:+.2f} ± {fit.exponent_stderr:.2f}"
+                        label=_label(arm) + (f": {fit.exponent:+.2f} ± {fit.exponent_stderr:.2f}"
                                                       if fit else ""))
             if fit is not None:
                 style.plot_fit(ax, fit, part["size"], index=i)
