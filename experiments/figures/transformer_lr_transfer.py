@@ -232,9 +232,10 @@ class Config:
       width ``resnet_width`` on scikit-learn's digits (``resnet_steps`` steps of ``resnet_batch_size``); an arm
       ending in :data:`BLOCKS_ONLY` trains the blocks only.
 
-    The width sweep has its own grid (``width_lr_log2_*``), the ResNets ``resnet_lr_log2_min/max`` with
-    ``lr_log2_step`` and ``resnet_seeds`` seeds. The transformers (``n_heads`` heads, relu MLPs) learn the next
-    token of ``markov_language(n_samples, length, vocab=vocab)`` for ``steps`` Adam steps of ``batch_size``."""
+    The width sweep has its own grid (``width_lr_log2_*``), the ResNets ``resnet_lr_log2_min/max`` (blocks-only
+    arms ``blocks_only_lr_log2_min/max``) with ``lr_log2_step`` and ``resnet_seeds`` seeds. The transformers
+    (``n_heads`` heads, relu MLPs) learn the next token of ``markov_language(n_samples, length, vocab=vocab)`` for
+    ``steps`` Adam steps of ``batch_size``."""
 
     depths: tuple[int, ...] = (2, 4, 8, 16)
     depth_arms: tuple[str, ...] = ("sp", "depth-mup", "complete-p", "1/sqrt(L) only")
@@ -245,8 +246,7 @@ class Config:
     parameterizations: tuple[str, ...] = ("standard", "mup")
     width_depth: int = 2
     resnet_depths: tuple[int, ...] = (2, 4, 8, 16, 32, 64, 128)
-    resnet_arms: tuple[str, ...] = ("1/sqrt(L) only", "depth-mup", "1/sqrt(L) only" + BLOCKS_ONLY,
-                                    "depth-mup" + BLOCKS_ONLY)
+    resnet_arms: tuple[str, ...] = ("1/sqrt(L) only", "depth-mup", "1/sqrt(L) only" + BLOCKS_ONLY)
     resnet_width: int = 64
     seeds: int = 8
     resnet_seeds: int = 6
@@ -258,6 +258,8 @@ class Config:
     width_lr_log2_step: float = 1.0
     resnet_lr_log2_min: float = -8.0
     resnet_lr_log2_max: float = -1.0
+    blocks_only_lr_log2_min: float = -5.0
+    blocks_only_lr_log2_max: float = 3.0
     steps: int = 40
     batch_size: int = 16
     n_samples: int = 256
@@ -279,6 +281,7 @@ class Config:
                 pz.get(p, "adam")
         for lo, hi, step in ((self.lr_log2_min, self.lr_log2_max, self.lr_log2_step),
                              (self.resnet_lr_log2_min, self.resnet_lr_log2_max, self.lr_log2_step),
+                             (self.blocks_only_lr_log2_min, self.blocks_only_lr_log2_max, self.lr_log2_step),
                              (self.width_lr_log2_min, self.width_lr_log2_max, self.width_lr_log2_step)):
             if not (step > 0 and hi > lo) or len(_grid(lo, hi, step)) < 5:
                 raise ValueError("each learning-rate grid needs lr_log2_step > 0, max > min and >= 5 points")
@@ -304,7 +307,9 @@ def points(c: Config) -> list[Point]:
     res = {"lr_log2_min": c.resnet_lr_log2_min, "lr_log2_max": c.resnet_lr_log2_max,
            "lr_log2_step": c.lr_log2_step, "seeds": c.resnet_seeds, "steps": c.resnet_steps,
            "batch_size": c.resnet_batch_size}
-    out = [{"sweep": "resnet-depth", "arm": a, "size": L, "width": c.resnet_width, "depth": L, **res}
+    blocks = {"lr_log2_min": c.blocks_only_lr_log2_min, "lr_log2_max": c.blocks_only_lr_log2_max}
+    out = [{"sweep": "resnet-depth", "arm": a, "size": L, "width": c.resnet_width, "depth": L,
+            **res, **(blocks if a.endswith(BLOCKS_ONLY) else {})}
            for a in c.resnet_arms for L in c.resnet_depths]
     depth = [(a, L) for a in c.depth_arms for L in c.depths]
     depth += [(a, L) for a in c.long_depth_arms for L in c.long_depths if (a, L) not in depth]
