@@ -232,7 +232,7 @@ def rough(fn) -> bool:
     dz = float(z[1] - z[0])
     d1 = derivative(fn)
     d2 = derivative(d1)
-    p, p1, p2 = (np.asarray(jax.vmap(g)(z), dtype=np.float64) for g in (fn, d1, d2))
+    p, p1, p2 = (np.asarray(a, dtype=np.float64) for a in jax.jit(lambda x: (fn(x), d1(x), d2(x)))(z))
     if not (np.all(np.isfinite(p)) and np.all(np.isfinite(p1)) and np.all(np.isfinite(p2))):
         return True
     jump = np.abs(np.diff(p)) > 2 * dz * np.maximum(np.abs(p1[1:]), np.abs(p1[:-1])) + 1e-3

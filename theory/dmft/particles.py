@@ -135,9 +135,11 @@ def _simulate(setup: _Setup, xa: Array, y: Array, w0: Array, a0: Array, lengths:
 
 
 def simulate(fn: object, sigma: float, gamma: float, learning_rate: float, x_all: Array, y: Array, n_train: int,
-             record_steps: np.ndarray, key: Array, samples: int, replicas: int, kernels: str | None) -> dict:
+             record_steps: np.ndarray, key: Array | None, samples: int, replicas: int, kernels: str | None,
+             init: tuple | None = None) -> dict:
     """Every replica's records (leading axes ``(replicas, records)``): ``f`` ``(N,)`` and the kernels asked for.
-    Replicas run one after another (``S`` neurons each, ``S (d + N)`` memory)."""
+    Replicas run one after another (``S`` neurons each, ``S (d + N)`` memory). ``init``: the initial neurons
+    ``(w_0 (S, d), a_0 (S,))`` of a single replica instead of sampling them (``key`` unused)."""
     dtype = x_all.dtype
     xa = x_all / math.sqrt(x_all.shape[1])
     setup = _Setup(jnp.asarray(sigma, dtype), jnp.asarray(learning_rate, dtype), jnp.asarray(gamma, dtype), fn,
@@ -145,8 +147,13 @@ def simulate(fn: object, sigma: float, gamma: float, learning_rate: float, x_all
     lengths = jnp.asarray(np.diff(record_steps), jnp.int32)
     outs = []
     for r in range(replicas):
-        kw, ka = jax.random.split(jax.random.fold_in(key, r))
-        w0 = jax.random.normal(kw, (samples, x_all.shape[1]), dtype)
-        a0 = jax.random.normal(ka, (samples,), dtype)
+        if init is not None:
+            if replicas != 1:
+                raise ValueError("init gives one replica's neurons: replicas must be 1")
+            w0, a0 = jnp.asarray(init[0], dtype), jnp.asarray(init[1], dtype)
+        else:
+            kw, ka = jax.random.split(jax.random.fold_in(key, r))
+            w0 = jax.random.normal(kw, (samples, x_all.shape[1]), dtype)
+            a0 = jax.random.normal(ka, (samples,), dtype)
         outs.append(jax.tree.map(np.asarray, _simulate(setup, xa, y, w0, a0, lengths, n_train=n_train)))
     return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
