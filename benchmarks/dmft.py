@@ -4,7 +4,9 @@
     python benchmarks/dmft.py                    # the full sweep (a GPU)
     python benchmarks/dmft.py --json-out dmft.json
 
-Workload: ``theory.MLP(L, "tanh", w_std=1)`` in the mean-field parameterization, ``gamma = 1``, learning rate 0.5,
+Workload (``solve``'s default method: one hidden layer samples its neurons in weight space, ``"particles"``, cost
+``O(replicas samples steps P d)``; two hidden layers the kernel-space Monte Carlo, ``O(samples M^3)`` per
+iteration): ``theory.MLP(L, "tanh", w_std=1)`` in the mean-field parameterization, ``gamma = 1``, learning rate 0.5,
 ``P`` training inputs of ``d = 8`` standard normal features, targets ``sin(x_0) + x_1 / 2``, 2 test inputs, float64.
 Each timing is the second call with the same shapes (the first compiles) and a new key. Reported per row: wall time,
 fixed-point iterations, the standard error of the final training loss and of the final test outputs (the spread of
@@ -52,7 +54,8 @@ def _solve(depth, p, steps, samples, replicas, seed=0):
 
 def _row(depth, p, steps, samples, replicas):
     sol, wall = _solve(depth, p, steps, samples, replicas)
-    return {"depth": depth, "P": p, "steps": steps, "samples": samples, "replicas": replicas, "wall_s": wall,
+    return {"depth": depth, "method": sol.method, "P": p, "steps": steps, "samples": samples, "replicas": replicas,
+            "wall_s": wall,
             "iterations": sol.iterations, "s_per_iteration": wall / (sol.iterations + 1),
             "loss_T": float(sol.loss[-1]), "loss_se": float(sol.loss_stderr[-1]),
             "f_test_se": float(sol.f_test_stderr[-1].mean())}
