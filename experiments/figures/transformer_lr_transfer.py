@@ -335,8 +335,9 @@ def compute(point: Point) -> dict:
         rule = depth_rule("depth-mup" if point["sweep"] == "width" else point["arm"])
         arch = theory.Transformer(point["depth"], point["n_heads"], depth_exponent=rule.alpha)
         parameterization = None if point["sweep"] == "depth" or point["arm"] == "ntk" else point["arm"]
+        frozen = () if point["sweep"] == "width" else frozen_groups(point["arm"])
         loss = final_losses(arch, parameterization, (task.x, task.y), point["width"], 2.0**log2,
-                            depth_parameterization=rule, frozen=frozen_groups(point["arm"]), **common)
+                            depth_parameterization=rule, frozen=frozen, **common)
     return {"log2_lr": log2.tolist(), "loss": [[float(v) if np.isfinite(v) else math.inf for v in row]
                                                 for row in loss]}
 
