@@ -58,6 +58,10 @@ BLOCKS_ONLY = ", blocks only"
 """Suffix of an arm that trains only the residual blocks (embedding / stem and readout frozen at their init)."""
 
 
+UNSCALED = ("sp", "1/sqrt(L) only")
+"""Depth arms without Adam's depth factor on the learning rate (``gamma = 0`` with ``alpha < 1``)."""
+
+
 def depth_rule(arm: str) -> pz.DepthParameterization:
     """The depth rule of a depth arm (:data:`DEPTH_ARMS`, optionally with the :data:`BLOCKS_ONLY` suffix):
     ``theory.parameterizations.depth_mup()``, ``complete_p()``, or a ``DepthParameterization(alpha, gamma)`` for
@@ -232,14 +236,15 @@ class Config:
       width ``resnet_width`` on scikit-learn's digits (``resnet_steps`` steps of ``resnet_batch_size``); an arm
       ending in :data:`BLOCKS_ONLY` trains the blocks only.
 
-    The width sweep has its own grid (``width_lr_log2_*``), the ResNets ``resnet_lr_log2_min/max`` (blocks-only
-    arms ``blocks_only_lr_log2_min/max``) with ``lr_log2_step`` and ``resnet_seeds`` seeds. The transformers
-    (``n_heads`` heads, relu MLPs) learn the next token of ``markov_language(n_samples, length, vocab=vocab)`` for
-    ``steps`` Adam steps of ``batch_size``."""
+    The arms without Adam's depth factor ("sp", "1/sqrt(L) only"), whose optimum falls with depth, start their grid
+    at ``unscaled_lr_log2_min``; the width sweep has its own grid (``width_lr_log2_*``), the ResNets
+    ``resnet_lr_log2_min/max`` (blocks-only arms ``blocks_only_lr_log2_min/max``) with ``lr_log2_step`` and
+    ``resnet_seeds`` seeds. The transformers (``n_heads`` heads, relu MLPs) learn the next token of
+    ``markov_language(n_samples, length, vocab=vocab)`` for ``steps`` Adam steps of ``batch_size``."""
 
     depths: tuple[int, ...] = (2, 4, 8, 16)
     depth_arms: tuple[str, ...] = ("sp", "depth-mup", "complete-p", "1/sqrt(L) only")
-    long_depths: tuple[int, ...] = (32, 64)
+    long_depths: tuple[int, ...] = (32,)
     long_depth_arms: tuple[str, ...] = ("depth-mup", "1/sqrt(L) only")
     depth_width: int = 64
     widths: tuple[int, ...] = (64, 128, 256)
@@ -251,10 +256,11 @@ class Config:
     seeds: int = 8
     resnet_seeds: int = 6
     lr_log2_min: float = -8.0
+    unscaled_lr_log2_min: float = -11.0
     lr_log2_max: float = -2.5
     lr_log2_step: float = 0.5
-    width_lr_log2_min: float = -10.0
-    width_lr_log2_max: float = -1.0
+    width_lr_log2_min: float = -13.0
+    width_lr_log2_max: float = 3.0
     width_lr_log2_step: float = 1.0
     resnet_lr_log2_min: float = -8.0
     resnet_lr_log2_max: float = -1.0
@@ -280,6 +286,7 @@ class Config:
             if p != "ntk":
                 pz.get(p, "adam")
         for lo, hi, step in ((self.lr_log2_min, self.lr_log2_max, self.lr_log2_step),
+                             (self.unscaled_lr_log2_min, self.lr_log2_max, self.lr_log2_step),
                              (self.resnet_lr_log2_min, self.resnet_lr_log2_max, self.lr_log2_step),
                              (self.blocks_only_lr_log2_min, self.blocks_only_lr_log2_max, self.lr_log2_step),
                              (self.width_lr_log2_min, self.width_lr_log2_max, self.width_lr_log2_step)):
@@ -313,8 +320,8 @@ def points(c: Config) -> list[Point]:
            for a in c.resnet_arms for L in c.resnet_depths]
     depth = [(a, L) for a in c.depth_arms for L in c.depths]
     depth += [(a, L) for a in c.long_depth_arms for L in c.long_depths if (a, L) not in depth]
-    out += [{"sweep": "depth", "arm": a, "size": L, "width": c.depth_width, "depth": L, **seq, **grid}
-            for a, L in depth]
+    out += [{"sweep": "depth", "arm": a, "size": L, "width": c.depth_width, "depth": L, **seq,
+             **grid, **({"lr_log2_min": c.unscaled_lr_log2_min} if a in UNSCALED else {})} for a, L in depth]
     out += [{"sweep": "width", "arm": p, "size": n, "width": n, "depth": c.width_depth, **seq, **width_grid}
             for p in c.parameterizations for n in c.widths]
     return out
