@@ -356,8 +356,8 @@ def test_rough_activations_are_refused_by_the_kernel_space_solver():
 @pytest.mark.slow
 def test_rich_gamma_four_converges_and_matches_the_particle_solver():
     """gelu, one hidden layer, gamma = 4, 12 steps at eta = 1 (the setting whose relu version gave NaN): the
-    kernel-space solver converges and agrees with the weight-space particle solver within 4 combined SE at
-    every step."""
+    kernel-space solver converges and agrees with the weight-space particle solver at every step (z-scores with
+    the combined SE: mean square below 3, none above 6)."""
     from experiments import feature_learning as fl
 
     task = fl.polynomial_task(8, 8, 4, seed=0)
@@ -367,7 +367,7 @@ def test_rich_gamma_four_converges_and_matches_the_particle_solver():
     pa = dmft.solve(net, task.x_train, task.y_train, **kw, key=jax.random.key(1), method="particles", samples=2**15)
     z = (mc.f_train - pa.f_train)[1:] / np.hypot(mc.f_train_stderr, pa.f_train_stderr)[1:]
     print("gamma 4 iterations", mc.iterations, "max |z|", np.max(np.abs(z)), "loss", mc.loss[-1], pa.loss[-1])
-    assert np.all(np.abs(z) < 4), z
+    assert np.mean(z**2) < 3 and np.max(np.abs(z)) < 6, z  # t with 7 dof; measured max 3.4
     assert pa.loss[-1] < 0.05 * pa.loss[0]  # rich: it has learnt
 
 
@@ -520,6 +520,57 @@ def test_resnet_depth_limit():
     diffs = [np.max(np.abs(a - b)) for a, b in itertools.pairwise(losses)]
     ratios = np.array(diffs[:-1]) / np.array(diffs[1:])
     assert np.all((ratios > 1.6) & (ratios < 2.4)), (diffs, ratios)  # measured 1.84 (1.66 from L = 2)
+
+
+@pytest.mark.slow
+def test_finite_depth_mup_resnets_converge_to_the_dmft():
+    """Linear Depth-muP ResNet (4 blocks, branch 1/sqrt(L), every group trained, gamma = 1, 3 steps): finite networks
+    of widths 32-256 (a JAX ResNet written here; 2048-256 seeds) against the exact DMFT (solve_resnet): the
+    seed-mean final loss deviates like width^-1 (fitted exponent, 95% interval containing -1 and below -1/2; a
+    width-independent bias, a wrong limit, would give ~0)."""
+    from experiments import scaling
+
+    depth, gamma, eta, steps, d = 4, 1.0, 0.3, 3, X.shape[1]
+    net = theory.ResNet(depth, "identity", w_std=1.0, depth_exponent=0.5)
+    beta = float(net.branch_multiplier)
+    sol = dmft.solve_resnet(net, X, Y, gamma=gamma, learning_rate=eta, steps=steps)
+
+    def losses(width, seeds, seed):
+        def forward(params):
+            w0, ws, w = params
+            h = X @ w0.T / np.sqrt(d)
+            for layer in range(depth):
+                h = h + beta * h @ ws[layer].T / np.sqrt(width)
+            return h @ w / (gamma * width)
+
+        def run(key):
+            k0, k1, k2 = jax.random.split(key, 3)
+            params = (jax.random.normal(k0, (width, d)), jax.random.normal(k1, (depth, width, width)),
+                      jax.random.normal(k2, (width,)))
+
+            def loss(p):
+                return 0.5 * jnp.mean((forward(p) - Y) ** 2)
+
+            for _ in range(steps):
+                params = jax.tree.map(lambda a, g: a - eta * gamma**2 * width * g, params, jax.grad(loss)(params))
+            return loss(params)
+
+        keys = jax.random.split(jax.random.key(seed), seeds)
+        batch = max(1, 2**22 // (depth * width * width))
+        return np.asarray(jax.jit(lambda k: jax.lax.map(run, k, batch_size=batch))(keys))
+
+    widths, seeds = (32, 64, 128, 256), (2048, 1024, 512, 256)   # equal cost per width; SE ~1e-4 at each
+    dev, se = [], []
+    for width, s_ in zip(widths, seeds, strict=True):
+        loss = losses(width, s_, width)
+        dev.append(loss.mean() - sol.loss[-1])
+        se.append(loss.std(ddof=1) / np.sqrt(s_))
+    dev, se = np.array(dev), np.array(se)
+    fit = scaling.fit_power_law(widths, np.abs(dev), se)
+    print("resnet mean deviation exponent", fit.exponent, fit.ci_low, fit.ci_high, "width * deviation", dev * widths,
+          "deviation / SE", dev / se)
+    assert np.all(dev[:2] > 4 * se[:2]), (dev, se)  # resolved where b / width is largest
+    assert fit.ci_low < -1 < fit.ci_high and fit.ci_high < -0.5, fit
 
 
 @pytest.mark.slow
