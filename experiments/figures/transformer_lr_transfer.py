@@ -471,8 +471,8 @@ EXPERIMENT = Experiment(
     config=Config(),
     # quick: three compilations (each network shape is one), the 1/sqrt(L)-only arm at depths 1-4
     quick_config=Config(depths=(1, 2, 4), depth_arms=("1/sqrt(L) only",), long_depths=(), widths=(), resnet_depths=(),
-                        seeds=2, lr_log2_min=-9.0, lr_log2_max=-3.0, lr_log2_step=1.0, steps=10, batch_size=16,
-                        n_samples=64),
+                        seeds=2, lr_log2_min=-9.0, unscaled_lr_log2_min=-9.0, lr_log2_max=-3.0, lr_log2_step=1.0,
+                        steps=10, batch_size=16, n_samples=64),
     points=points,
     compute=compute,
     plot=plot,
