@@ -37,6 +37,12 @@ Solvers (``method``):
   ``tol``; ``replicas`` independent such solves give the mean and its standard error.
 - ``"exact"`` (linear activation only): the process is linear in ``(u, r)`` and every order parameter is a
   matrix expression (docs/dmft.md); the same iteration, no sampling, float round-off only.
+- ``"particles"`` (one hidden layer, any activation; the default there): each neuron ``(w in R^d, a)`` sampled in
+  weight space and trained with the residuals of the sample mean, one pass, no iteration (:mod:`theory.dmft.particles`).
+
+The iteration restarts from a causal front if an iterate overflows (docs/dmft.md, "Robustness"), and
+``"monte_carlo"`` refuses activations whose ``phi`` or ``phi'`` jumps beyond one step (its pathwise responses would
+miss the jumps: "Rough activations").
 
 Derivation, the solver's accuracy and cost: docs/dmft.md.
 """
@@ -340,8 +346,11 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
       learning_rate: ``eta`` (the weights' rate is ``eta gamma^2 n``); steps: number of gradient steps ``T``.
         Gradient flow to time ``tau`` is the limit ``eta -> 0``, ``steps = tau / eta`` (error ``O(eta)``).
       key: JAX key for the Monte-Carlo fields (required by ``method="monte_carlo"``).
-      method: ``"auto"`` (``"exact"`` for the identity activation, else ``"monte_carlo"``), ``"monte_carlo"``,
-        ``"exact"``.
+      method: ``"auto"`` (``"exact"`` for the identity activation, else ``"particles"`` with one hidden layer and
+        ``"monte_carlo"`` with more), ``"monte_carlo"`` (fields over the inputs; smooth activations beyond one step:
+        a rough one such as relu raises ``ValueError``), ``"particles"`` (one hidden layer: its neurons sampled in
+        weight space, :mod:`theory.dmft.particles`; any activation; ``damping``, ``tol``, ``max_iterations`` and
+        ``chunk`` unused), ``"exact"``.
       samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
       damping: fraction of the new iterate kept (1: plain fixed point); tol: largest relative change of the
         kernels and outputs at convergence (default 1e-10 exact, ``0.1 / sqrt(samples)`` Monte Carlo: below the
