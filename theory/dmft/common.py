@@ -33,8 +33,9 @@ class DMFTSolution:
       kernels ``G^l``; ``ntk`` ``(T + 1, N, N)``: the NTK at each step.
     - ``*_stderr``: the standard error of each (the spread of ``replicas`` independent Monte-Carlo solves over
       ``sqrt(replicas)``; zeros for ``method="exact"``).
-    - ``iterations``: fixed-point iterations used (the largest over replicas); ``change``: the last relative change
-      (below ``tol``); ``method``, ``samples`` (per replica), ``replicas``, ``dtype`` (the float type used).
+    - ``iterations``: fixed-point iterations used (the largest over replicas; 1 for ``method="particles"``, one
+      pass); ``change``: the last relative change (below ``tol``; 0 for particles); ``method``, ``samples`` (per
+      replica), ``replicas``, ``dtype`` (the float type used).
     """
 
     f_train: np.ndarray
