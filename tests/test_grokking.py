@@ -316,6 +316,20 @@ def test_quick_sweep_groks_later_the_lazier_it_is(quick):
 
 
 @pytest.mark.experiments
+def test_quick_sweep_dmft_rows_grok_later_the_lazier_they_are(quick):
+    """The DMFT rows (theory.dmft.solve_outputs) start on the lazy curve (f = 0 at t = 0), grok (leave the plateau for
+    good) later the lazier they are, with finite jackknife errors, and their recorded times are the lazy row's."""
+    config = fig.EXPERIMENT.quick_config
+    table = fig.dmft_times(quick, config.factor)
+    assert len(table) == len(config.alphas) and np.all(np.isfinite(table["grokking_time"])), table
+    assert table["grokking_time"].is_monotonic_increasing and np.all(table["grokking_time_se"] > 0), table
+    lazy = quick[quick["kind"] == "lazy"].iloc[0]
+    for _, r in quick[quick["kind"] == "dmft"].iterrows():
+        assert r["test_loss"][0] == pytest.approx(lazy["test_loss"][0], rel=1e-12)
+        assert len(r["loo_test_loss"]) == config.dmft_replicas and r["time"][-1] <= config.dmft_steps * 0.5
+
+
+@pytest.mark.experiments
 def test_quick_sweep_lazy_row_is_the_theory(quick):
     lazy = quick[quick["kind"] == "lazy"].iloc[0].to_dict()
     arch, task, steps = fig.setup(lazy)
