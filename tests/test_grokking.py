@@ -326,7 +326,8 @@ def test_quick_sweep_dmft_rows_grok_later_the_lazier_they_are(quick):
     lazy = quick[quick["kind"] == "lazy"].iloc[0]
     for _, r in quick[quick["kind"] == "dmft"].iterrows():
         assert r["test_loss"][0] == pytest.approx(lazy["test_loss"][0], rel=1e-12)
-        assert len(r["loo_test_loss"]) == config.dmft_replicas and r["time"][-1] <= config.dmft_steps * 0.5
+        assert len(r["loo_test_loss"]) == config.dmft_replicas
+        assert r["time"][-1] <= config.dmft_steps * config.learning_rate
 
 
 @pytest.mark.experiments
