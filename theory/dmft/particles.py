@@ -18,7 +18,8 @@ of the Monte-Carlo DMFT with fixed noise, reached without iteration (time is cau
 network (``f - f_0``; Chizat et al. 2019), trained by gradient descent, so it is as stable as one. ``(phi(h) -
 phi(h(0))) / gamma`` is computed without cancellation as ``gamma -> 0`` (a quadrature of ``phi'`` where ``h`` moved
 by less than 1e-2). The error: ``O(1/sqrt(S))`` fluctuations, measured by ``replicas`` independent solves, and an
-``O(1/S)`` bias (``S >> replicas`` keeps it far below the standard error). Cost ``O(replicas S T P d)``, memory
+``O(1/S)`` bias (``S >> replicas`` keeps it below the standard error for smooth functionals; a grokking time is more
+sensitive: docs/figures/grokking.md). Cost ``O(replicas S T P d)``, memory
 ``O(S (d + N))``, against the kernel-space solver's ``O(S M^2)`` per sweep with ``M = (T + 1) N``. (A Stein-lemma
 estimator of the first term, ``E[d phi(h) / d a_0]`` carried as a tangent, has no ``1 / gamma`` either, but it is not
 the output of any network: its feedback through ``Delta`` is not a gradient flow, and it diverged after ~2500 steps of
