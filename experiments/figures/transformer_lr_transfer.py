@@ -50,7 +50,7 @@ from theory.layers import Program
 STEM = "transformer_lr_transfer"
 DEPTH_ARMS = {"sp": (0.0, 0.0), "depth-mup": (0.5, 0.5), "complete-p": (1.0, 0.0), "1/sqrt(L) only": (0.5, 0.0)}
 LABELS = {"sp": "no depth scaling (SP)", "depth-mup": r"Depth-$\mu$P", "complete-p": "CompleteP",
-          "1/sqrt(L) only": r"$1/\sqrt{L}$ branches, Adam $\eta$ not scaled", "ntk": "NTK param. (Adam)",
+          "1/sqrt(L) only": r"$1/\sqrt{L}$ branches, $\eta$ not scaled", "ntk": "NTK param. (Adam)",
           "standard": "SP", "mup": r"$\mu$P"}
 
 
@@ -391,7 +391,7 @@ TITLES = {"resnet-depth": "ResNet (digits)", "depth": "transformer", "width": "t
 
 def _label(arm: str) -> str:
     base = arm.removesuffix(BLOCKS_ONLY)
-    return LABELS.get(base, base) + (" (blocks trained only)" if arm.endswith(BLOCKS_ONLY) else "")
+    return LABELS.get(base, base) + (", blocks only" if arm.endswith(BLOCKS_ONLY) else "")
 
 
 def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
@@ -427,9 +427,13 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
             ax.set_xscale("log", base=2)
             ax.set_xlabel(r"learning rate $\eta$ (Adam)")
             ax.set_ylabel("training loss after the budget")
-            top = np.nanmin([np.nanmax(np.where(np.isfinite(_matrix(r_)[1].mean(0)), _matrix(r_)[1].mean(0),
-                                                np.nan)) for _, r_ in part.iterrows()])
-            ax.set_ylim(top=top * 1.02)
+            # the top edge: a little above the least-trained loss (the smallest learning rate) of any size
+            first = [_matrix(r_)[1].mean(0)[0] for _, r_ in part.iterrows()]
+            first = [v for v in first if np.isfinite(v)]
+            lowest = [np.nanmin(np.where(np.isfinite(m), m, np.nan)) for m in
+                      (_matrix(r_)[1].mean(0) for _, r_ in part.iterrows())]
+            if first:
+                ax.set_ylim(0.97 * min(lowest), 1.08 * max(first))
             title = f"{_label(arm)}: {TITLES[sweep]}"
             fit = fits.get((sweep, arm))
             if fit is not None:
@@ -458,7 +462,7 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
         ax.set_xlabel("width $n$" if sweep == "width" else "depth $L$")
         ax.set_ylabel(r"optimal learning rate $\eta^*$")
         ax.set_title(f"{TITLES[sweep]}: optimum ± bootstrap SE", fontsize=8.5)
-        ax.legend(fontsize=6, loc="lower left")
+        ax.legend(fontsize=6, loc="best")
     return style.save(fig, outdir, STEM)
 
 
