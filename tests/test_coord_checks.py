@@ -114,6 +114,9 @@ def test_bad_input():
         cc.coord_check(_build(2), widths=(0,))
     with pytest.raises(ValueError, match="no top-level Residual blocks"):
         cc.laziness_check(lambda depth: theory.MLP(depth), depths=(2,), width=8, data=DATA)
+    # training takes (batch, features) or (batch, ..., channels) inputs, not one number per example
+    with pytest.raises(ValueError, match=r"data.x must have shape \(batch, features\)"):
+        cc.coord_check(_build(2), widths=(8,), data=training.Dataset(np.zeros(4), np.zeros((4, 1))))
 
 
 @pytest.mark.slow
