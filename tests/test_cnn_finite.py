@@ -167,7 +167,7 @@ def _check_estimate(est, n_samples, width, shape):
         assert np.all(np.isfinite(e.mean)) and np.all(np.isfinite(e.stderr)) and np.all(e.stderr > 0)
 
 
-@pytest.mark.parametrize("inputs", ["images", "vectors"])
+@pytest.mark.parametrize("inputs", [pytest.param("images", marks=pytest.mark.slow), "vectors"])
 def test_estimate_kernels_of_layer_programs(inputs):
     """Width 64, a few networks, on a CNN with LayerNorm and pooling (images; also a cross kernel) and a LayerNorm
     MLP (vectors): shapes, dtypes, finite values; the same numbers whatever the chunking."""

@@ -36,6 +36,7 @@ def _ntk_regression(act, x, y, xt, depth, recursion=False):
 
 
 # -- duals and taxonomy ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_hermite_activation_dual_matches_quadrature_at_any_variance():
     act = dc.hermite_activation([0.2, -0.5, 0.7, 0.3])
     q11, q22 = jnp.asarray([[0.5], [1.3]]), jnp.asarray([[0.8, 1.1]])

@@ -133,25 +133,26 @@ def test_k_star_zero_class_kurtosis_grows_as_2_l_over_n(act, w_std):
     assert float(out.kernel[-1, 0]) * 2 * depth == pytest.approx(1, rel=0.01)
 
 
-def test_pairs_diagonal_is_one_input_and_kernel_is_the_nngp():
-    for act, w, b in (("relu", 2**0.5, 0.0), ("tanh", 1.3, 0.2)):  # a closed-form dual, and quadrature
-        arch = theory.MLP(3, act, w, b)
-        x = jnp.concatenate([X2, jnp.array([[0.4, 0.4, 0.9]])])
-        p, one = fw.pairs(arch, x), fw.one_input(arch, x)
-        idx = np.arange(3)
-        np.testing.assert_allclose(p.kernel[:, idx, idx], one.kernel, rtol=1e-13)
-        np.testing.assert_allclose(p.kernel_correction[:, idx, idx], one.kernel_correction, rtol=1e-12, atol=1e-13)
-        np.testing.assert_allclose(p.vertex[:, idx, idx, 1, 1], one.vertex, rtol=1e-13)
-        nngp = theory.kernels(arch, x, per_layer=True).nngp
-        np.testing.assert_allclose(p.kernel, nngp, rtol=1e-5 if act == "tanh" else 1e-11)  # kernels: degree 40
-        np.testing.assert_allclose(p.kernel_correction, np.swapaxes(p.kernel_correction, 1, 2), rtol=1e-13)
-        # the pair (b, a) is the pair (a, b) read backwards; the vertex of each pair is a symmetric matrix
-        swap = [2, 1, 0]
-        np.testing.assert_allclose(p.vertex[:, 1, 0], p.vertex[:, 0, 1][:, swap][:, :, swap], rtol=1e-13)
-        np.testing.assert_allclose(p.vertex, np.swapaxes(p.vertex, -1, -2), rtol=1e-12, atol=1e-14)
-        # V_(aa)(aa) entries of the pair block are the one-input vertices
-        np.testing.assert_allclose(p.vertex[:, 0, 1, 0, 0], one.vertex[:, 0], rtol=1e-11)
-        np.testing.assert_allclose(p.vertex[:, 0, 1, 2, 2], one.vertex[:, 1], rtol=1e-11)
+@pytest.mark.parametrize(("act", "w", "b"), [("relu", 2**0.5, 0.0),  # a closed-form dual, and quadrature
+                                          pytest.param("tanh", 1.3, 0.2, marks=pytest.mark.slow)])
+def test_pairs_diagonal_is_one_input_and_kernel_is_the_nngp(act, w, b):
+    arch = theory.MLP(3, act, w, b)
+    x = jnp.concatenate([X2, jnp.array([[0.4, 0.4, 0.9]])])
+    p, one = fw.pairs(arch, x), fw.one_input(arch, x)
+    idx = np.arange(3)
+    np.testing.assert_allclose(p.kernel[:, idx, idx], one.kernel, rtol=1e-13)
+    np.testing.assert_allclose(p.kernel_correction[:, idx, idx], one.kernel_correction, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(p.vertex[:, idx, idx, 1, 1], one.vertex, rtol=1e-13)
+    nngp = theory.kernels(arch, x, per_layer=True).nngp
+    np.testing.assert_allclose(p.kernel, nngp, rtol=1e-5 if act == "tanh" else 1e-11)  # kernels: degree 40
+    np.testing.assert_allclose(p.kernel_correction, np.swapaxes(p.kernel_correction, 1, 2), rtol=1e-13)
+    # the pair (b, a) is the pair (a, b) read backwards; the vertex of each pair is a symmetric matrix
+    swap = [2, 1, 0]
+    np.testing.assert_allclose(p.vertex[:, 1, 0], p.vertex[:, 0, 1][:, swap][:, :, swap], rtol=1e-13)
+    np.testing.assert_allclose(p.vertex, np.swapaxes(p.vertex, -1, -2), rtol=1e-12, atol=1e-14)
+    # V_(aa)(aa) entries of the pair block are the one-input vertices
+    np.testing.assert_allclose(p.vertex[:, 0, 1, 0, 0], one.vertex[:, 0], rtol=1e-11)
+    np.testing.assert_allclose(p.vertex[:, 0, 1, 2, 2], one.vertex[:, 1], rtol=1e-11)
 
 
 def test_linear_network_pair_vertex_closed_form():

@@ -59,6 +59,7 @@ def test_erf_mlp_and_resnets_over_depth(depth):
     _check(theory.MLP(depth, "leaky_relu", w_std=1.4, b_std=0.05))
 
 
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_tanh_over_depth():
     _check(theory.MLP(1000, "tanh", w_std=1.0, b_std=0.1))
     _check(theory.ResNet(300, "tanh", 1.0, 0.1))

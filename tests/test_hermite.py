@@ -96,6 +96,7 @@ def test_every_level_is_accurate_up_to_its_variance(name):
             np.testing.assert_allclose(parts[0][1], own[1], rtol=2e-7)
 
 
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_vmapped_level_selection_matches_per_call():
     """Under vmap the switch runs every branch and keeps the selected one: same values as separate calls."""
     rule = hermite.choose_rule(jnp.tanh, 4.0)

@@ -7,7 +7,7 @@ from experiments import teacher_student as ts
 from theory import learning_curves as lc
 
 
-@pytest.mark.parametrize("n_train", [40, 160])
+@pytest.mark.parametrize("n_train", [40, pytest.param(160, marks=pytest.mark.slow)])
 def test_eigenlearning_matches_monte_carlo_with_gaussian_features(n_train):
     # Features phi_i(x) = g_i ~ N(0, 1), kernel sum_i lambda_i g_i g'_i, target sum_i v_i g_i with v_i ~ N(0, p_i):
     # the ridgeless estimate's test MSE is exactly sum_i (w_hat_i - v_i)^2, averaged over draws.

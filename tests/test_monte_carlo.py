@@ -15,7 +15,8 @@ X = np.random.default_rng(0).normal(size=(3, 4))
 @pytest.mark.parametrize(
     "arch",
     [theory.MLP(2, "relu", 2**0.5, 0.0), theory.MLP(2, "erf", 1.5, 0.2), theory.MLP(3, "tanh", 1.2, 0.1),
-     theory.ResNet(4, "tanh", 1.0, 0.1), theory.ResNet(4, "relu", 1.0, 0.0, readout="linear"),
+     pytest.param(theory.ResNet(4, "tanh", 1.0, 0.1), marks=pytest.mark.slow),
+     theory.ResNet(4, "relu", 1.0, 0.0, readout="linear"),
      theory.ResNet(3, "erf", 1.5, 0.2, weight_scaling="standard", width=512)],
     ids=["relu-mlp", "erf-mlp", "tanh-mlp", "tanh-resnet", "relu-resnet-linear", "erf-resnet-standard"],
 )
@@ -209,9 +210,9 @@ def _general_and_fast(arch, x1, x2=None, **kwargs):
         ("relu-mlp", {}),
         ("erf-mlp-bias", {"n_out": 3, "x2": True}),
         ("tanh-standard", {"nngp_from": "readout_kernel", "n_out": 2}),
-        ("mup", {"weights": "orthogonal", "x2": True}),
-        ("serial", {"n_out": 2, "memory_budget": 1}),
-        ("serial", {"nngp_from": "readout_kernel", "x2": True}),
+        pytest.param("mup", {"weights": "orthogonal", "x2": True}, marks=pytest.mark.slow),
+        pytest.param("serial", {"n_out": 2, "memory_budget": 1}, marks=pytest.mark.slow),
+        pytest.param("serial", {"nngp_from": "readout_kernel", "x2": True}, marks=pytest.mark.slow),
     ],
     ids=["relu-mlp", "erf-n_out-cross", "tanh-standard-readout_kernel", "mup-orthogonal-cross", "serial-chunks-of-one",
          "serial-readout_kernel-cross"],
@@ -232,6 +233,7 @@ def test_dense_chain_path_equals_the_general_path(name, kwargs):
         np.testing.assert_allclose(e.stderr, ref.std(0, ddof=1) / np.sqrt(5), rtol=1e-8, atol=1e-12 * np.abs(ref).max())
 
 
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_dense_chain_path_equals_the_general_path_unjitted_and_in_float32():
     arch, x = CHAINS["serial"], X.astype(np.float32)
     general, fast = _general_and_fast(arch, x, n_out=2, n_samples=2)

@@ -33,7 +33,8 @@ def _jacobian_ntk(arch, params, x1, x2):
     )
 
 
-@pytest.mark.parametrize("arch", ARCHS, ids=lambda a: repr(a)[:40])
+@pytest.mark.parametrize("arch", [pytest.param(ARCHS[0], marks=pytest.mark.slow), *ARCHS[1:]],  # tanh: ~20 s
+                         ids=lambda a: repr(a)[:40])
 @pytest.mark.parametrize("weights", ["gaussian", "orthogonal"])
 def test_layerwise_ntk_equals_jacobian_contraction(arch, weights):
     params = networks.init(arch, 7, jax.random.key(0), weights, features=3, n_out=2)

@@ -151,6 +151,7 @@ def test_criticality_closed_forms(activation, cls, w_var):
     assert crit.chi_parallel == pytest.approx(1, abs=1e-7) and crit.chi_perp == pytest.approx(1, abs=1e-9)
 
 
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_criticality_of_activations_without_it():
     """sigmoid, softplus: phi(0) != 0; gelu, silu: phi(0) = 0 but a1 = 3/4 (phi'/phi'')^2 > 0 (gelu: 6/pi,
     silu: 3/4), so K = 0 repels. Their nontrivial points with chi_parallel = chi_perp = 1 are fixed points."""

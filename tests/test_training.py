@@ -45,7 +45,8 @@ def test_same_function_as_experiments_networks(arch):
 @pytest.mark.parametrize("arch,parameterization", [
     (theory.MLP(3, "relu", w_std=2**0.5, b_std=0.3), "ntk"),
     (theory.MLP(3, "relu", w_std=2**0.5, b_std=0.3), "standard"),
-    (theory.ResNet(8, "tanh", w_std=1.0, b_std=0.2, depth_exponent=0.5, readout="activation"), "ntk"),
+    pytest.param(theory.ResNet(8, "tanh", w_std=1.0, b_std=0.2, depth_exponent=0.5, readout="activation"), "ntk",
+                 marks=pytest.mark.slow),
 ])
 def test_init_output_variance_is_the_nngp(arch, parameterization):
     # Monte Carlo over networks: E[f(x) f(x')] = K_NNGP(x, x') + O(1/n) (theory.kernels). Tolerance: 4 SE of the
