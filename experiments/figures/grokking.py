@@ -7,14 +7,17 @@ mean-field parameterization with output scale ``alpha = 1 / gamma`` (``experimen
 trained by full-batch gradient descent at learning rate ``eta`` on ``1/P sum 1/2 (f - y)^2``. Per grid point
 ``(alpha, width, seed)`` the train and test loss over time; once per sweep the *lazy* network's (``alpha -> inf``:
 the linear model of the infinite-width NTK ``theory.kernels(theory.MLP(1, phi))``, ``theory.grokking.lazy_losses``),
-and its ``t -> inf`` limit, kernel regression (``theory.predict.gradient_descent_mse``).
+and its ``t -> inf`` limit, kernel regression (``theory.predict.gradient_descent_mse``); per ``alpha`` the
+infinite-width (DMFT) curve of the same network at ``gamma = 1 / alpha`` (``theory.dmft.solve_outputs``: one neuron's
+single-site law sampled in weight space, replicas for the standard errors).
 
 * (a) train (dashed) and test (solid) loss for each ``alpha`` at the widest width (mean over seeds), the lazy curves
   in black: the train loss falls on the kernel's schedule while the test loss sits on the lazy plateau, then drops;
 * (b) test loss over the lazy test loss: the network leaves the plateau (``grokking_time``: below ``factor`` times it
   for good) later the lazier it is;
-* (c) the grokking time against ``alpha``, per width (mean ± SE over seeds), with its fitted power law (the hidden
-  weights move at a rate ``gamma = 1 / alpha``: a time ``~ alpha`` up to logarithms, the grey guide).
+* (c) the grokking time against ``alpha``, per width (mean ± SE over seeds) and of the DMFT (jackknife SE over its
+  replicas), with fitted power laws (the hidden weights move at a rate ``gamma = 1 / alpha``: a time ``~ alpha`` up
+  to logarithms, the grey guide). The DMFT curves are thick pale lines in (a) and (b).
 
 Notes and measured numbers: docs/figures/grokking.md.
 """
