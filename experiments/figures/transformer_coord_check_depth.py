@@ -222,10 +222,10 @@ def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:
     _print(upd, f"RMS change after step {last}")
     _print(init, "RMS of activations at init")
     optimizers = list(dict.fromkeys(data.optimizer))
-    width = int(data.width.max())
     fig, axes = style.subplots(len(optimizers), 3, panel_size=(4.4, 3.5))
     axes = np.atleast_2d(axes)
     for r, opt in enumerate(optimizers):
+        width = int(data[data.optimizer == opt].width.max())  # each optimizer's widest networks
         for c, (layer, value, step, table) in enumerate((("last block", "rms", 0, init),
                                                           ("last block", "delta_rms", last, upd),
                                                           ("output", "delta_rms", last, upd))):
