@@ -242,9 +242,9 @@ class Config:
     ``resnet_seeds`` seeds. The transformers (``n_heads`` heads, relu MLPs) learn the next token of
     ``markov_language(n_samples, length, vocab=vocab)`` for ``steps`` Adam steps of ``batch_size``."""
 
-    depths: tuple[int, ...] = (2, 4, 8, 16)
+    depths: tuple[int, ...] = (2, 4, 8, 16, 32)
     depth_arms: tuple[str, ...] = ("sp", "depth-mup", "complete-p", "1/sqrt(L) only")
-    long_depths: tuple[int, ...] = (32,)
+    long_depths: tuple[int, ...] = ()
     long_depth_arms: tuple[str, ...] = ("depth-mup", "1/sqrt(L) only")
     depth_width: int = 64
     widths: tuple[int, ...] = (64, 128, 256)
