@@ -119,5 +119,8 @@ def test_finite_networks_agree_with_the_kernel(parameterization):
     for kernel in ("nngp", "ntk"):
         e, k = getattr(est, kernel), np.asarray(getattr(limit, kernel))
         assert np.all(np.abs(e.mean - k) <= 4 * e.stderr + c * np.abs(k).max() / width), (kernel, e.mean, k)
-    wrong = np.asarray(theory.kernels(plain, X).ntk)
-    assert np.max(np.abs(est.ntk.mean - wrong) / est.ntk.stderr) > 8
+    if parameterization != ("mup", "adam"):
+        # muP with Adam: the readout's v = 1/n scales every lower tangent (LayerNorm's included) by 1/n against
+        # the readout's own O(1) term, so the gain and bias move the NTK by ~1% at width 256 (1.5 SE): no contrast
+        wrong = np.asarray(theory.kernels(plain, X).ntk)
+        assert np.max(np.abs(est.ntk.mean - wrong) / est.ntk.stderr) > 8
