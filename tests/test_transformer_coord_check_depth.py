@@ -37,7 +37,6 @@ def test_points_and_programs():
         assert names[-2] == "block 4 mlp"
 
 
-@pytest.mark.slow
 def test_trainer_equals_experiments_training():
     """The experiment's loop (per-parameter learning rates, depth-rule Adam epsilons, frozen groups) against
     ``training.train`` on a ResNet with vector inputs: Adam with Depth-muP, two steps, to 1e-12."""
