@@ -28,6 +28,8 @@ def test_kernel_closed_form():
                                      (nn.WeightScaling(1.0, 2.0, 1.0, 1.0, 0.0, 0.0), (4.0, 1.0, 0.0))):
         net = theory.serial(nn.Dense(), nn.LayerNorm(affine=True, scaling=scaling), nn.Dense())
         k = theory.kernels(net, V)
+        if scaling is not None:  # jitted, with the scaling's numbers as traced leaves
+            np.testing.assert_allclose(jax.jit(lambda n: theory.kernels(n, V))(net).ntk, k.ntk, rtol=1e-12)
         np.testing.assert_allclose(k.nngp, v_g * qh, rtol=1e-9)
         np.testing.assert_allclose(k.ntk, 2 * v_g * qh + c_g * qh + c_b, rtol=1e-9)
     plain = theory.kernels(theory.serial(nn.Dense(), nn.LayerNorm(), nn.Dense()), V)
