@@ -49,6 +49,7 @@ def test_first_order_in_the_learning_rate_is_the_block_ntk(alpha, rule):
     assert np.max(np.abs(ablation.outputs[1] / eta - want) / np.abs(want)) > 0.03  # 5% (1/L) to 50%
 
 
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_matches_finite_networks():
     """Width 512, 40 seeds, 3 steps of SGD at eta = 0.5 on 4 inputs, Depth-muP, L = 4: every output and every
     block's RMS change within 4 SE of the infinite-width trajectory; the ablation is > 8 SE off (its expected

@@ -157,3 +157,39 @@ def test_parameterized_transformer_ntk_against_finite_networks(name, optimizer, 
                                                    name, width, optimizer=optimizer), X)
         z = np.abs(est.ntk.mean - np.asarray(wrong.ntk)) / est.ntk.stderr
         assert z.max() > 8, z.max()
+
+
+# -- theory.Transformer's query and layernorm_affine options --------------------------------------------------------
+def _explicit_transformer(query, affine):
+    """What ``theory.Transformer(1, 2, "relu", 1.4, 0.1, qk_std=1.5, query=query, layernorm_affine=affine)`` must be,
+    written out layer by layer (one layer: branch multiplier 1)."""
+    ln = nn.LayerNorm(affine=affine)
+    return theory.serial(
+        nn.Dense(b_std=0.0),
+        nn.Residual(ln, nn.SelfAttention(2, 1.5, b_std=0.1, query=query)),
+        nn.Residual(ln, nn.Dense(1.4, 0.1), nn.Elementwise("relu"), nn.Dense(1.4, 0.1)),
+        ln, nn.GlobalAvgPool(), nn.Dense(b_std=0.0))
+
+
+@pytest.mark.parametrize("query,affine", [("zero", True), ("tied", True), ("gaussian", False)])
+def test_transformer_query_and_affine_layernorm_options(query, affine):
+    tf = theory.Transformer(1, n_heads=2, w_std=1.4, b_std=0.1, qk_std=1.5, query=query, layernorm_affine=affine)
+    assert tf.query == query and tf.layernorm_affine is affine
+    norms = [layer for layer in tf.layers if isinstance(layer, nn.LayerNorm)]
+    assert len(norms) == 1 and norms[0].affine is affine  # the final LayerNorm (the blocks' are inside Residuals)
+    for name in ("standard", "mup"):
+        ours = theory.kernels(theory.parameterize(tf, name, 64, optimizer="adam"), X)
+        ref = theory.kernels(theory.parameterize(_explicit_transformer(query, affine), name, 64, optimizer="adam"), X)
+        np.testing.assert_allclose(ours.nngp, ref.nngp, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(ours.ntk, ref.ntk, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="layernorm_affine must be True or False"):
+        theory.Transformer(1, layernorm_affine="yes")
+
+
+@pytest.mark.slow
+def test_affine_transformer_ntk_against_finite_networks():
+    """theory.Transformer with muP's zero query and learned LayerNorm gains/biases (SP, SGD, width 128, where the
+    gain/bias terms are a visible part of the NTK): within SE of 48 finite networks."""
+    net = theory.parameterize(theory.Transformer(1, n_heads=2, w_std=1.4, b_std=0.1, qk_std=1.5, query="zero",
+                                                 layernorm_affine=True), "standard", 128)
+    _check(_mc(net, 128, 48), theory.kernels(net, X), 128, 2 * net.n_recorded)

@@ -248,6 +248,7 @@ def test_bad_input_is_a_clear_error():
 
 
 # -- conjugate gradients ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # moved from the default suite for its time budget; CI's slow stage runs it
 def test_conjugate_gradients_give_the_dense_answer():
     rng = np.random.default_rng(8)
     x, xt = rng.normal(size=(300, 5)), rng.normal(size=(7, 5))

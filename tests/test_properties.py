@@ -139,8 +139,8 @@ def _draw(data, structure, resolved=False):
 
 structures = pytest.mark.parametrize("structure", STRUCTURES, ids=[_id(s) for s in STRUCTURES])
 # The activations evaluated by Hermite series (tanh, softplus) compile a program per series length, and each drawn
-# network meets other lengths: their per-layer, blocking and NNGP-only cases cost 15-20 s each (a fifth of this
-# file) and run in the slow stage; their other properties stay in the default suite.
+# network meets other lengths: their per-layer, blocking, NNGP-only, PSD and cross-kernel cases cost 9-30 s each
+# and run in the slow stage; their argument-swap property stays in the default suite.
 SERIES_ACTIVATIONS = ("tanh", "softplus")
 structures_series_slow = pytest.mark.parametrize("structure", [
     pytest.param(s, id=_id(s), marks=pytest.mark.slow if s[0] in SERIES_ACTIVATIONS else ()) for s in STRUCTURES])
@@ -150,7 +150,7 @@ structures_series_slow = pytest.mark.parametrize("structure", [
 # Properties of the symmetric kernel k(x, x)
 
 
-@structures
+@structures_series_slow
 @SETTINGS
 @given(data=st.data())
 def test_symmetric_psd_and_valid_correlations(structure, data):
@@ -179,7 +179,7 @@ def test_symmetric_psd_and_valid_correlations(structure, data):
 # k(x1, x2) against k(x, x)
 
 
-@structures
+@structures_series_slow
 @SETTINGS
 @given(data=st.data())
 def test_cross_kernel_is_block_of_full_kernel(structure, data):

@@ -125,9 +125,9 @@ def _identical(x1, x2):
     return (x1[:, None, :] == x2[None, :, :]).all(axis=-1)
 
 
-# Every fixture is compared in CI; the default suite compares every third (sorted by name, so each family keeps
+# Every fixture is compared in CI; the default suite compares every fifth (sorted by name, so each family keeps
 # some), the slow stage the rest: one compilation per fixture made this file about a third of the default suite.
-FIXTURE_PARAMS = [pytest.param(f, id=f.stem, marks=() if i % 3 == 0 else pytest.mark.slow)
+FIXTURE_PARAMS = [pytest.param(f, id=f.stem, marks=() if i % 5 == 0 else pytest.mark.slow)
                   for i, f in enumerate(FIXTURES)]
 
 

@@ -253,9 +253,11 @@ class Transformer(Program):
     ``s = branch_scale / depth**depth_exponent`` (as ``ResNet``), then ``LayerNorm``, the mean over positions
     (``GlobalAvgPool``) and the readout ``Dense`` (``readout_w_std``, no bias). The attention layers are
     :class:`theory.layers.SelfAttention` with ``n_heads``, ``qk_std``, ``ov_std``, bias ``b_std``, ``attention``,
-    ``linear_scaling`` and ``positional`` / ``pos_std`` (their kernels: neural-tangents' ``GlobalSelfAttention``);
-    the MLP's Dense layers have ``w_std``, ``b_std``. ``per_layer`` kernels: the embedding, each residual block
-    (two per layer: attention, MLP) and the readout (``2 depth + 2``).
+    ``linear_scaling``, ``positional`` / ``pos_std`` (their kernels: neural-tangents' ``GlobalSelfAttention``) and
+    ``query`` ("tied", "gaussian" or "zero"; None: tied with linear scaling, as neural-tangents); the MLP's Dense
+    layers have ``w_std``, ``b_std``. ``layernorm_affine``: every LayerNorm has a learned gain and bias
+    (:class:`theory.layers.LayerNorm` ``affine=True``; CompleteP's LayerNorm rules act on them). ``per_layer``
+    kernels: the embedding, each residual block (two per layer: attention, MLP) and the readout (``2 depth + 2``).
     """
 
     depth: int
@@ -273,12 +275,14 @@ class Transformer(Program):
     linear_scaling: bool
     positional: str | None
     pos_std: Any
+    query: str
+    layernorm_affine: bool
 
     def __init__(self, depth: int, n_heads: int = 1, activation: str | Activation = "relu", w_std: Any = 1.0,
                  b_std: Any = 0.0, qk_std: Any = 1.0, ov_std: Any = 1.0, branch_scale: Any = 1.0,
                  depth_exponent: Any = 0.5, embed_w_std: Any = 1.0, readout_w_std: Any = 1.0,
                  attention: str = "softmax", linear_scaling: bool = True, positional: str | None = None,
-                 pos_std: Any = 1.0) -> None:
+                 pos_std: Any = 1.0, query: str | None = None, layernorm_affine: bool = False) -> None:
         set_ = object.__setattr__
         set_(self, "depth", _check_depth(depth))
         set_(self, "activation", get(activation))
@@ -286,9 +290,13 @@ class Transformer(Program):
                             ("depth_exponent", depth_exponent), ("embed_w_std", embed_w_std),
                             ("readout_w_std", readout_w_std)):
             set_(self, name, check_scale(name, value, "Transformer: "))
-        attn = SelfAttention(n_heads, qk_std, ov_std, self.b_std, linear_scaling, attention, positional, pos_std)
-        for name in ("n_heads", "qk_std", "ov_std", "attention", "linear_scaling", "positional", "pos_std"):
+        attn = SelfAttention(n_heads, qk_std, ov_std, self.b_std, linear_scaling, attention, positional, pos_std,
+                             query=query)
+        for name in ("n_heads", "qk_std", "ov_std", "attention", "linear_scaling", "positional", "pos_std", "query"):
             set_(self, name, getattr(attn, name))
+        if not isinstance(layernorm_affine, bool):
+            raise ValueError(f"Transformer: layernorm_affine must be True or False, got {layernorm_affine!r}")
+        set_(self, "layernorm_affine", layernorm_affine)
 
     @property
     def branch_multiplier(self) -> Any:
@@ -301,17 +309,18 @@ class Transformer(Program):
         Elementwise, Dense)``, each scaled by :attr:`branch_multiplier`."""
         s = self.branch_multiplier
         attn = SelfAttention(self.n_heads, self.qk_std, self.ov_std, self.b_std, self.linear_scaling, self.attention,
-                             self.positional, self.pos_std)
+                             self.positional, self.pos_std, query=self.query)
         dense = Dense(self.w_std, self.b_std)
-        return (Residual(LayerNorm(), attn, scale=s),
-                Residual(LayerNorm(), dense, Elementwise(self.activation), dense, scale=s))
+        norm = LayerNorm(affine=self.layernorm_affine)
+        return (Residual(norm, attn, scale=s), Residual(norm, dense, Elementwise(self.activation), dense, scale=s))
 
     @cached_property
     def _segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
         segments: list[tuple[tuple[Layer, ...], ...]] = [((Dense(self.embed_w_std, 0.0),),)]
         if self.depth:
             segments.append((self.blocks,) * self.depth)
-        segments += [((LayerNorm(),),), ((GlobalAvgPool(),),), ((Dense(self.readout_w_std, 0.0),),)]
+        segments += [((LayerNorm(affine=self.layernorm_affine),),), ((GlobalAvgPool(),),),
+                     ((Dense(self.readout_w_std, 0.0),),)]
         return tuple(segments)
 
     def segments(self) -> tuple[tuple[tuple[Layer, ...], ...], ...]:
