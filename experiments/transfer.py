@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pandas as pd
 
 from experiments import training
+from experiments.scaling import PowerLawFit, fit_power_law
 from theory import parameterizations as pz
 from theory.architectures import Architecture
 
@@ -136,3 +138,20 @@ def optimum_over_seeds(log2_lr: np.ndarray, losses: np.ndarray, *, n_bootstrap: 
     boot = boot[np.isfinite(boot)]
     se = float(np.std(boot, ddof=1)) if boot.size > 1 else math.nan
     return replace(point, log2_lr_se=se)
+
+
+def drift_fits(opt: pd.DataFrame, grid_step: float) -> dict[tuple[str, str], PowerLawFit]:
+    """Per ``(sweep, arm)`` of ``opt`` (columns ``sweep``, ``arm``, ``size``, ``log2_lr_opt``, ``log2_lr_se``), the
+    power law ``eta* = C size^p`` fitted to the finite optima (``experiments.scaling.fit_power_law``, 95% interval):
+    weighted by the bootstrap SEs floored at a tenth of the grid step (where all resamples agree), scale from the
+    residuals; arms with fewer than three sizes are left out."""
+    fits = {}
+    for (sweep, arm), part in opt.groupby(["sweep", "arm"], sort=False):
+        part = part[np.isfinite(part["log2_lr_opt"])]
+        if part["size"].nunique() < 3:
+            continue
+        se = np.maximum(np.nan_to_num(part["log2_lr_se"].to_numpy(), nan=grid_step), 0.1 * grid_step)
+        lr = 2.0 ** part["log2_lr_opt"].to_numpy()
+        fits[(sweep, arm)] = fit_power_law(part["size"].to_numpy(float), lr, lr * math.log(2) * se,
+                                           absolute_sigma=False)
+    return fits

@@ -27,7 +27,7 @@ import theory
 from experiments import training, transfer
 from experiments.figures import style
 from experiments.registry import Experiment, Point
-from experiments.scaling import PowerLawFit, fit_power_law
+from experiments.scaling import PowerLawFit
 from theory import parameterizations as pz
 
 STEM = "lr_transfer"
@@ -130,18 +130,9 @@ def optima(df: pd.DataFrame, *, n_bootstrap: int = 1000) -> pd.DataFrame:
 
 
 def drift(opt: pd.DataFrame, grid_step: float = 1.0) -> dict[tuple[str, str], PowerLawFit]:
-    """Per (sweep, arm) the power law ``eta* = C size^p`` fitted to the optima (``experiments.scaling``): weighted by
-    the bootstrap SEs (floored at a tenth of the grid step, where all resamples agree), scale from the residuals."""
-    fits = {}
-    for (sweep, arm), part in opt.groupby(["sweep", "arm"], sort=False):
-        part = part[np.isfinite(part["log2_lr_opt"])]
-        if part["size"].nunique() < 3:
-            continue
-        se = np.maximum(np.nan_to_num(part["log2_lr_se"].to_numpy(), nan=grid_step), 0.1 * grid_step)
-        lr = 2.0 ** part["log2_lr_opt"].to_numpy()
-        fits[(sweep, arm)] = fit_power_law(part["size"].to_numpy(float), lr, lr * math.log(2) * se,
-                                           absolute_sigma=False)
-    return fits
+    """Per (sweep, arm) the power law ``eta* = C size^p`` fitted to the optima (:func:`experiments.transfer.drift_fits`:
+    weighted by the bootstrap SEs floored at a tenth of the grid step, scale from the residuals)."""
+    return transfer.drift_fits(opt, grid_step)
 
 
 def plot(df: pd.DataFrame, config: Config, outdir: Path) -> list[Path]:

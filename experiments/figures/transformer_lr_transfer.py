@@ -43,7 +43,7 @@ import theory
 from experiments import networks, sequence_tasks, training, transfer
 from experiments.figures import style
 from experiments.registry import Experiment, Point
-from experiments.scaling import PowerLawFit, fit_power_law
+from experiments.scaling import PowerLawFit
 from theory import parameterizations as pz
 from theory.layers import Program
 
@@ -372,18 +372,9 @@ def optima(df: pd.DataFrame, *, n_bootstrap: int = 1000) -> pd.DataFrame:
 
 def drift(opt: pd.DataFrame, grid_step: float = 0.5) -> dict[tuple[str, str], PowerLawFit]:
     """Per (sweep, arm) the power law ``eta* = C size^p`` fitted to the optima not on the grid's edge
-    (``experiments.scaling.fit_power_law``, weighted by the bootstrap SEs floored at a tenth of the grid step, scale
+    (:func:`experiments.transfer.drift_fits`: weighted by the bootstrap SEs floored at a tenth of the grid step, scale
     from the residuals, 95% confidence interval)."""
-    fits = {}
-    for (sweep, arm), part in opt.groupby(["sweep", "arm"], sort=False):
-        part = part[np.isfinite(part["log2_lr_opt"]) & ~part["on_edge"].astype(bool)]
-        if part["size"].nunique() < 3:
-            continue
-        se = np.maximum(np.nan_to_num(part["log2_lr_se"].to_numpy(), nan=grid_step), 0.1 * grid_step)
-        lr = 2.0 ** part["log2_lr_opt"].to_numpy()
-        fits[(sweep, arm)] = fit_power_law(part["size"].to_numpy(float), lr, lr * math.log(2) * se,
-                                           absolute_sigma=False)
-    return fits
+    return transfer.drift_fits(opt[~opt["on_edge"].astype(bool)], grid_step)
 
 
 TITLES = {"resnet-depth": "ResNet (digits)", "depth": "transformer", "width": "transformer"}
