@@ -35,7 +35,7 @@ import pandas as pd
 from experiments import laziness as diagnostic
 from experiments import training
 from experiments.networks import check_positive_int
-from experiments.scaling import fit_power_law
+from experiments.scaling import PowerLawFit, fit_power_law
 from theory import parameterizations as pz
 from theory.layers import Program, Residual
 
@@ -168,6 +168,21 @@ def laziness_check(build: Builder, parameterization: str | pz.AbcParameterizatio
     return pd.DataFrame(rows)
 
 
+def fit_seed_means(part: pd.DataFrame, axis: str, value: str, confidence: float = 0.95) -> PowerLawFit | None:
+    """``mean ~ C axis^p``: ``experiments.scaling.fit_power_law`` of the seed means of ``part[value]`` per value of
+    ``part[axis]`` (positive means only), weighted by their standard errors with the scale re-estimated from the
+    residuals (Student-t interval at ``confidence``); unweighted where a point has one seed or zero spread. None with
+    fewer than 3 points."""
+    stats = part.groupby(axis)[value].agg(["mean", "std", "count"])
+    stats = stats[stats["mean"] > 0]
+    if len(stats) < 3:
+        return None
+    err = (stats["std"] / np.sqrt(stats["count"])).to_numpy()
+    use = bool(np.all(stats["count"] > 1) and np.all(err > 0))
+    return fit_power_law(stats.index.to_numpy(float), stats["mean"].to_numpy(), err if use else None,
+                         absolute_sigma=False, confidence=confidence)
+
+
 def exponents(df: pd.DataFrame, axis: str, value: str = "delta_rms",
               by: tuple[str, ...] = ("parameterization", "rule", "role", "step"),
               confidence: float = 0.95) -> pd.DataFrame:
@@ -195,13 +210,9 @@ def exponents(df: pd.DataFrame, axis: str, value: str = "delta_rms",
         ok = ok[ok.role != ""]
     rows = []
     for key, part in ok.groupby(list(by), sort=False):
-        stats = part.groupby(axis)[value].agg(["mean", "std", "count"])
-        if len(stats) < 3:
+        fit = fit_seed_means(part, axis, value, confidence)
+        if fit is None:
             continue
-        err = (stats["std"] / np.sqrt(stats["count"])).to_numpy()
-        use = bool(np.all(stats["count"] > 1) and np.all(err > 0))
-        fit = fit_power_law(stats.index.to_numpy(float), stats["mean"].to_numpy(), err if use else None,
-                            absolute_sigma=False, confidence=confidence)
         rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True)),
                      "slope": fit.exponent, "slope_se": fit.exponent_stderr, "ci_low": fit.ci_low,
                      "ci_high": fit.ci_high, "n_points": fit.n_points})

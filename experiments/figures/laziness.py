@@ -31,11 +31,11 @@ import numpy as np
 import pandas as pd
 
 import theory
+from experiments import coord_checks, sequence_tasks, training
 from experiments import laziness as diagnostic
-from experiments import sequence_tasks, training
 from experiments.figures import style
 from experiments.registry import Experiment, Point, grid
-from experiments.scaling import PowerLawFit, fit_power_law
+from experiments.scaling import PowerLawFit
 from theory import layers as nn
 from theory import parameterizations as pz
 
@@ -172,19 +172,14 @@ def fit_depth_slopes(means: pd.DataFrame, confidence: float = 0.95) -> pd.DataFr
     """``d ~ C L^p`` per (architecture, alpha, kind, width, step): ``experiments.scaling.fit_power_law`` of the
     mean over seeds against depth, weighted by its standard error with the scale re-estimated from the residuals
     (Student-t interval; unweighted with one seed). Columns ``slope``, ``slope_se``, ``ci_low``, ``ci_high``,
-    ``n_depths``, ``fit`` (the :class:`~experiments.scaling.PowerLawFit`). Groups with fewer than 3 depths are left
-    out."""
+    ``n_depths``, ``fit`` (the :class:`~experiments.scaling.PowerLawFit`, from
+    :func:`experiments.coord_checks.fit_seed_means`). Groups with fewer than 3 depths are left out."""
     rows = []
     keys = ["architecture", "alpha", "kind", "width", "step"]
     for key, part in means.groupby(keys, sort=True):
-        stats = part.groupby("depth").distance.agg(["mean", "std", "count"])
-        stats = stats[stats["mean"] > 0]
-        if len(stats) < 3:
+        fit = coord_checks.fit_seed_means(part, "depth", "distance", confidence)
+        if fit is None:
             continue
-        err = (stats["std"] / np.sqrt(stats["count"])).to_numpy()
-        use = bool(np.all(stats["count"] > 1) and np.all(err > 0))
-        fit = fit_power_law(stats.index.to_numpy(float), stats["mean"].to_numpy(), err if use else None,
-                            absolute_sigma=False, confidence=confidence)
         rows.append({**dict(zip(keys, key, strict=True)),
                      "slope": fit.exponent, "slope_se": fit.exponent_stderr, "ci_low": fit.ci_low,
                      "ci_high": fit.ci_high, "n_depths": fit.n_points, "fit": fit})
