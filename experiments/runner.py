@@ -26,7 +26,9 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -350,6 +352,25 @@ def run(
     return df
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Any:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends, then deliver it to the handler
+    that was installed. Only the main thread can install signal handlers; elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])
+        elif caught and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
 def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experiment: Experiment,
            missing: list[RecordKey], version: str | None, records: dict[str, dict],
            finish: Callable[..., None], counts: dict[str, int], bar: Any, note: Callable[[str], None]) -> None:
@@ -364,14 +385,16 @@ def _sweep(store: Store, pool: cf.Executor, window: Callable[[], int], experimen
     held: dict[int, Any] = {}  # the claims this run holds (by identity): each released once, also on Ctrl-C
 
     def take(key: RecordKey) -> Any:
-        claim = store.claim(key)
-        if claim is not None:
-            held[id(claim)] = claim
+        with _ctrl_c_deferred():  # a claim file is either registered here or never made
+            claim = store.claim(key)
+            if claim is not None:
+                held[id(claim)] = claim
         return claim
 
     def drop(claim: Any) -> None:
-        if held.pop(id(claim), None) is not None:
-            store.release(claim)
+        with _ctrl_c_deferred():  # unregistered only once its file is gone
+            if held.pop(id(claim), None) is not None:
+                store.release(claim)
 
     def adopt(key: RecordKey, record: dict) -> None:
         records[key.digest] = record

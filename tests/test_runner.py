@@ -413,3 +413,25 @@ def test_style_helpers(tmp_path):
     assert [p.name for p in paths] == ["two_panels.png", "two_panels.pdf"] and all(p.stat().st_size for p in paths)
     assert mpl.rcParams["font.family"] != ["serif"] or mpl.rcParamsDefault["font.family"] == ["serif"]  # restored
     assert style.color(0) == style.color(len(style.COLORS)) and style.marker(1) != style.marker(0)
+
+
+@pytest.mark.parametrize("where", ["claim", "release"])
+def test_ctrl_c_while_claiming_or_releasing_leaves_no_claim_file(tmp_path, monkeypatch, where):
+    """A Ctrl-C that lands just after a claim file is made, or just before it is removed, is held until the claim
+    is registered (or gone), then stops the run: no claim file outlives it (tests/test_dask.py: whole runs)."""
+    calls = []
+    real = getattr(Store, where)
+
+    def interrupted(*args):
+        calls.append(where)
+        if where == "release":
+            os.kill(os.getpid(), signal.SIGINT)  # lands before the file is removed
+            return real(*args)
+        claim = real(*args)
+        os.kill(os.getpid(), signal.SIGINT)  # lands before the runner has registered the claim
+        return claim
+
+    monkeypatch.setattr(Store, where, staticmethod(interrupted) if where == "release" else interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        experiments.run("toy", quick=True, results_dir=tmp_path, plot=False, quiet=True)
+    assert calls and not list((tmp_path / "toy").glob(".*.claim"))
