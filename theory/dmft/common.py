@@ -3,6 +3,7 @@ standard errors. Derivations: docs/dmft.md."""
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from theory.inputs import validate_inputs
 
 Array = jax.Array
 
+RESPONSES = ("auto", "pathwise", "stein")
 METHODS = ("auto", "monte_carlo", "exact", "particles")
 KERNEL_MODES = ("two_time", "equal_time")
 
@@ -113,6 +115,37 @@ def sqrt_psd(c: Array) -> Array:
     return jnp.where(finite, (v * jnp.sqrt(jnp.maximum(lam, 0.0))) @ v.T, jnp.nan)
 
 
+STEIN_RTOL = 1e-8
+"""Eigenvalues of a covariance below this fraction of its largest are dropped by :func:`stein_response`."""
+
+
+def stein_response(k: Array, cov: Array, row_step: np.ndarray, col_step: np.ndarray, *, same_step: bool,
+                   rtol: float | None = None) -> Array:
+    """The causal response ``R = E[dF / dw]`` from ``K = E[F w^T]`` for a Gaussian field ``w`` of covariance ``cov``
+    (Gaussian integration by parts: ``K = R cov``); ``k`` ``(rows, cols)``, ``cov`` ``(cols, cols)``.
+
+    ``row_step``, ``col_step`` (static integer arrays): the step of each row of ``F`` and column of ``w`` (-1 for a
+    field constant in time). ``R(t, s)`` vanishes for ``s > t`` (``same_step``) or ``s >= t``, so each step's rows
+    solve ``R(t, past) cov(past, past) = K(t, past)`` on the past columns only: where ``cov`` is singular (the
+    fields repeat in time when the kernels move little) that picks the causal solution, and the pseudo-inverse
+    (eigenvalues below ``rtol`` times the largest dropped) leaves out directions the fields do not take. Exact for
+    any integrable ``F``, also where ``F`` jumps (relu's ``phi'``), where differentiating each path misses the
+    jumps."""
+    rtol = STEIN_RTOL if rtol is None else rtol
+    finite = jnp.all(jnp.isfinite(cov)) & jnp.all(jnp.isfinite(k))
+    cov = jnp.where(finite, (cov + cov.T) / 2, 0.0)
+    out = jnp.zeros(k.shape, k.dtype)
+    for t in np.unique(row_step):
+        rows = np.flatnonzero(row_step == t)
+        cols = np.flatnonzero(col_step <= t if same_step else col_step < t)
+        if cols.size == 0:
+            continue
+        lam, v = jnp.linalg.eigh(cov[np.ix_(cols, cols)])
+        inv = jnp.where(lam > rtol * jnp.maximum(lam[-1], jnp.finfo(k.dtype).tiny), 1.0 / lam, 0.0)
+        out = out.at[np.ix_(rows, cols)].set(k[np.ix_(rows, cols)] @ (v * inv) @ v.T)
+    return jnp.where(finite, out, jnp.nan)
+
+
 def replica_stats(a: object) -> tuple[np.ndarray, np.ndarray]:
     """Mean over axis 0 (the replicas) and its standard error (zeros for one replica)."""
     a = np.asarray(a)
@@ -134,26 +167,41 @@ class SolverOptions:
     max_iterations: int
     chunk: int
     kernels: str
+    responses: str = "pathwise"
+    kernel_slack: float = 1.0
 
     @property
     def exact(self) -> bool:
         return self.method == "exact"
 
+    @property
+    def stein(self) -> bool:
+        return self.responses == "stein"
+
 
 def solver_options(*, identity: bool, dtype: object, key: object, method: str, samples: object, replicas: object,
                    damping: object, tol: object, max_iterations: object, chunk: object, kernels: str,
-                   particles: bool = False) -> SolverOptions:
+                   particles: bool = False, responses: str = "auto", is_rough: bool = False) -> SolverOptions:
     """Check the solver arguments and fill the defaults (``method="auto"``: exact for the identity activation,
     ``"particles"`` for other activations where ``particles`` (one hidden layer), else Monte Carlo;
+    ``responses="auto"``: ``"stein"`` for Monte Carlo with a rough activation (``is_rough``), else ``"pathwise"``;
     ``tol``: 1e-10 exact (1e-5 in float32); Monte Carlo ``0.1 / sqrt(samples)``, a tenth of one replica's relative
-    noise: with fixed noise the map is only piecewise smooth for activations with kinks (relu: a sample whose
-    pre-activation crosses 0 flips ``phi'``), and the iteration stalls at changes ``~1/samples``)."""
+    noise. With a rough activation its fixed-noise map is only piecewise continuous (relu: a sample whose
+    pre-activation crosses 0 flips ``phi'``), so the iterates end jittering around the fixed point: the largest
+    kernel entry's relative change stalls at ~20/samples undamped, about half that at ``damping`` 0.5 (its default
+    there), while the outputs move by ~1e-4; so the kernels' changes are held to ``kernel_slack = 10`` times ``tol``
+    and the outputs' to ``tol`` (docs/dmft.md, "Rough activations")."""
     if kernels not in KERNEL_MODES:
         raise ValueError(f"kernels must be one of {KERNEL_MODES}, got {kernels!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if responses not in RESPONSES:
+        raise ValueError(f"responses must be one of {RESPONSES}, got {responses!r}")
     if method == "auto":
         method = "exact" if identity else "particles" if particles else "monte_carlo"
+    if responses == "auto":
+        responses = "stein" if method == "monte_carlo" and is_rough else "pathwise"
+    jitter = method == "monte_carlo" and is_rough
     if method == "particles" and not particles:
         raise ValueError("method='particles' samples one hidden layer's neurons in weight space: it needs an MLP with "
                          "one hidden layer (depth 1); use method='monte_carlo'")
@@ -162,6 +210,8 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
                          "use method='monte_carlo'")
     f64 = jnp.dtype(dtype) == jnp.float64
     tol_given = tol
+    if damping is None:
+        damping = 0.5 if jitter else 1.0
     damping = positive("damping", damping)
     if damping > 1:
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
@@ -184,7 +234,8 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
     chunk = positive("chunk", chunk, integer=True)
     if samples % chunk and method != "particles":
         raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
-    return SolverOptions(method, samples, replicas, damping, tol, max_iterations, chunk, kernels)
+    return SolverOptions(method, samples, replicas, damping, tol, max_iterations, chunk, kernels, responses,
+                         10.0 if jitter else 1.0)
 
 
 def fixed_point(sweep, change, state0, *, damping: Array, tol: Array, max_iterations: Array, steps: int):
@@ -228,7 +279,20 @@ def fixed_point(sweep, change, state0, *, damping: Array, tol: Array, max_iterat
 
 def rough(fn) -> bool:
     """Whether ``phi`` or ``phi'`` jumps on [-6, 6]: consecutive values on a 0.005 grid (0 included) differ by more
-    than the derivative allows (relu, abs, sign, clipped activations; not tanh, gelu, softplus, erf, polynomials)."""
+    than the derivative allows (relu, abs, sign, clipped activations; not tanh, gelu, softplus, erf, polynomials).
+    Remembered per function (each check compiles a small program)."""
+    try:
+        return _rough_cached(fn)
+    except TypeError:  # an unhashable callable
+        return _rough(fn)
+
+
+@functools.lru_cache(maxsize=256)
+def _rough_cached(fn) -> bool:
+    return _rough(fn)
+
+
+def _rough(fn) -> bool:
     z = jnp.linspace(-6.0, 6.0, 2401, dtype=jnp.float32)
     dz = float(z[1] - z[0])
     d1 = derivative(fn)
@@ -241,16 +305,13 @@ def rough(fn) -> bool:
     return bool(np.any(jump) or np.any(jump1))
 
 
-def check_smooth(fn, name: str, steps: int, method: str) -> None:
-    """Refuse the kernel-space Monte-Carlo solver for a rough activation beyond one step (docs/dmft.md, "Rough
-    activations")."""
-    if method == "monte_carlo" and steps >= 2 and rough(fn):
+def check_smooth(fn, name: str, steps: int, opt: SolverOptions) -> None:
+    """Refuse pathwise responses for a rough activation beyond one step (docs/dmft.md, "Rough activations")."""
+    if opt.method == "monte_carlo" and not opt.stein and steps >= 2 and rough(fn):
         raise ValueError(
-            f"the kernel-space Monte-Carlo solver differentiates each sampled path, which misses the jumps of phi' "
-            f"(for relu a delta function in phi''): with the rough activation {name!r} and steps >= 2 its trajectory "
-            f"is biased (relu, one hidden layer, 12 steps: outputs 8.7 SE off) and its iteration may not converge. "
-            f"Use a smooth activation (gelu, softplus, tanh, erf, ...), or one hidden layer with method='particles' "
-            f"(exact for any activation), or steps <= 1")
+            f"responses='pathwise' differentiates each sampled path, which misses the jumps of phi' (for relu a delta "
+            f"function in phi''): with the rough activation {name!r} and steps >= 2 its trajectory is biased (relu, "
+            f"one hidden layer, 12 steps: outputs 8.7 SE off). Use responses='stein' (the default for it)")
 
 
 def check_converged(iterations: object, change: object, tol: float) -> tuple[int, float]:

@@ -69,8 +69,10 @@ from theory.dmft.common import (
     fixed_point,
     positive,
     replica_stats,
+    rough,
     solver_options,
     sqrt_psd,
+    stein_response,
     training_weights,
 )
 
@@ -184,10 +186,11 @@ def _couplings(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, k
 
 
 def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx: Array, xi_u: Array,
-              xi_r: Array, chunk: int, measure: str | None) -> dict:
+              xi_r: Array, chunk: int, measure: str | None, stein: bool = False) -> dict:
     """Monte-Carlo averages over the sample paths of layer ``i + 1`` (fixed standard normals ``xi_u``, ``xi_r``
     ``(S, M)``). ``measure=None``: what the iteration needs; ``"two_time"`` / ``"equal_time"``: the kernels
-    ``Phi``, ``G`` of the layer for the output."""
+    ``Phi``, ``G`` of the layer for the output. ``stein``: the responses by Gaussian integration by parts
+    (:func:`theory.dmft.common.stein_response`) instead of differentiating each path."""
     depth, steps, n, m = setup.depth, setup.steps, setup.n, setup.m
     first, last = i == 0, i == depth - 1
     s2 = setup.sigma2
@@ -213,21 +216,36 @@ def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx
     def one(u, r):
         p, g, acc = path(u, r)
         out = {"p": p, "g": g}
+        if measure is None and stein:
+            # antithetic in r: E[phi r^T] = E[odd part of phi in r . r^T], E[g u^T] = E[even part of g in r . u^T]
+            # (the other parts average to 0 over r); both parts are O(gamma), not O(1): the control variate
+            pm, gm, _ = path(u, -r)
+            if last:
+                out["dr"] = (p - pm) / 2 * r
+                out["rr"] = r * r
+            if want_a:
+                out["p_odd"] = (p - pm) / 2
+            if want_b:
+                out["g_even"] = (g + gm) / 2
+        elif measure is None:
+            if last:
+                out["dr"] = jax.jvp(lambda rr: path(u, rr)[0], (r,), (jnp.ones_like(r),))[1]
+            if want_a:
+                out["a"] = jax.vmap(lambda e: jax.jvp(lambda rr: path(u, rr)[0], (r,), (e,))[1], out_axes=1)(eye)
+            if want_b:
+                out["b"] = jax.vmap(lambda e: jax.jvp(lambda uu: path(uu, r)[1], (u,), (e,))[1], out_axes=1)(eye)
         if last and measure is None:
-            out["dr"] = jax.jvp(lambda rr: path(u, rr)[0], (r,), (jnp.ones_like(r),))[1]
             out["fterm"] = p * jnp.repeat(acc, n)
-        if want_a:
-            out["a"] = jax.vmap(lambda e: jax.jvp(lambda rr: path(u, rr)[0], (r,), (e,))[1], out_axes=1)(eye)
-        if want_b:
-            if first:
-                raise AssertionError("layer 1 has no B")
-            out["b"] = jax.vmap(lambda e: jax.jvp(lambda uu: path(uu, r)[1], (u,), (e,))[1], out_axes=1)(eye)
         return out
 
     def sums(args):
         out = jax.vmap(one)(*args)
         p, g = out.pop("p"), out.pop("g")
-        res = {key: jnp.sum(v, axis=0) for key, v in out.items()}
+        res = {key: jnp.sum(v, axis=0) for key, v in out.items() if key not in ("p_odd", "g_even")}
+        if "p_odd" in out:
+            res["ka"], res["rr"] = out["p_odd"].T @ args[1], args[1].T @ args[1]
+        if "g_even" in out:
+            res["kb"], res["uu"] = out["g_even"].T @ args[0], args[0].T @ args[0]
         if measure == "equal_time":
             p3, g3 = p.reshape(-1, steps + 1, n), g.reshape(-1, steps + 1, n)
             res["phi"] = jnp.einsum("sti,stj->tij", p3, p3)
@@ -242,7 +260,17 @@ def _mc_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx
     s = xi_u.shape[0]
     k = s // chunk
     total = jax.lax.map(sums, (u_all.reshape(k, chunk, *u_all.shape[1:]), r_all.reshape(k, chunk, *r_all.shape[1:])))
-    return {key: jnp.sum(v, axis=0) / s for key, v in total.items()}
+    res = {key: jnp.sum(v, axis=0) / s for key, v in total.items()}
+    # Gaussian integration by parts, E[phi r^T] = A Cov(r), with the samples' own second moments for Cov: a
+    # regression of phi on r, exact on these samples for whatever part of phi is linear in r
+    if last and "rr" in res:
+        res["dr"] = res["dr"] / res.pop("rr")
+    step_of = np.repeat(np.arange(steps + 1), n)
+    if "ka" in res:  # A strictly causal
+        res["a"] = stein_response(res.pop("ka"), res.pop("rr"), step_of, step_of, same_step=False)
+    if "kb" in res:  # B causal including the same step
+        res["b"] = stein_response(res.pop("kb"), res.pop("uu"), step_of, step_of, same_step=True)
+    return res
 
 
 def _exact_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array, kx: Array, measure: str | None
@@ -276,7 +304,8 @@ def _exact_layer(setup: _Setup, i: int, state: _State, wd: Array, strict: Array,
 
 
 def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r: Array, *, exact: bool,
-             damping: Array, tol: Array, max_iterations: Array, chunk: int, measure: str):
+             stein: bool, damping: Array, tol: Array, max_iterations: Array, chunk: int, measure: str,
+             kernel_slack: Array):
     """Damped Gauss-Seidel fixed-point iteration of one replica, then the kernels of every layer from the fixed
     point; returns ``(phis, gs, f, iterations, change)``."""
     depth, m = setup.depth, setup.m
@@ -287,7 +316,7 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
     def layer(i, state, wd, mode):
         if exact:
             return _exact_layer(setup, i, state, wd, strict, kx, mode)
-        return _mc_layer(setup, i, state, wd, strict, kx, xi_u[i], xi_r[i], chunk, mode)
+        return _mc_layer(setup, i, state, wd, strict, kx, xi_u[i], xi_r[i], chunk, mode, stein)
 
     def sweep(state, front):
         wd = w * (y_all - state.f) * (t_idx < front)
@@ -305,7 +334,7 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
         return _State(tuple(phi), tuple(a), tuple(g), tuple(b), f)
 
     def rel_change(old, new):
-        changes = [jnp.max(jnp.abs(o - n_)) / jnp.maximum(jnp.max(jnp.abs(n_)), 1e-30)
+        changes = [jnp.max(jnp.abs(o - n_)) / jnp.maximum(jnp.max(jnp.abs(n_)), 1e-30) / kernel_slack
                    for o, n_ in zip(old.phi + old.g, new.phi + new.g, strict=True)]
         scale = jnp.maximum(jnp.max(jnp.abs(y_all)), jnp.max(jnp.abs(new.f)))
         changes.append(jnp.max(jnp.abs(old.f - new.f)) / jnp.maximum(scale, 1e-30))
@@ -322,11 +351,12 @@ def _iterate(setup: _Setup, kx: Array, y_all: Array, w: Array, xi_u: Array, xi_r
     return jnp.stack([o["phi"] for o in outs]), jnp.stack([o["g"] for o in outs]), state.f, it, change
 
 
-@partial(jax.jit, static_argnames=("exact", "chunk", "measure"))
-def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, max_iterations, chunk, measure):
+@partial(jax.jit, static_argnames=("exact", "stein", "chunk", "measure"))
+def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, stein, max_iterations, chunk, measure,
+               kernel_slack=1.0):
     def replica(xu, xr):
-        return _iterate(setup, kx, y_all, w, xu, xr, exact=exact, damping=damping, tol=tol,
-                        max_iterations=max_iterations, chunk=chunk, measure=measure)
+        return _iterate(setup, kx, y_all, w, xu, xr, exact=exact, stein=stein, damping=damping, tol=tol,
+                        max_iterations=max_iterations, chunk=chunk, measure=measure, kernel_slack=kernel_slack)
     # replicas one after the other: an eigh batched over replicas inside the iteration deadlocked XLA's CPU runtime
     # (2 cores) at some shapes
     return jax.lax.map(lambda a: replica(*a), (xi_u, xi_r))
@@ -334,8 +364,8 @@ def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, max_iter
 
 def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
           learning_rate: float, steps: int, key: Array | None = None, method: str = "auto", samples: int = 2048,
-          replicas: int = 8, damping: float = 1.0, tol: float | None = None, max_iterations: int = 200,
-          kernels: str = "two_time", chunk: int | None = None) -> DMFTSolution:
+          replicas: int = 8, damping: float | None = None, tol: float | None = None, max_iterations: int = 200,
+          kernels: str = "two_time", chunk: int | None = None, responses: str = "auto") -> DMFTSolution:
     r"""Infinite-width gradient-descent trajectory of the mean-field / muP MLP ``net`` (module docstring).
 
     Args:
@@ -347,17 +377,24 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
         Gradient flow to time ``tau`` is the limit ``eta -> 0``, ``steps = tau / eta`` (error ``O(eta)``).
       key: JAX key for the Monte-Carlo fields (required by ``method="monte_carlo"``).
       method: ``"auto"`` (``"exact"`` for the identity activation, else ``"particles"`` with one hidden layer and
-        ``"monte_carlo"`` with more), ``"monte_carlo"`` (fields over the inputs; smooth activations beyond one step:
-        a rough one such as relu raises ``ValueError``), ``"particles"`` (one hidden layer: its neurons sampled in
+        ``"monte_carlo"`` with more), ``"monte_carlo"`` (fields over the inputs, any activation),
+        ``"particles"``  (one hidden layer: its neurons sampled in
         weight space, :mod:`theory.dmft.particles`; any activation; ``damping``, ``tol``, ``max_iterations`` and
         ``chunk`` unused), ``"exact"``.
       samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
-      damping: fraction of the new iterate kept (1: plain fixed point); tol: largest relative change of the
-        kernels and outputs at convergence (default 1e-10 exact, ``0.1 / sqrt(samples)`` Monte Carlo: below the
-        Monte-Carlo noise); max_iterations: raise :class:`DMFTConvergenceError` beyond it.
+      damping: fraction of the new iterate kept (1: plain fixed point; default 1, 0.5 for a rough activation);
+        tol: largest relative change of the kernels and outputs at convergence (default 1e-10 exact,
+        ``0.1 / sqrt(samples)`` Monte Carlo: below the Monte-Carlo noise; ``1 / sqrt(samples)`` for a rough
+        activation, whose fixed-noise map jitters: :func:`theory.dmft.common.solver_options`);
+        max_iterations: raise :class:`DMFTConvergenceError` beyond it.
       kernels: ``"two_time"`` (``phi``, ``g`` are ``(L, T + 1, T + 1, N, N)``) or ``"equal_time"``
         (``(L, T + 1, N, N)``: ``Phi^l(t, t)``; memory ``O(T N^2)`` instead of ``O(T^2 N^2)``).
       chunk: samples per vectorised batch (memory ``chunk * M^2`` for the responses; default ``min(samples, 64)``).
+      responses: how ``"monte_carlo"`` estimates the response functions ``A``, ``B`` and the output term:
+        ``"pathwise"`` (differentiate each sampled path: lowest variance, exact for smooth activations),
+        ``"stein"`` (Gaussian integration by parts, ``E[phi r^T] = A Cov(r)``: exact for any activation, also where
+        ``phi'`` jumps), ``"auto"`` (``"stein"`` for an activation whose ``phi`` or ``phi'`` jumps, such as relu,
+        else ``"pathwise"``). docs/dmft.md, "Rough activations".
 
     Returns:
       :class:`DMFTSolution` (numpy arrays, float64 when ``jax_enable_x64`` is on, else float32).
@@ -369,8 +406,9 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
     steps = positive("steps", steps, integer=True, allow_zero=True)
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
-                         max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1)
-    check_smooth(net.activation.fn, net.activation.name, steps, opt.method)
+                         max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1,
+                         responses=responses, is_rough=rough(net.activation.fn))
+    check_smooth(net.activation.fn, net.activation.name, steps, opt)
     dtype = x_all.dtype
     if opt.method == "particles":
         return _solve_particles(net, x_all, y, n_train, gamma, eta, steps, key, opt)
@@ -386,9 +424,10 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
         xi_u = jax.random.normal(ku, (opt.replicas, depth, opt.samples, m), dtype)
         xi_r = jax.random.normal(kr, (opt.replicas, depth, opt.samples, m), dtype)
     phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi_u, xi_r, jnp.asarray(opt.damping, dtype),
-                                         jnp.asarray(opt.tol, dtype), exact=opt.exact,
+                                         jnp.asarray(opt.tol, dtype), exact=opt.exact, stein=opt.stein,
                                          max_iterations=jnp.asarray(opt.max_iterations),
-                                         chunk=opt.chunk, measure=opt.kernels)
+                                         chunk=opt.chunk, measure=opt.kernels,
+                                         kernel_slack=jnp.asarray(opt.kernel_slack, dtype))
     it, change = check_converged(it, change, opt.tol)
     return _solution(kx, y, n_train, setup, phis, gs, f, it, change, opt, dtype)
 

@@ -33,6 +33,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from theory.architectures import ResNet
 from theory.dmft.common import (
@@ -44,8 +45,10 @@ from theory.dmft.common import (
     fixed_point,
     positive,
     replica_stats,
+    rough,
     solver_options,
     sqrt_psd,
+    stein_response,
     training_weights,
 )
 
@@ -148,11 +151,12 @@ def _couplings(setup: _Setup, state, wd, strict):
     return hc, zc
 
 
-def _averages(setup: _Setup, state, wd, strict, kx, xi, chunk: int, exact: bool, final: bool):
+def _averages(setup: _Setup, state, wd, strict, kx, xi, chunk: int, exact: bool, final: bool, stein: bool = False):
     """Averages over sample paths: ``Phi^l``, ``G^l`` (all ``l``, ``(L + 1, M, M)``), and unless ``final`` the
     responses ``A``, ``B`` ``(L, M, M)``, ``d phi(h^L) / d r^{L+1}`` and ``E[phi(h^L(t)) sum_{s<t} ...]`` ``(M,)``.
     ``exact`` (identity activation): the path is linear in the standard normals, so the averages are products of
-    its Jacobian at zero noise, exactly."""
+    its Jacobian at zero noise, exactly. ``stein``: the responses by Gaussian integration by parts
+    (:func:`theory.dmft.common.stein_response`), for activations whose ``phi'`` jumps."""
     depth, steps, n, m = setup.depth, setup.steps, setup.n, setup.m
     phi, g, _, _, _ = state
     hc, zc = _couplings(setup, state, wd, strict)
@@ -202,23 +206,49 @@ def _averages(setup: _Setup, state, wd, strict, kx, xi, chunk: int, exact: bool,
             out["fterm"] = jnp.einsum("ik,ik->i", flat[0][depth], jnp.repeat(acc_flat, n, axis=0))
         return out
 
+    def antithetic(x):  # the path with every backward field r negated (docs/dmft.md, "Rough activations")
+        u0, us, rs, ro = fields(x)
+        pm, gm, _ = _path(u0, us, -rs, -ro, hc4, zc4, kx, wd2, setup)
+        return pm, gm, u0, us, rs, ro
+
     def sums(x):
         p, gg, acc = jax.vmap(path)(x)
         res = {"phi": jnp.einsum("sli,slj->lij", p, p), "g": jnp.einsum("sli,slj->lij", gg, gg)}
-        if not final:
+        if not final and stein:
+            pm, gm, u0, us, rs, ro = jax.vmap(antithetic)(x)
+            c = p.shape[0]
+            # the parts of phi odd in r and of g even in r carry E[phi r^T], E[g u^T] and are O(gamma); regressed
+            # on every block's fields at once (one neuron's process sees them all), exact for what is linear
+            jr = jnp.concatenate([ro[:, None], rs.reshape(c, depth * m)], axis=1)
+            ju = jnp.concatenate([u0, us.reshape(c, depth * m)], axis=1)
+            res["ka"] = ((p - pm) / 2).reshape(c, -1).T @ jr
+            res["kb"] = ((gg + gm) / 2)[:, 1:].reshape(c, -1).T @ ju
+            res["rr"], res["uu"] = jr.T @ jr, ju.T @ ju
+        elif not final:
             resp = jax.vmap(responses)(x)
             res.update({k: jnp.sum(v, axis=0) for k, v in resp.items()})
+        if not final:
             res["fterm"] = jnp.sum(p[:, depth] * jnp.repeat(acc, n, axis=1), axis=0)
         return res
 
     s = xi[0].shape[0]
     k = s // chunk
     total = jax.lax.map(sums, jax.tree.map(lambda a: a.reshape(k, chunk, *a.shape[1:]), xi))
-    return {key: jnp.sum(v, axis=0) / s for key, v in total.items()}
+    res = {key: jnp.sum(v, axis=0) / s for key, v in total.items()}
+    if "ka" in res:
+        steps_of = np.tile(np.repeat(np.arange(steps + 1), n), depth + 1)  # rows / columns: (layer, step, input)
+        ra = stein_response(res.pop("ka"), res.pop("rr"), steps_of, np.concatenate([[-1], steps_of[m:]]),
+                            same_step=False)  # phi(h^l) against (r_out, r^1..r^L)
+        rb = stein_response(res.pop("kb"), res.pop("uu"), steps_of[m:], np.concatenate([np.full(n, -1), steps_of[m:]]),
+                            same_step=True)  # g^1..g^L against (u^0, u^1..u^L)
+        res["dr"] = ra[depth * m:, 0]
+        res["a"] = jnp.stack([ra[j * m:(j + 1) * m, 1 + j * m:1 + (j + 1) * m] for j in range(depth)])
+        res["b"] = jnp.stack([rb[j * m:(j + 1) * m, n + j * m:n + (j + 1) * m] for j in range(depth)])
+    return res
 
 
-@partial(jax.jit, static_argnames=("exact", "chunk"))
-def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, chunk):
+@partial(jax.jit, static_argnames=("exact", "stein", "chunk"))
+def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, stein, max_iterations, chunk, kernel_slack=1.0):
     depth, m = setup.depth, setup.m
     dtype = kx.dtype
     t_idx = jnp.repeat(jnp.arange(setup.steps + 1), setup.n)
@@ -228,14 +258,14 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, 
     def replica(x):
         def sweep(state, front):
             wd = w * (y_all - state[4]) * (t_idx < front)
-            out = _averages(setup, state, wd, strict, kx, x, chunk, exact, False)
+            out = _averages(setup, state, wd, strict, kx, x, chunk, exact, False, stein)
             f = setup.r2 / setup.gamma * out["dr"]
             if train_out:
                 f = f + setup.r2 * setup.eta * out["fterm"]
             return (out["phi"][:depth], out["g"][1:], out["a"], out["b"], f)
 
         def change(old, new):
-            ch = [jnp.max(jnp.abs(o - n_)) / jnp.maximum(jnp.max(jnp.abs(n_)), 1e-30)
+            ch = [jnp.max(jnp.abs(o - n_)) / jnp.maximum(jnp.max(jnp.abs(n_)), 1e-30) / kernel_slack
                   for o, n_ in zip(old[:2], new[:2], strict=True)]
             scale = jnp.maximum(jnp.max(jnp.abs(y_all)), jnp.max(jnp.abs(new[4])))
             ch.append(jnp.max(jnp.abs(old[4] - new[4])) / jnp.maximum(scale, 1e-30))
@@ -254,15 +284,16 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, max_iterations, 
 
 def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
                  learning_rate: float, steps: int, key: Array | None = None, train: tuple = GROUPS,
-                 method: str = "auto", samples: int = 1024, replicas: int = 8, damping: float = 1.0,
-                 tol: float | None = None, max_iterations: int = 200, chunk: int | None = None) -> DMFTSolution:
+                 method: str = "auto", samples: int = 1024, replicas: int = 8, damping: float | None = None,
+                 tol: float | None = None, max_iterations: int = 200, chunk: int | None = None,
+                 responses: str = "auto") -> DMFTSolution:
     r"""Infinite-width gradient-descent trajectory of the mean-field ResNet ``net`` (module docstring).
 
     Args:
       net: ``theory.ResNet(L, activation, w_std, b_std=0, branch_scale, depth_exponent, readout="activation",
         stem_w_std, readout_w_std)``; ``depth_exponent=0.5`` is Depth-muP.
       x_train, y_train, x_test, gamma, learning_rate, steps, key, method, samples, replicas, damping, tol,
-        max_iterations, chunk: as :func:`theory.dmft.solve`.
+        max_iterations, chunk, responses: as :func:`theory.dmft.solve`.
       train: the weight groups trained (``"stem"``, ``"blocks"``, ``"readout"``); the others stay at init.
 
     Returns:
@@ -280,8 +311,9 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
         raise ValueError(f"train must be a non-empty tuple of distinct groups from {GROUPS}, got {train!r}")
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
-                         max_iterations=max_iterations, chunk=chunk, kernels="two_time")
-    check_smooth(net.activation.fn, net.activation.name, steps, opt.method)
+                         max_iterations=max_iterations, chunk=chunk, kernels="two_time", responses=responses,
+                         is_rough=rough(net.activation.fn))
+    check_smooth(net.activation.fn, net.activation.name, steps, opt)
     dtype = x_all.dtype
     n, depth = x_all.shape[0], net.depth
     m = (steps + 1) * n
@@ -297,8 +329,9 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
         xi = tuple(jax.random.normal(k, (opt.replicas, opt.samples, *s), dtype) for k, s in zip(keys, shapes,
                                                                                                 strict=True))
     phis, gs, f, it, change = _solve_jit(setup, kx, y_all, w, xi, jnp.asarray(opt.damping, dtype),
-                                         jnp.asarray(opt.tol, dtype), exact=opt.exact,
-                                         max_iterations=jnp.asarray(opt.max_iterations), chunk=opt.chunk)
+                                         jnp.asarray(opt.tol, dtype), exact=opt.exact, stein=opt.stein,
+                                         max_iterations=jnp.asarray(opt.max_iterations), chunk=opt.chunk,
+                                         kernel_slack=jnp.asarray(opt.kernel_slack, dtype))
     it, change = check_converged(it, change, opt.tol)
     r = phis.shape[0]
     phis = phis.reshape(r, depth + 1, steps + 1, n, steps + 1, n).transpose(0, 1, 2, 4, 3, 5)
