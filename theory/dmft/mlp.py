@@ -41,8 +41,9 @@ Solvers (``method``):
   weight space and trained with the residuals of the sample mean, one pass, no iteration (:mod:`theory.dmft.particles`).
 
 The iteration restarts from a causal front if an iterate overflows (docs/dmft.md, "Robustness"), and
-``"monte_carlo"`` refuses activations whose ``phi`` or ``phi'`` jumps beyond one step (its pathwise responses would
-miss the jumps: "Rough activations").
+``"monte_carlo"`` estimates the responses of an activation whose ``phi`` or ``phi'`` jumps (relu) by Gaussian
+integration by parts instead of differentiating each path, which would miss the jumps (``responses``; docs/dmft.md,
+"Rough activations").
 
 Derivation, the solver's accuracy and cost: docs/dmft.md.
 """
@@ -384,8 +385,8 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
       samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
       damping: fraction of the new iterate kept (1: plain fixed point; default 1, 0.5 for a rough activation);
         tol: largest relative change of the kernels and outputs at convergence (default 1e-10 exact,
-        ``0.1 / sqrt(samples)`` Monte Carlo: below the Monte-Carlo noise; ``1 / sqrt(samples)`` for a rough
-        activation, whose fixed-noise map jitters: :func:`theory.dmft.common.solver_options`);
+        ``0.1 / sqrt(samples)`` Monte Carlo: below the Monte-Carlo noise; for a rough activation the kernels' changes
+        are held to 10x ``tol``, its fixed-noise map jitters: :func:`theory.dmft.common.solver_options`);
         max_iterations: raise :class:`DMFTConvergenceError` beyond it.
       kernels: ``"two_time"`` (``phi``, ``g`` are ``(L, T + 1, T + 1, N, N)``) or ``"equal_time"``
         (``(L, T + 1, N, N)``: ``Phi^l(t, t)``; memory ``O(T N^2)`` instead of ``O(T^2 N^2)``).
