@@ -379,9 +379,8 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
       key: JAX key for the Monte-Carlo fields (required by ``method="monte_carlo"``).
       method: ``"auto"`` (``"exact"`` for the identity activation, else ``"particles"`` with one hidden layer and
         ``"monte_carlo"`` with more), ``"monte_carlo"`` (fields over the inputs, any activation),
-        ``"particles"``  (one hidden layer: its neurons sampled in
-        weight space, :mod:`theory.dmft.particles`; any activation; ``damping``, ``tol``, ``max_iterations`` and
-        ``chunk`` unused), ``"exact"``.
+        ``"particles"`` (one hidden layer: its neurons sampled in weight space, :mod:`theory.dmft.particles`; any
+        activation; ``damping``, ``tol``, ``max_iterations``, ``chunk`` and ``responses`` unused), ``"exact"``.
       samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
       damping: fraction of the new iterate kept (1: plain fixed point; default 1, 0.5 for a rough activation);
         tol: largest relative change of the kernels and outputs at convergence (default 1e-10 exact,
