@@ -15,7 +15,10 @@ spent) after a first that compiles, each with a new key (on a shared machine the
    (the replicas' spread) and ``cpu_ns_per_unit`` = CPU time / (replicas samples steps P d).
 2. ``solve(method="monte_carlo")`` (kernel-space fields, fixed-point iteration), one and two hidden layers:
    ``O(samples M^2)`` per sweep with one, ``O(samples M^3)`` with two; per row the iterations and time per
-   iteration; and the particle solver at the same base point.
+   iteration; and the particle solver at the same base point. Then the responses (two hidden layers, base point):
+   differentiated paths (``responses="pathwise"``, ``O(samples M^3)``: a JVP per direction) against Gaussian
+   integration by parts (``"stein"``, ``O(samples M^2)`` plus an ``eigh`` per step) for tanh, and relu (rough:
+   integration by parts, its default), at the default samples (integration by parts: 32 per field regressed on).
 3. Two hidden layers against finite networks: the RMS deviation of one network's final test outputs from the
    kernel-space DMFT's at several widths (a fit ``c width^-1/2``), the width at which one network is as close as
    the DMFT's standard error, and the CPU time to train that width (extrapolated by ``width^2`` from the widest).
@@ -62,15 +65,17 @@ def _timed(call, budget=2.0, repeats=3):
     return out, best, cpu
 
 
-def _solve(depth, p, steps, samples, replicas, method, seed=0):
+def _solve(depth, p, steps, samples, replicas, method, seed=0, activation="tanh", responses="auto"):
     import jax
 
     import theory
     from theory import dmft
 
     x, y, xt = _data(p)
-    net = theory.MLP(depth, "tanh", w_std=1.0)
+    net = theory.MLP(depth, activation, w_std=1.0)
     kw = dict(gamma=1.0, learning_rate=0.5, steps=steps, samples=samples, method=method, kernels="equal_time")
+    if method == "monte_carlo":
+        kw["responses"] = responses
     # compile: the particle solver runs one jitted replica at a time, so two replicas compile it; the kernel-space
     # solver's shapes include the replicas
     dmft.solve(net, x, y, xt, key=jax.random.key(seed), replicas=2 if method == "particles" else replicas, **kw)
@@ -79,10 +84,11 @@ def _solve(depth, p, steps, samples, replicas, method, seed=0):
 
 
 @functools.cache
-def _row(depth, p, steps, samples, replicas, method):
+def _row(depth, p, steps, samples, replicas, method, activation="tanh", responses="auto"):
     """One timed solve (a sweep's base point is shared by its three sweeps: measured once)."""
-    sol, wall, cpu = _solve(depth, p, steps, samples, replicas, method)
-    row = {"depth": depth, "method": sol.method, "P": p, "steps": steps, "samples": samples, "replicas": replicas,
+    sol, wall, cpu = _solve(depth, p, steps, samples, replicas, method, activation=activation, responses=responses)
+    row = {"depth": depth, "method": sol.method, "activation": activation, "responses": responses, "P": p,
+           "steps": steps, "samples": sol.samples, "replicas": replicas,
            "M": (steps + 1) * (p + 2), "wall_s": wall, "cpu_s": cpu, "iterations": sol.iterations,
            "loss_T": float(sol.loss[-1]), "loss_se": float(sol.loss_stderr[-1]),
            "f_test_se": float(sol.f_test_stderr[-1].mean())}
@@ -202,6 +208,13 @@ def main() -> None:
     for depth in (1, 2):
         sweep("monte_carlo", depth, base, (4, 8) if q else (4, 8, 16, 32, 64), (5, 10) if q else (5, 10, 20, 40),
               (64, 256) if q else (256, 512, 1024, 2048, 4096))
+    # the responses of the kernel-space solver: differentiated paths against Gaussian integration by parts (two
+    # hidden layers; tanh both ways, relu by integration by parts only: its default)
+    for activation, responses, samples in (("tanh", "pathwise", base["samples"]), ("tanh", "pathwise", None),
+                                           ("tanh", "stein", None), ("relu", "auto", None)):  # None: the default
+        rows.append({"sweep": "responses", **_row(2, base["p"], base["steps"], samples, base["replicas"],
+                                                  "monte_carlo", activation, responses)})
+        print(rows[-1], flush=True)
     sections["monte_carlo"] = time.perf_counter() - start - sum(sections.values())
     rows.append({"sweep": "same as monte_carlo base", **_row(1, base["p"], base["steps"], base["samples"],
                                                              base["replicas"], "particles")})

@@ -364,7 +364,7 @@ def _solve_jit(setup, kx, y_all, w, xi_u, xi_r, damping, tol, *, exact, stein, m
 
 
 def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
-          learning_rate: float, steps: int, key: Array | None = None, method: str = "auto", samples: int = 2048,
+          learning_rate: float, steps: int, key: Array | None = None, method: str = "auto", samples: int | None = None,
           replicas: int = 8, damping: float | None = None, tol: float | None = None, max_iterations: int = 200,
           kernels: str = "two_time", chunk: int | None = None, responses: str = "auto") -> DMFTSolution:
     r"""Infinite-width gradient-descent trajectory of the mean-field / muP MLP ``net`` (module docstring).
@@ -381,7 +381,9 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
         ``"monte_carlo"`` with more), ``"monte_carlo"`` (fields over the inputs, any activation),
         ``"particles"`` (one hidden layer: its neurons sampled in weight space, :mod:`theory.dmft.particles`; any
         activation; ``damping``, ``tol``, ``max_iterations``, ``chunk`` and ``responses`` unused), ``"exact"``.
-      samples: sample paths per layer and replica; replicas: independent solves (>= 2) for the standard errors.
+      samples: sample paths per layer and replica (default 2048; with ``responses="stein"`` at least 32 per field
+        regressed on, ``32 M`` rounded up to a power of 2); replicas: independent solves (>= 2) for the standard
+        errors.
       damping: fraction of the new iterate kept (1: plain fixed point; default 1, 0.5 for a rough activation);
         tol: largest relative change of the kernels and outputs at convergence (default 1e-10 exact,
         ``0.1 / sqrt(samples)`` Monte Carlo: below the Monte-Carlo noise; for a rough activation the kernels' changes
@@ -407,7 +409,8 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
                          max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1,
-                         responses=responses, is_rough=rough(net.activation.fn))
+                         responses=responses, is_rough=rough(net.activation.fn),
+                         regressors=(steps + 1) * x_all.shape[0])
     check_smooth(net.activation.fn, net.activation.name, steps, opt)
     dtype = x_all.dtype
     if opt.method == "particles":

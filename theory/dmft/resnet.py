@@ -284,7 +284,7 @@ def _solve_jit(setup, kx, y_all, w, xi, damping, tol, *, exact, stein, max_itera
 
 def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object | None = None, *, gamma: float,
                  learning_rate: float, steps: int, key: Array | None = None, train: tuple = GROUPS,
-                 method: str = "auto", samples: int = 1024, replicas: int = 8, damping: float | None = None,
+                 method: str = "auto", samples: int | None = None, replicas: int = 8, damping: float | None = None,
                  tol: float | None = None, max_iterations: int = 200, chunk: int | None = None,
                  responses: str = "auto") -> DMFTSolution:
     r"""Infinite-width gradient-descent trajectory of the mean-field ResNet ``net`` (module docstring).
@@ -293,7 +293,8 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
       net: ``theory.ResNet(L, activation, w_std, b_std=0, branch_scale, depth_exponent, readout="activation",
         stem_w_std, readout_w_std)``; ``depth_exponent=0.5`` is Depth-muP.
       x_train, y_train, x_test, gamma, learning_rate, steps, key, method, samples, replicas, damping, tol,
-        max_iterations, chunk, responses: as :func:`theory.dmft.solve`.
+        max_iterations, chunk, responses: as :func:`theory.dmft.solve` (``samples`` default 1024; with
+        ``responses="stein"`` at least 32 per field regressed on, every block's at once: ``32 (L M + N)``).
       train: the weight groups trained (``"stem"``, ``"blocks"``, ``"readout"``); the others stay at init.
 
     Returns:
@@ -312,7 +313,8 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
     opt = solver_options(identity=net.activation.name == "identity", dtype=x_all.dtype, key=key, method=method,
                          samples=samples, replicas=replicas, damping=damping, tol=tol,
                          max_iterations=max_iterations, chunk=chunk, kernels="two_time", responses=responses,
-                         is_rough=rough(net.activation.fn))
+                         is_rough=rough(net.activation.fn), default_samples=1024,
+                         regressors=net.depth * (steps + 1) * x_all.shape[0] + x_all.shape[0])
     check_smooth(net.activation.fn, net.activation.name, steps, opt)
     dtype = x_all.dtype
     n, depth = x_all.shape[0], net.depth
