@@ -168,7 +168,7 @@ class SolverOptions:
     chunk: int
     kernels: str
     responses: str = "pathwise"
-    kernel_slack: float = 1.0
+    rough: bool = False
 
     @property
     def exact(self) -> bool:
@@ -177,6 +177,11 @@ class SolverOptions:
     @property
     def stein(self) -> bool:
         return self.responses == "stein"
+
+    @property
+    def kernel_slack(self) -> float:
+        """How many times ``tol`` the kernels' relative change may be (10 where the fixed-noise map jitters)."""
+        return 10.0 if self.method == "monte_carlo" and self.rough else 1.0
 
 
 def solver_options(*, identity: bool, dtype: object, key: object, method: str, samples: object, replicas: object,
@@ -243,7 +248,7 @@ def solver_options(*, identity: bool, dtype: object, key: object, method: str, s
     if samples % chunk and method != "particles":
         raise ValueError(f"samples ({samples}) must be a multiple of chunk ({chunk})")
     return SolverOptions(method, samples, replicas, damping, tol, max_iterations, chunk, kernels, responses,
-                         10.0 if jitter else 1.0)
+                         is_rough)
 
 
 def fixed_point(sweep, change, state0, *, damping: Array, tol: Array, max_iterations: Array, steps: int):
@@ -313,9 +318,9 @@ def _rough(fn) -> bool:
     return bool(np.any(jump) or np.any(jump1))
 
 
-def check_smooth(fn, name: str, steps: int, opt: SolverOptions) -> None:
+def check_smooth(name: str, steps: int, opt: SolverOptions) -> None:
     """Refuse pathwise responses for a rough activation beyond one step (docs/dmft.md, "Rough activations")."""
-    if opt.method == "monte_carlo" and not opt.stein and steps >= 2 and rough(fn):
+    if opt.method == "monte_carlo" and not opt.stein and steps >= 2 and opt.rough:
         raise ValueError(
             f"responses='pathwise' differentiates each sampled path, which misses the jumps of phi' (for relu a delta "
             f"function in phi''): with the rough activation {name!r} and steps >= 2 its trajectory is biased (relu, "

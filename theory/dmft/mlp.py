@@ -411,7 +411,7 @@ def solve(net: MLP, x_train: object, y_train: object, x_test: object | None = No
                          max_iterations=max_iterations, chunk=chunk, kernels=kernels, particles=net.depth == 1,
                          responses=responses, is_rough=rough(net.activation.fn),
                          regressors=(steps + 1) * x_all.shape[0])
-    check_smooth(net.activation.fn, net.activation.name, steps, opt)
+    check_smooth(net.activation.name, steps, opt)
     dtype = x_all.dtype
     if opt.method == "particles":
         return _solve_particles(net, x_all, y, n_train, gamma, eta, steps, key, opt)

@@ -315,7 +315,7 @@ def solve_resnet(net: ResNet, x_train: object, y_train: object, x_test: object |
                          max_iterations=max_iterations, chunk=chunk, kernels="two_time", responses=responses,
                          is_rough=rough(net.activation.fn), default_samples=1024,
                          regressors=net.depth * (steps + 1) * x_all.shape[0] + x_all.shape[0])
-    check_smooth(net.activation.fn, net.activation.name, steps, opt)
+    check_smooth(net.activation.name, steps, opt)
     dtype = x_all.dtype
     n, depth = x_all.shape[0], net.depth
     m = (steps + 1) * n
