@@ -605,6 +605,39 @@ def test_resnet_depth_limit():
     assert np.all((ratios > 1.6) & (ratios < 2.4)), (diffs, ratios)  # measured 1.84 (1.66 from L = 2)
 
 
+def _finite_resnet_losses(act, depth, beta, x, y, *, gamma, eta, steps, width, seeds, seed, batch, stem=1.0,
+                          sigma=1.0, readout=1.0, dtype=jnp.float64, mirror=False):
+    """Final training losses ``(seeds,)`` of finite mean-field ResNets h^0 = stem W0 x / sqrt(d),
+    h^l = h^{l-1} + beta sigma W^l act(h^{l-1}) / sqrt(n), f = readout w . act(h^L) / (gamma n), every weight
+    trained by gradient descent at rate eta gamma^2 n on 1/P sum 1/2 (f - y)^2. ``mirror``: each seed's loss is the
+    mean over its network and the one with the readout negated (as likely; cancels what is odd in the readout)."""
+    d = x.shape[1]
+    xf, yf = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+    def loss(params):
+        w0, ws, w = params
+        h = stem * xf @ w0.T / np.sqrt(d)
+        for layer in range(depth):
+            h = h + beta * sigma * act(h) @ ws[layer].T / np.sqrt(width)
+        return 0.5 * jnp.mean((readout * act(h) @ w / (gamma * width) - yf) ** 2)
+
+    def train(params):
+        def step(_, p):
+            return jax.tree.map(lambda a, g: a - eta * gamma**2 * width * g, p, jax.grad(loss)(p))
+
+        return loss(jax.lax.fori_loop(0, steps, step, params))
+
+    def run(key):
+        k0, k1, k2 = jax.random.split(key, 3)
+        w0 = jax.random.normal(k0, (width, d), dtype)
+        ws = jax.random.normal(k1, (depth, width, width), dtype)
+        w = jax.random.normal(k2, (width,), dtype)
+        return 0.5 * (train((w0, ws, w)) + train((w0, ws, -w))) if mirror else train((w0, ws, w))
+
+    keys = jax.random.split(jax.random.key(seed), seeds)
+    return np.asarray(jax.jit(lambda k: jax.lax.map(run, k, batch_size=batch))(keys), np.float64)
+
+
 @pytest.mark.slow
 def test_finite_depth_mup_resnets_converge_to_the_dmft():
     """Linear Depth-muP ResNet (4 blocks, branch 1/sqrt(L), every group trained, gamma = 1, 3 steps): finite networks
@@ -613,34 +646,14 @@ def test_finite_depth_mup_resnets_converge_to_the_dmft():
     width-independent bias, a wrong limit, would give ~0)."""
     from experiments import scaling
 
-    depth, gamma, eta, steps, d = 4, 1.0, 0.3, 3, X.shape[1]
+    depth, gamma, eta, steps = 4, 1.0, 0.3, 3
     net = theory.ResNet(depth, "identity", w_std=1.0, depth_exponent=0.5)
     beta = float(net.branch_multiplier)
     sol = dmft.solve_resnet(net, X, Y, gamma=gamma, learning_rate=eta, steps=steps)
 
     def losses(width, seeds, seed):
-        def forward(params):
-            w0, ws, w = params
-            h = X @ w0.T / np.sqrt(d)
-            for layer in range(depth):
-                h = h + beta * h @ ws[layer].T / np.sqrt(width)
-            return h @ w / (gamma * width)
-
-        def run(key):
-            k0, k1, k2 = jax.random.split(key, 3)
-            params = (jax.random.normal(k0, (width, d)), jax.random.normal(k1, (depth, width, width)),
-                      jax.random.normal(k2, (width,)))
-
-            def loss(p):
-                return 0.5 * jnp.mean((forward(p) - Y) ** 2)
-
-            for _ in range(steps):
-                params = jax.tree.map(lambda a, g: a - eta * gamma**2 * width * g, params, jax.grad(loss)(params))
-            return loss(params)
-
-        keys = jax.random.split(jax.random.key(seed), seeds)
-        batch = max(1, 2**22 // (depth * width * width))
-        return np.asarray(jax.jit(lambda k: jax.lax.map(run, k, batch_size=batch))(keys))
+        return _finite_resnet_losses(lambda h: h, depth, beta, X, Y, gamma=gamma, eta=eta, steps=steps, width=width,
+                                     seeds=seeds, seed=seed, batch=max(1, 2**22 // (depth * width * width)))
 
     # width 32 is still curved by O(1/width^2) (width x deviation 0.11 there, 0.05-0.09 from 64 on: slope -1.35)
     widths, seeds = (64, 128, 256), (2048, 1024, 512)
@@ -672,38 +685,16 @@ def test_finite_tanh_depth_mup_resnets_converge_to_the_dmft():
 
     depth, gamma, eta, steps, s, sigma, r = 3, 1.0, 0.5, 3, 1.2, 1.1, 0.8
     x, y = X[:1], np.array([1.0])
-    d = x.shape[1]
     net = theory.ResNet(depth, "tanh", w_std=sigma, stem_w_std=s, readout_w_std=r, depth_exponent=0.5)
     sol = dmft.solve_resnet(net, x, y, gamma=gamma, learning_rate=eta, steps=steps, key=KEY, samples=16384,
                             replicas=16)
     beta = 1.0 / np.sqrt(depth)
-    xf, yf = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
 
     def losses(width, pairs, seed):
         """Final loss of `pairs` seeds, each the mean over the seed's network and its mirror."""
-
-        def loss(params):
-            w0, ws, w = params
-            h = s * xf @ w0.T / np.sqrt(d)
-            for layer in range(depth):
-                h = h + beta * sigma * jnp.tanh(h) @ ws[layer].T / np.sqrt(width)
-            return 0.5 * jnp.mean((r * jnp.tanh(h) @ w / (gamma * width) - yf) ** 2)
-
-        def train(params):
-            def step(_, p):
-                return jax.tree.map(lambda a, g: a - eta * gamma**2 * width * g, p, jax.grad(loss)(p))
-
-            return loss(jax.lax.fori_loop(0, steps, step, params))
-
-        def run(key):
-            k0, k1, k2 = jax.random.split(key, 3)
-            w0 = jax.random.normal(k0, (width, d), jnp.float32)
-            ws = jax.random.normal(k1, (depth, width, width), jnp.float32)
-            w = jax.random.normal(k2, (width,), jnp.float32)
-            return 0.5 * (train((w0, ws, w)) + train((w0, ws, -w)))
-
-        keys = jax.random.split(jax.random.key(seed), pairs)
-        return np.asarray(jax.jit(lambda k: jax.lax.map(run, k, batch_size=256))(keys), np.float64)
+        return _finite_resnet_losses(jnp.tanh, depth, beta, x, y, stem=s, sigma=sigma, readout=r, gamma=gamma,
+                                     eta=eta, steps=steps, width=width, seeds=pairs, seed=seed, batch=256,
+                                     dtype=jnp.float32, mirror=True)
 
     widths, pairs = (32, 64, 128), (2048, 4096, 4096)
     dev, se = [], []
